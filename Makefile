@@ -1,0 +1,41 @@
+# Quick start: `make demo` and `make test`. Both create/reuse .venv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Prefer Python 3.12 (so the pymsft cross-check can run): on PATH, then pyenv; else python3 (>= 3.11).
+PYTHON_BOOT ?= $(shell for c in python3.12 "$$(pyenv root 2>/dev/null)/versions/3.12"*/bin/python3.12 python3; do \
+	  if [ -n "$$c" ] && "$$c" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then \
+	    command -v "$$c" 2>/dev/null || echo "$$c"; break; fi; done)
+OUT ?= out
+
+.PHONY: venv demo test test-slow lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@echo "Using interpreter: $(PYTHON_BOOT)"
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,peer]' || $(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) examples/demo.py --out $(OUT)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+bench: venv
+	$(PY) benchmarks/bench_forward.py
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,54 @@
+"""Shared jaxtyping aliases and small dtype helpers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Complex, Float
+
+Scalar = Float[Array, ""]
+ScalarLike = float | Float[ArrayLike, ""]
+Vec3 = Float[Array, "3"]
+Matrix3 = Float[Array, "3 3"]
+Image = Float[Array, "*pixels"]
+ComplexImage = Complex[Array, "*pixels"]
+Volume = Complex[Array, "nx ny nz"]
+
+__all__ = ["Scalar", "ScalarLike", "Vec3", "Matrix3", "Image", "ComplexImage", "Volume"]
+
+
+def default_float() -> jnp.dtype:
+    """The default real dtype: float64 when `jax_enable_x64` is on, else float32."""
+    return jnp.dtype(jnp.result_type(float))
+
+
+def as_float(x, name: str, shape: tuple[int, ...] | None = None, dtype=None) -> Array:
+    """Convert `x` to a real floating array, checking its shape (a structure error names `name`).
+
+    Integers become the default float; existing floating arrays keep their precision unless `dtype` is
+    given. Tracers pass through (their shape is still checked).
+    """
+    if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got complex dtype {x.dtype}")
+    if dtype is None:
+        if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating):
+            dtype = x.dtype
+        else:
+            dtype = default_float()
+    try:
+        arr = jnp.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a real number or array, got {x!r}") from e
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return arr
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds a concrete value (not a tracer), so Python-level checks may read it."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def complex_dtype(real_dtype) -> jnp.dtype:
+    return jnp.dtype(jnp.complex128 if jnp.dtype(real_dtype) == jnp.float64 else jnp.complex64)

@@ -1,0 +1,104 @@
+"""Figures: diffraction patterns (log scale) with physical axes.
+
+Matplotlib is imported lazily with the non-interactive Agg backend, so importing diffscat never needs a display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from ._experiment import Experiment, FlatDetector, QGrid
+
+__all__ = ["plot_pattern", "save_figure"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> str:
+    """Write a matplotlib figure atomically (temporary file + rename); creates the folder. Returns the path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _extent(experiment: Experiment):
+    det = experiment.detector
+    if isinstance(det, QGrid):
+        k0 = float(experiment.k0)
+        s = math.sin(math.radians(det.theta_max_deg))
+        return [-k0 * s, k0 * s, -k0 * s, k0 * s], "q_x", "q_y", "inverse length"
+    if isinstance(det, FlatDetector):
+        X, Y = (np.asarray(a) for a in det.plane_coordinates())
+        px, py = np.asarray(det.pixel_size)[::-1]
+        ext = [X.min() - px / 2, X.max() + px / 2, Y.min() - py / 2, Y.max() + py / 2]
+        return ext, "X", "Y", "detector plane, length"
+    th, ph = np.asarray(experiment.theta), np.asarray(experiment.phi)
+    if th.ndim == 2:
+        tx = np.degrees(th * np.cos(ph))
+        ty = np.degrees(th * np.sin(ph))
+        return [tx.min(), tx.max(), ty.min(), ty.max()], "theta_x", "theta_y", "deg"
+    return None, "column", "row", "pixels"
+
+
+def plot_pattern(
+    image,
+    experiment: Experiment,
+    path: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+    ax=None,
+    vmin_decades: float = 5.0,
+    label: str = r"d$\sigma$/d$\Omega$",
+):
+    """Show an image-shaped pattern on a log colour scale with physical axes and a colour bar.
+
+    Axes: (q_x, q_y) for a QGrid, plane coordinates for a FlatDetector, angles in degrees otherwise.
+    `vmin_decades`: dynamic range shown below the maximum. Writes `path` (PNG/PDF, atomically) when given.
+    Returns the matplotlib figure.
+    """
+    from matplotlib.colors import LogNorm
+
+    plt = _plt()
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=120)
+    else:
+        fig = ax.figure
+    pos = img[np.isfinite(img) & (img > 0)]
+    vmax = pos.max() if pos.size else 1.0
+    norm = LogNorm(vmin=vmax * 10.0 ** (-vmin_decades), vmax=vmax)
+    extent, xl, yl, unit = _extent(experiment)
+    shown = np.where(img > 0, img, np.nan)
+    im = ax.imshow(shown, origin="lower", norm=norm, extent=extent, cmap="magma", interpolation="nearest")
+    ax.set_xlabel(f"{xl} [{unit}]")
+    ax.set_ylabel(f"{yl} [{unit}]")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

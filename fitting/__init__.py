@@ -1,0 +1,1 @@
+"""fitting: gradient-based shape retrieval on top of diffscat (losses, parametrisations, fits)."""
