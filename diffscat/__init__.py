@@ -1,6 +1,6 @@
 """diffscat: differentiable multi-slice Fourier transform (MSFT) simulator of wide-angle diffraction."""
 
-from . import shapes as shapes
+from . import plot as plot, shapes as shapes
 from ._experiment import (
     AbstractDetector as AbstractDetector,
     AngleGrid as AngleGrid,
@@ -26,7 +26,6 @@ from ._simulate import (
     far_field as far_field,
     simulate as simulate,
 )
-from . import plot as plot
 from ._stack import stack as stack
 from .shapes import (
     AbstractShape as AbstractShape,

@@ -1,7 +1,7 @@
 """Demo: simulate the wide-angle pattern of a prolate helium droplet and write a figure.
 
-    python examples/demo.py --out out            # 256 x 256 pixels, theta_max 30 deg
-    python examples/demo.py --n 32 --out /tmp/x  # tiny, as the test suite runs it
+python examples/demo.py --out out            # 256 x 256 pixels, theta_max 30 deg
+python examples/demo.py --n 32 --out /tmp/x  # tiny, as the test suite runs it
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def main(argv=None):
     image = ds.simulate(droplet, exp).block_until_ready()
     t2 = time.perf_counter()
     grid = ds.default_grid(droplet, exp)
-    print(f"grid {grid.shape} voxels at pitch {grid.pitch[0]:.2f} nm; first call {t1 - t0:.2f} s, then {t2 - t1:.3f} s")
+    print(
+        f"grid {grid.shape} voxels at pitch {grid.pitch[0]:.2f} nm; first call {t1 - t0:.2f} s, then {t2 - t1:.3f} s"
+    )
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "demo_pattern.png")
