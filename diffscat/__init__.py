@@ -1,6 +1,6 @@
 """diffscat: differentiable multi-slice Fourier transform (MSFT) simulator of wide-angle diffraction."""
 
-from . import plot as plot, shapes as shapes
+from . import detectors as detectors, io as io, plot as plot, shapes as shapes
 from ._experiment import (
     AbstractDetector as AbstractDetector,
     AngleGrid as AngleGrid,
@@ -11,14 +11,18 @@ from ._experiment import (
     QGrid as QGrid,
 )
 from ._grid import VoxelGrid as VoxelGrid, default_pitch as default_pitch
+from ._plot_shape import plot_shape as plot_shape
 from ._rotation import (
+    euler_from_rotation as euler_from_rotation,
     quaternion_from_rotation as quaternion_from_rotation,
     rotation_from_axis_angle as rotation_from_axis_angle,
     rotation_from_euler as rotation_from_euler,
     rotation_from_quaternion as rotation_from_quaternion,
+    rotation_from_scatman as rotation_from_scatman,
     rotation_x as rotation_x,
     rotation_y as rotation_y,
     rotation_z as rotation_z,
+    scatman_from_rotation as scatman_from_rotation,
 )
 from ._simulate import (
     ValidityWarning as ValidityWarning,
@@ -28,10 +32,26 @@ from ._simulate import (
 )
 from ._stack import stack as stack
 from .shapes import (
+    AbstractPolyhedron as AbstractPolyhedron,
     AbstractShape as AbstractShape,
     AbstractSolid as AbstractSolid,
+    Capsule as Capsule,
+    Composite as Composite,
+    ConvexPolyhedron as ConvexPolyhedron,
+    CoreShell as CoreShell,
+    Cube as Cube,
+    Cuboctahedron as Cuboctahedron,
+    Decahedron as Decahedron,
+    Dumbbell as Dumbbell,
     Ellipsoid as Ellipsoid,
+    Icosahedron as Icosahedron,
+    Octahedron as Octahedron,
+    RadialMap as RadialMap,
     Sphere as Sphere,
+    SphericalHarmonics as SphericalHarmonics,
+    Spindle as Spindle,
+    Superellipsoid as Superellipsoid,
+    TruncatedOctahedron as TruncatedOctahedron,
     VolumeMap as VolumeMap,
 )
 

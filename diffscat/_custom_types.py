@@ -33,7 +33,7 @@ def as_float(x, name: str, shape: tuple[int, ...] | None = None, dtype=None) -> 
         raise TypeError(f"{name} must be real, got complex dtype {x.dtype}")
     if dtype is None:
         if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating):
-            dtype = x.dtype
+            dtype = jax.dtypes.canonicalize_dtype(x.dtype)
         else:
             dtype = default_float()
     try:

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ._checks import check_positive, safe_sqrt
-from ._custom_types import as_float
+from ._custom_types import as_float, is_concrete
 
 __all__ = [
     "AbstractDetector",
@@ -176,26 +176,35 @@ class AngleGrid(AbstractDetector):
 
 
 class FlatDetector(AbstractDetector):
-    """A flat detector normal to the beam at `distance`, pixels of `pixel_size`, image `shape` (ny, nx).
+    """A flat detector at `distance` along the beam, pixels of `pixel_size`, image `shape` (ny, nx).
 
-    Pixel (iy, ix) sits at X = (ix - cx) px, Y = (iy - cy) py in the detector plane, where `center` = (cy, cx)
-    is the beam centre in fractional pixel indices (pixel centres are integers). theta = atan(hypot(X, Y)/D).
-    The solid angle of each pixel is exact (the rectangle's corner formula), not the centre approximation
-    p^2 cos^3(theta)/D^2.
+    Pixel (iy, ix) sits at plane coordinates X = (ix - cx) px, Y = (iy - cy) py, where `center` = (cy, cx) is
+    the beam centre in fractional pixel indices (pixel centres are integers; the direct beam hits the plane
+    there, at (0, 0, D)). Untilted, the plane is normal to the beam, rows run along +y and columns along +x,
+    and theta = atan(hypot(X, Y) / D).
+
+    With `tilt` = (tx, ty) (radians) the plane is rotated about the beam-hit point by R = R_y(ty) R_x(tx):
+    a pixel sits at (0, 0, D) + X R e_x + Y R e_y (lab frame), its normal is R e_z.
+
+    The solid angle of each pixel is exact (the rectangle's corner formula, about the foot of the
+    perpendicular from the sample to the plane), not the centre approximation p^2 cos^3(theta)/D^2.
 
     **Arguments:**
-    - `distance`: sample-detector distance D (length unit of the experiment), > 0; fittable leaf.
+    - `distance`: sample-detector distance D along the beam (length unit of the experiment), > 0; fittable.
     - `pixel_size`: pixel pitch, scalar or (py, px), > 0; fittable leaf.
     - `shape`: (ny, nx) pixels (static).
     - `center`: (cy, cx) beam centre, fractional pixels; default the image centre ((ny-1)/2, (nx-1)/2).
+    - `tilt`: optional (tx, ty) rotation of the plane about the lab x then y axes, radians, |t| < 60 deg;
+      fittable leaf. None (default) means normal to the beam.
     """
 
     distance: Float[Array, ""]
     pixel_size: Float[Array, "2"]
     center: Float[Array, "2"]
     shape_: tuple[int, int] = eqx.field(static=True)
+    tilt: Float[Array, "2"] | None = None
 
-    def __init__(self, distance, pixel_size, shape, center=None):
+    def __init__(self, distance, pixel_size, shape, center=None, tilt=None):
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2 or min(shape) < 2:
             raise ValueError(f"shape must be (ny, nx) with both >= 2, got {shape}")
@@ -210,6 +219,13 @@ class FlatDetector(AbstractDetector):
         if center is None:
             center = ((shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
         self.center = as_float(center, "center", (2,))
+        if tilt is not None:
+            tilt = as_float(tilt, "tilt", (2,))
+            if is_concrete(tilt) and not np.all(np.abs(np.asarray(tilt)) < math.radians(60.0)):
+                raise ValueError(
+                    f"tilt must be (tx, ty) in radians with |t| < 60 deg, got {np.asarray(tilt)}"
+                )
+        self.tilt = tilt
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -225,19 +241,51 @@ class FlatDetector(AbstractDetector):
         Y = (iy - self.center[0]) * self.pixel_size[0]
         return jnp.broadcast_to(X, self.shape_), jnp.broadcast_to(Y, self.shape_)
 
+    def tilt_matrix(self) -> Float[Array, "3 3"]:
+        """R = R_y(ty) R_x(tx): columns are the plane's x axis, y axis and normal in the lab frame."""
+        dt = self.distance.dtype
+        if self.tilt is None:
+            return jnp.eye(3, dtype=dt)
+        tx, ty = self.tilt[0], self.tilt[1]
+        cx, sx, cy, sy = jnp.cos(tx), jnp.sin(tx), jnp.cos(ty), jnp.sin(ty)
+        z, o = jnp.zeros_like(tx), jnp.ones_like(tx)
+        Rx = jnp.stack([jnp.stack([o, z, z]), jnp.stack([z, cx, -sx]), jnp.stack([z, sx, cx])])
+        Ry = jnp.stack([jnp.stack([cy, z, sy]), jnp.stack([z, o, z]), jnp.stack([-sy, z, cy])])
+        return Ry @ Rx
+
+    def pixel_positions(self) -> Float[Array, "ny nx 3"]:
+        """Lab-frame (x, y, z) of every pixel centre, length unit of `distance`."""
+        X, Y = self.plane_coordinates()
+        R = self.tilt_matrix()
+        D = self.distance
+        return X[..., None] * R[:, 0] + Y[..., None] * R[:, 1] + jnp.stack([0 * D, 0 * D, D])
+
     def pixels(self) -> PixelDirections:
         X, Y = self.plane_coordinates()
         D = self.distance
-        rho2 = X**2 + Y**2
-        r = jnp.sqrt(rho2 + D**2)
-        omc = rho2 / (r * (r + D))
 
-        def F(x, y):  # solid angle of the rectangle [0, x] x [0, y] seen from distance D (signed)
-            return jnp.arctan(x * y / (D * jnp.sqrt(D**2 + x**2 + y**2)))
+        def F(x, y, h):  # solid angle of the rectangle [0, x] x [0, y] seen from height h over its corner
+            return jnp.arctan(x * y / (h * jnp.sqrt(h**2 + x**2 + y**2)))
 
         hx, hy = self.pixel_size[1] / 2, self.pixel_size[0] / 2
-        sa = F(X + hx, Y + hy) - F(X - hx, Y + hy) - F(X + hx, Y - hy) + F(X - hx, Y - hy)
-        return PixelDirections(X / r, Y / r, omc, sa, jnp.ones(self.shape_, bool))
+        if self.tilt is None:
+            rho2 = X**2 + Y**2
+            r = jnp.sqrt(rho2 + D**2)
+            omc = rho2 / (r * (r + D))
+            sx, sy = X / r, Y / r
+            Xf, Yf, h = X, Y, D
+        else:
+            P = self.pixel_positions()
+            R = self.tilt_matrix()
+            r = jnp.sqrt(jnp.sum(P**2, axis=-1))
+            rho2 = P[..., 0] ** 2 + P[..., 1] ** 2
+            omc = rho2 / (r * (r + P[..., 2]))
+            sx, sy = P[..., 0] / r, P[..., 1] / r
+            # Foot of the perpendicular from the sample: height h = D n_z, plane coordinates -D (R_20, R_21).
+            h = D * R[2, 2]
+            Xf, Yf = X + D * R[2, 0], Y + D * R[2, 1]
+        sa = F(Xf + hx, Yf + hy, h) - F(Xf - hx, Yf + hy, h) - F(Xf + hx, Yf - hy, h) + F(Xf - hx, Yf - hy, h)
+        return PixelDirections(sx, sy, omc, sa, jnp.ones(self.shape_, bool))
 
 
 class Directions(AbstractDetector):

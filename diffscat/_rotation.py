@@ -20,6 +20,9 @@ __all__ = [
     "rotation_from_quaternion",
     "quaternion_from_rotation",
     "rotation_from_euler",
+    "euler_from_rotation",
+    "rotation_from_scatman",
+    "scatman_from_rotation",
 ]
 
 ORTHO_TOL = 1e-4
@@ -134,3 +137,98 @@ def rotation_from_euler(angles, seq: str = "ZYZ", degrees: bool = False) -> Floa
     if seq.isupper():
         return mats[0] @ mats[1] @ mats[2]
     return mats[2] @ mats[1] @ mats[0]
+
+
+def rotation_from_scatman(latitude, longitude, rotation, degrees: bool = True) -> Float[Array, "3 3"]:
+    """Rotation matrix (r_lab = R r_body) from PyScatman's latitude / longitude / rotation.
+
+    The shape's main axis is its body +z axis (the polar axis of `SphericalHarmonics` and `RadialMap`, the
+    third semi-axis of an `Ellipsoid`, the long axis of `Capsule`, `Spindle`, `Dumbbell`). It is pointed to
+
+        u = (cos(lat) cos(lon), cos(lat) sin(lon), -sin(lat))
+
+    so latitude +90 deg points it toward the incoming beam (-z, the source), -90 deg toward the detector (+z),
+    latitude 0 lies in the plane orthogonal to the beam, and longitude is the azimuth from +x toward +y (the
+    detector's phi). Then the body is turned by `rotation` about that axis (right-handed about u). As a
+    matrix: R = R_z(lon) R_y(90 deg + lat) R_z(rot), i.e. intrinsic "ZYZ" Euler angles
+    (lon, 90 deg + lat, rot). (0, 0, 0) maps body z to +x and body x to -z; (-90, 0, 0) is the identity.
+    Differentiable and vmappable; angles in degrees unless `degrees=False`. See docs/shapes.md.
+    """
+    lat = jnp.asarray(latitude)
+    lon = jnp.asarray(longitude)
+    rot = jnp.asarray(rotation)
+    dt = jnp.result_type(lat, lon, rot, float)
+    lat, lon, rot = (a.astype(dt) for a in (lat, lon, rot))
+    if degrees:
+        lat, lon, rot = jnp.deg2rad(lat), jnp.deg2rad(lon), jnp.deg2rad(rot)
+    return rotation_z(lon) @ rotation_y(lat + jnp.pi / 2) @ rotation_z(rot)
+
+
+def scatman_from_rotation(R, degrees: bool = True) -> Float[Array, "3"]:
+    """(latitude, longitude, rotation) of a rotation matrix, the inverse of `rotation_from_scatman`.
+
+    latitude in [-90, 90], longitude and rotation in (-180, 180] (degrees unless `degrees=False`). At the poles
+    (main axis along the beam) longitude and rotation are not separate; longitude 0 is returned there and the
+    whole turn goes into rotation. Differentiable away from the poles.
+    """
+    R = as_float(R, "rotation", (3, 3))
+    u = R[:, 2]
+    rho = jnp.hypot(u[0], u[1])
+    lat = jnp.arctan2(-u[2], rho)
+    pole = rho < 1e-7
+    lon = jnp.where(pole, 0.0, jnp.arctan2(jnp.where(pole, 0.0, u[1]), jnp.where(pole, 1.0, u[0])))
+    # M = R_y(90 + lat)^T R_z(lon)^T R = R_z(rot)
+    M = rotation_y(lat + jnp.pi / 2).T @ rotation_z(lon).T @ R
+    rot = jnp.arctan2(M[1, 0], M[0, 0])
+    out = jnp.stack([lat, lon, rot])
+    return jnp.rad2deg(out) if degrees else out
+
+
+def euler_from_rotation(R, seq: str = "ZYZ", degrees: bool = False) -> Float[Array, "3"]:
+    """Euler angles of a rotation matrix, the inverse of `rotation_from_euler` (same `seq` convention).
+
+    Proper sequences (first axis == last, e.g. "ZYZ") return the middle angle in [0, pi]; Tait-Bryan
+    sequences ("XYZ", ...) in [-pi/2, pi/2]. At gimbal lock the third angle is set to 0. Differentiable away
+    from gimbal lock.
+    """
+    if len(seq) != 3 or not (seq.isupper() or seq.islower()) or set(seq.lower()) - set("xyz"):
+        raise ValueError(f"seq must be three of x/y/z, all upper (intrinsic) or lower case, got {seq!r}")
+    if seq[0].lower() == seq[1].lower() or seq[1].lower() == seq[2].lower():
+        raise ValueError(f"seq must not repeat an axis twice in a row, got {seq!r}")
+    R = as_float(R, "rotation", (3, 3))
+    if seq.islower():
+        # extrinsic a1, a2, a3 about fixed axes == intrinsic a3, a2, a1 about moving axes (reversed order)
+        ang = euler_from_rotation(R, seq[::-1].upper())
+        ang = ang[::-1]
+        return jnp.rad2deg(ang) if degrees else ang
+    i, j, k = ("xyz".index(c) for c in seq.lower())
+    proper = i == k
+    if proper:
+        k = 3 - i - j  # the third axis of the frame
+    # parity of the permutation (i, j, k): +1 for cyclic order
+    sgn = 1.0 if (i, j, k) in ((0, 1, 2), (1, 2, 0), (2, 0, 1)) else -1.0
+    eps = 1e-7
+    if proper:
+        # R = R_i(a) R_j(b) R_i(c)
+        cb = jnp.clip(R[i, i], -1.0, 1.0)
+        sb = jnp.hypot(R[i, j], R[i, k])
+        b = jnp.arctan2(sb, cb)
+        lock = sb < eps
+        a = jnp.arctan2(jnp.where(lock, 0.0, R[j, i]), jnp.where(lock, 1.0, -sgn * R[k, i]))
+        c = jnp.arctan2(jnp.where(lock, 0.0, R[i, j]), jnp.where(lock, 1.0, sgn * R[i, k]))
+        # gimbal lock: R = R_i(a + c) (b = 0) or R_i(a) diag-flip R_i(-c) (b = pi); put it all in a
+        a_lock = jnp.arctan2(sgn * R[k, j], R[j, j])
+        a = jnp.where(lock, a_lock, a)
+        c = jnp.where(lock, 0.0, c)
+    else:
+        # R = R_i(a) R_j(b) R_k(c)
+        sb = jnp.clip(sgn * R[i, k], -1.0, 1.0)
+        b = jnp.arcsin(sb)
+        lock = jnp.abs(sb) > 1 - eps
+        a = jnp.arctan2(jnp.where(lock, 0.0, -sgn * R[j, k]), jnp.where(lock, 1.0, R[k, k]))
+        c = jnp.arctan2(jnp.where(lock, 0.0, -sgn * R[i, j]), jnp.where(lock, 1.0, R[i, i]))
+        a_lock = jnp.arctan2(sgn * R[k, j], R[j, j])
+        a = jnp.where(lock, a_lock, a)
+        c = jnp.where(lock, 0.0, c)
+    ang = jnp.stack([a, b, c])
+    return jnp.rad2deg(ang) if degrees else ang

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._experiment import Experiment, FlatDetector, QGrid
 
-__all__ = ["plot_pattern", "save_figure"]
+__all__ = ["plot_pattern", "plot_shape", "save_figure"]
 
 
 def _plt():
@@ -102,3 +102,7 @@ def plot_pattern(
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+# The shape preview lives in its own file; re-exported here so `diffscat.plot.plot_shape` works too.
+from ._plot_shape import plot_shape as plot_shape  # noqa: E402

@@ -1,1 +1,42 @@
 """fitting: gradient-based shape retrieval on top of diffscat (losses, parametrisations, fits)."""
+
+from ._fit import (
+    POLARISATIONS as POLARISATIONS,
+    expected_signal as expected_signal,
+    fit as fit,
+    make_optimizer as make_optimizer,
+)
+from ._init import (
+    ellipsoid_starts as ellipsoid_starts,
+    estimate_center as estimate_center,
+    estimate_radius as estimate_radius,
+    fit_ellipsoid_auto as fit_ellipsoid_auto,
+    fit_sphere_auto as fit_sphere_auto,
+    fit_spherical_harmonics as fit_spherical_harmonics,
+    harmonics_from_ellipsoid as harmonics_from_ellipsoid,
+    pad_harmonics as pad_harmonics,
+    radial_profile as radial_profile,
+    random_rotations as random_rotations,
+)
+from ._losses import (
+    LOSSES as LOSSES,
+    anscombe_nll as anscombe_nll,
+    check_data as check_data,
+    log_intensity_nll as log_intensity_nll,
+    poisson_nll as poisson_nll,
+    profile_scale as profile_scale,
+    residuals as residuals,
+)
+from ._params import (
+    Parametrisation as Parametrisation,
+    default_free as default_free,
+    valid_parameter_names as valid_parameter_names,
+)
+from ._regularizers import (
+    Compose as Compose,
+    SHDegreePrior as SHDegreePrior,
+    SHSmoothness as SHSmoothness,
+)
+from ._report import plot_report as plot_report
+from ._result import Alternative as Alternative, FitResult as FitResult
+from ._uncertainty import covariance as covariance, laplace_sigmas as laplace_sigmas

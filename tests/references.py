@@ -104,3 +104,41 @@ def rel_l2(a, b):
     a = np.asarray(a, float)
     b = np.asarray(b, float)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --- shape library (issue: shape library) ------------------------------------------------------------
+
+
+def _q_physical(wavelength, theta, phi):
+    """Physical momentum transfer q = k_out - k_in = (qx, qy, -qz), shape (..., 3)."""
+    k0 = 2 * np.pi / wavelength
+    theta = np.asarray(theta, float)
+    phi = np.asarray(phi, float)
+    return np.stack(
+        [k0 * np.sin(theta) * np.cos(phi), k0 * np.sin(theta) * np.sin(phi), -k0 * (1 - np.cos(theta))],
+        axis=-1,
+    )
+
+
+def born_cube(edge, R, dn, wavelength, theta, phi):
+    """Analytic first-Born dsigma/dOmega of a uniform cube of `edge` with body axes R (r_lab = R r_body):
+    amplitude k0^2/(4 pi) ((1+dn)^2 - 1) edge^3 prod_i sinc(q_i edge / 2), q_body = R^T q."""
+    k0 = 2 * np.pi / wavelength
+    qb = _q_physical(wavelength, theta, phi) @ np.asarray(R, float)
+    f = np.prod(np.sinc(qb * edge / (2 * np.pi)), axis=-1)  # np.sinc(x) = sin(pi x) / (pi x)
+    amp = k0**2 / (4 * np.pi) * ((1 + dn) ** 2 - 1) * edge**3 * f
+    return np.abs(amp) ** 2
+
+
+def born_core_shell(r_core, r_shell, dn_core, dn_shell, wavelength, theta, phi):
+    """Analytic first-Born dsigma/dOmega of concentric spheres: shell material out to r_shell, core material
+    inside r_core; the amplitude is the shell sphere's plus the core sphere's with the contrast
+    S(dn_core) - S(dn_shell), S(dn) = (1 + dn)^2 - 1."""
+    k0 = 2 * np.pi / wavelength
+    q = np.linalg.norm(_q_physical(wavelength, theta, phi), axis=-1)
+    S = lambda dn: (1 + dn) ** 2 - 1
+    Vs, Vc = 4 / 3 * np.pi * r_shell**3, 4 / 3 * np.pi * r_core**3
+    amp = S(dn_shell) * Vs * sphere_amplitude(q * r_shell) + (
+        S(dn_core) - S(dn_shell)
+    ) * Vc * sphere_amplitude(q * r_core)
+    return np.abs(k0**2 / (4 * np.pi) * amp) ** 2

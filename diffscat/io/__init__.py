@@ -1,0 +1,26 @@
+"""Files and configs: CXI / HDF5 read and write, shape (de)serialisation, TOML configs, length units."""
+
+from ._config import (
+    ConfigError as ConfigError,
+    apply_overrides as apply_overrides,
+    build_detector_model as build_detector_model,
+    build_experiment as build_experiment,
+    build_shape as build_shape,
+    load_config as load_config,
+    parse_config as parse_config,
+)
+from ._cxi import (
+    CXIData as CXIData,
+    CXIWriter as CXIWriter,
+    LazyStack as LazyStack,
+    NaNPixelWarning as NaNPixelWarning,
+    list_entries as list_entries,
+    read_cxi as read_cxi,
+    write_cxi as write_cxi,
+)
+from ._shape_io import (
+    shape_class as shape_class,
+    shape_from_dict as shape_from_dict,
+    shape_to_dict as shape_to_dict,
+)
+from ._units import LENGTH_UNITS as LENGTH_UNITS, length_unit_m as length_unit_m

@@ -1,0 +1,545 @@
+"""TOML configs for `diffscat simulate`: loading, validation, `--set` overrides and builders.
+
+Sections (docs/cli.md lists every key): `[experiment]` (+ `[experiment.detector]`), `[shape]`,
+`[simulation]`, `[detector_model]` (+ `.mcp`, `.mask`), `[output]`, `[dataset]` (+ `.vary.<name>`).
+Every error is a `ConfigError` (a ValueError) naming the offending key and value; unknown keys are rejected.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import tomllib
+from typing import Any
+
+import numpy as np
+
+from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
+from ._shape_io import shape_class
+from ._units import LENGTH_UNITS
+
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+    "build_experiment",
+    "build_shape",
+    "shape_kwargs",
+    "build_detector_model",
+    "DISTRIBUTIONS",
+]
+
+DISTRIBUTIONS = ("fixed", "uniform", "loguniform", "normal", "choice", "uniform_so3")
+_NUM = (int, float)
+
+
+class ConfigError(ValueError):
+    """A config key is missing, unknown, of the wrong type or out of range (the message names it)."""
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool)
+
+
+def _fmt(v) -> str:
+    return repr(v) if not isinstance(v, dict) else "{...}"
+
+
+def _check_keys(d: dict, allowed, path: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"[{path}] must be a table, got {_fmt(d)}")
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{path}]: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _get(d: dict, key: str, path: str, kind: str, *, required=False, default=None, positive=False, min_=None):
+    """Fetch and type-check d[key]; kind in number | int | str | bool | list | any."""
+    full = f"{path}.{key}"
+    if key not in d:
+        if required:
+            raise ConfigError(f"missing key {full}")
+        return default
+    v = d[key]
+    ok = {
+        "number": _is_num(v),
+        "int": isinstance(v, int) and not isinstance(v, bool),
+        "str": isinstance(v, str),
+        "bool": isinstance(v, bool),
+        "list": isinstance(v, list),
+        "any": True,
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{full} = {_fmt(v)} has the wrong type: expected {kind}")
+    if kind in ("number", "int"):
+        if not math.isfinite(v):
+            raise ConfigError(f"{full} = {v!r} must be finite")
+        if positive and v <= 0:
+            raise ConfigError(f"{full} = {v!r} must be positive")
+        if min_ is not None and v < min_:
+            raise ConfigError(f"{full} = {v!r} must be >= {min_}")
+    return v
+
+
+def _numbers(v, full: str, length: int | None = None, positive=False) -> list[float]:
+    if not isinstance(v, list) or not all(_is_num(x) for x in v):
+        raise ConfigError(f"{full} = {_fmt(v)} has the wrong type: expected a list of numbers")
+    if length is not None and len(v) != length:
+        raise ConfigError(f"{full} = {v!r} must have {length} entries")
+    if positive and any(x <= 0 for x in v):
+        raise ConfigError(f"{full} = {v!r} must be positive")
+    return [float(x) for x in v]
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+TOP = {"experiment", "shape", "simulation", "detector_model", "output", "dataset"}
+EXPERIMENT = {"wavelength", "length_unit", "detector"}
+DETECTORS = {
+    "qgrid": {"type", "n", "theta_max_deg"},
+    "anglegrid": {"type", "n", "theta_max_deg"},
+    "flat": {"type", "distance", "pixel_size", "shape", "center", "tilt_deg"},
+}
+SIMULATION = {"method", "pitch", "transform"}
+DETECTOR_MODEL = {
+    "fluence",
+    "pulse_energy",
+    "focus_area",
+    "transmission",
+    "polarisation",
+    "efficiency",
+    "noise",
+    "readout_sigma",
+    "background",
+    "offset",
+    "saturation",
+    "saturation_mode",
+    "binning",
+    "seed",
+    "mcp",
+    "mask",
+}
+MCP = {"gain", "gamma", "saturation", "hole_radius"}
+MASK = {
+    "beamstop_radius",
+    "hole_radius",
+    "rectangles",
+    "gap_rows",
+    "gap_cols",
+    "gap_width",
+    "bad_pixels",
+    "theta_min_deg",
+    "theta_max_deg",
+}
+OUTPUT = {"path", "png", "dtype", "overwrite", "store_expected"}
+DATASET = {"count", "seed", "chunk", "vary"}
+SHAPE_EXTRA = {"type", "euler_deg", "euler_seq"}
+VARY = {"dist", "low", "high", "mean", "std", "values", "value", "mode"}
+
+
+def _check_experiment(e: dict) -> None:
+    _check_keys(e, EXPERIMENT, "experiment")
+    _get(e, "wavelength", "experiment", "number", required=True, positive=True)
+    unit = _get(e, "length_unit", "experiment", "str", required=True)
+    if unit not in LENGTH_UNITS:
+        raise ConfigError(f"experiment.length_unit = {unit!r} is not one of {sorted(LENGTH_UNITS)}")
+    d = _get(e, "detector", "experiment", "any", required=True)
+    if not isinstance(d, dict):
+        raise ConfigError(f"experiment.detector must be a table, got {_fmt(d)}")
+    t = _get(d, "type", "experiment.detector", "str", required=True)
+    if t not in DETECTORS:
+        raise ConfigError(f"experiment.detector.type = {t!r} is unknown; use one of {sorted(DETECTORS)}")
+    _check_keys(d, DETECTORS[t], f"experiment.detector ({t})")
+    p = "experiment.detector"
+    if t in ("qgrid", "anglegrid"):
+        _get(d, "n", p, "int", required=True, min_=2)
+        tm = _get(d, "theta_max_deg", p, "number", required=True, positive=True)
+        if tm >= 90:
+            raise ConfigError(f"{p}.theta_max_deg = {tm!r} must be < 90")
+    else:
+        _get(d, "distance", p, "number", required=True, positive=True)
+        ps = _get(d, "pixel_size", p, "any", required=True)
+        if _is_num(ps):
+            if ps <= 0:
+                raise ConfigError(f"{p}.pixel_size = {ps!r} must be positive")
+        else:
+            _numbers(ps, f"{p}.pixel_size", 2, positive=True)
+        sh = _get(d, "shape", p, "list", required=True)
+        if len(sh) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 2 for x in sh):
+            raise ConfigError(f"{p}.shape = {sh!r} must be [ny, nx], integers >= 2")
+        if "center" in d:
+            _numbers(d["center"], f"{p}.center", 2)
+        if "tilt_deg" in d:
+            tl = _numbers(d["tilt_deg"], f"{p}.tilt_deg", 2)
+            if any(abs(x) >= 60 for x in tl):
+                raise ConfigError(f"{p}.tilt_deg = {tl!r} must be within (-60, 60) degrees")
+
+
+def _shape_params(cls) -> tuple[set[str], set[str]]:
+    params = inspect.signature(cls.__init__).parameters
+    names = {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = {n for n in names if params[n].default is inspect.Parameter.empty}
+    return names, required
+
+
+def _check_shape(s: dict) -> None:
+    if not isinstance(s, dict):
+        raise ConfigError(f"[shape] must be a table, got {_fmt(s)}")
+    t = _get(s, "type", "shape", "str", required=True)
+    try:
+        cls = shape_class(t)
+    except ValueError as e:
+        raise ConfigError(f"shape.type = {t!r}: {e}") from None
+    names, required = _shape_params(cls)
+    _check_keys(s, names | SHAPE_EXTRA, f"shape ({cls.__name__})")
+    for r in sorted(required):
+        if r not in s:
+            raise ConfigError(f"missing key shape.{r} (required by {cls.__name__})")
+    for k, v in s.items():
+        if k in ("type", "euler_seq"):
+            continue
+        if isinstance(v, str | dict) or isinstance(v, bool):
+            raise ConfigError(
+                f"shape.{k} = {_fmt(v)} has the wrong type: expected a number or a list of numbers"
+            )
+    if "euler_deg" in s:
+        if "rotation" in s:
+            raise ConfigError("give shape.rotation or shape.euler_deg, not both")
+        _numbers(s["euler_deg"], "shape.euler_deg", 3)
+
+
+def _check_detector_model(m: dict) -> None:
+    p = "detector_model"
+    _check_keys(m, DETECTOR_MODEL, p)
+    if "fluence" in m:
+        if "pulse_energy" in m or "focus_area" in m:
+            raise ConfigError("give detector_model.fluence or pulse_energy + focus_area, not both")
+        _get(m, "fluence", p, "number", positive=True)
+    elif "pulse_energy" in m or "focus_area" in m:
+        _get(m, "pulse_energy", p, "number", required=True, positive=True)
+        _get(m, "focus_area", p, "number", required=True, positive=True)
+    else:
+        raise ConfigError("missing key detector_model.fluence (or pulse_energy + focus_area)")
+    _get(m, "transmission", p, "number", min_=0)
+    pol = _get(m, "polarisation", p, "str", default="none")
+    if pol not in ("x", "y", "unpolarised", "none"):
+        raise ConfigError(f"{p}.polarisation = {pol!r} must be one of x, y, unpolarised, none")
+    _get(m, "efficiency", p, "number", min_=0)
+    noise = _get(m, "noise", p, "str", default="poisson")
+    if noise not in ("poisson", "none"):
+        raise ConfigError(f"{p}.noise = {noise!r} must be 'poisson' or 'none'")
+    _get(m, "readout_sigma", p, "number", min_=0)
+    _get(m, "background", p, "number", min_=0)
+    _get(m, "offset", p, "number")
+    _get(m, "saturation", p, "number", positive=True)
+    sm = _get(m, "saturation_mode", p, "str", default="hard")
+    if sm not in ("hard", "smooth"):
+        raise ConfigError(f"{p}.saturation_mode = {sm!r} must be 'hard' or 'smooth'")
+    _get(m, "binning", p, "int", min_=1)
+    _get(m, "seed", p, "int", min_=0)
+    if "mcp" in m:
+        mc = m["mcp"]
+        _check_keys(mc, MCP, f"{p}.mcp")
+        for k in ("gain", "gamma", "saturation"):
+            _get(mc, k, f"{p}.mcp", "number", positive=True)
+        _get(mc, "hole_radius", f"{p}.mcp", "number", min_=0)
+    if "mask" in m:
+        mk = m["mask"]
+        q = f"{p}.mask"
+        _check_keys(mk, MASK, q)
+        for k in ("beamstop_radius", "hole_radius", "theta_min_deg", "theta_max_deg"):
+            _get(mk, k, q, "number", min_=0)
+        _get(mk, "gap_width", q, "int", min_=1)
+        for k in ("gap_rows", "gap_cols"):
+            v = _get(mk, k, q, "list", default=[])
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"{q}.{k} = {v!r} must be a list of integers")
+        for k, n in (("bad_pixels", 2), ("rectangles", 4)):
+            v = _get(mk, k, q, "list", default=[])
+            if not all(isinstance(x, list) and len(x) == n and all(isinstance(i, int) for i in x) for x in v):
+                raise ConfigError(f"{q}.{k} = {v!r} must be a list of [{', '.join(['int'] * n)}] entries")
+
+
+def _check_output(o: dict) -> None:
+    _check_keys(o, OUTPUT, "output")
+    _get(o, "path", "output", "str")
+    png = _get(o, "png", "output", "any", default=True)
+    if not isinstance(png, bool | str):
+        raise ConfigError(f"output.png = {png!r} must be true, false or a file name")
+    dt = _get(o, "dtype", "output", "str", default="float32")
+    if dt not in ("float32", "float64"):
+        raise ConfigError(f"output.dtype = {dt!r} must be 'float32' or 'float64'")
+    _get(o, "overwrite", "output", "bool")
+    _get(o, "store_expected", "output", "bool")
+
+
+def _check_simulation(s: dict) -> None:
+    _check_keys(s, SIMULATION, "simulation")
+    m = _get(s, "method", "simulation", "str", default="msft")
+    if m not in ("msft", "born"):
+        raise ConfigError(f"simulation.method = {m!r} must be 'msft' or 'born'")
+    _get(s, "pitch", "simulation", "number", positive=True)
+    t = _get(s, "transform", "simulation", "str", default="auto")
+    if t not in ("auto", "separable", "direct"):
+        raise ConfigError(f"simulation.transform = {t!r} must be auto, separable or direct")
+
+
+def _check_dataset(d: dict, cfg: dict) -> None:
+    p = "dataset"
+    _check_keys(d, DATASET, p)
+    _get(d, "count", p, "int", required=True, min_=1)
+    _get(d, "seed", p, "int", min_=0)
+    _get(d, "chunk", p, "int", min_=1)
+    vary = _get(d, "vary", p, "any", default={})
+    if not isinstance(vary, dict):
+        raise ConfigError(f"dataset.vary must be a table, got {_fmt(vary)}")
+    cls = shape_class(cfg["shape"]["type"])
+    names, _ = _shape_params(cls)
+    allowed = names | {"fluence", "size", "axis_ratios"}
+    for k, spec in vary.items():
+        q = f"dataset.vary.{k}"
+        if k not in allowed:
+            raise ConfigError(
+                f"unknown key {q}: vary a field of {cls.__name__} ({', '.join(sorted(names))}), "
+                "fluence, or size + axis_ratios"
+            )
+        _check_keys(spec, VARY, q)
+        dist = _get(spec, "dist", q, "str", required=True)
+        if dist not in DISTRIBUTIONS:
+            raise ConfigError(f"{q}.dist = {dist!r} must be one of {DISTRIBUTIONS}")
+        need = {
+            "fixed": ("value",),
+            "uniform": ("low", "high"),
+            "loguniform": ("low", "high"),
+            "normal": ("mean", "std"),
+            "choice": ("values",),
+            "uniform_so3": (),
+        }[dist]
+        for n in need:
+            if n not in spec:
+                raise ConfigError(f"missing key {q}.{n} (needed by dist = {dist!r})")
+        if dist == "uniform_so3" and k != "rotation":
+            raise ConfigError(f"{q}.dist = 'uniform_so3' applies only to rotation")
+        if dist == "loguniform" and np.any(np.asarray(spec["low"], float) <= 0):
+            raise ConfigError(f"{q}.low = {spec['low']!r} must be positive for a log-uniform distribution")
+        mode = _get(spec, "mode", q, "str", default="set")
+        if mode not in ("set", "add", "scale"):
+            raise ConfigError(f"{q}.mode = {mode!r} must be set, add or scale")
+    if ("size" in vary) != ("axis_ratios" in vary) or ("size" in vary and "semi_axes" not in names):
+        raise ConfigError(
+            "dataset.vary.size and dataset.vary.axis_ratios go together, for shapes with semi_axes"
+        )
+    if "fluence" in vary and "detector_model" not in cfg:
+        raise ConfigError("dataset.vary.fluence needs a [detector_model] section")
+
+
+def parse_config(cfg: dict) -> dict:
+    """Validate a config dict (as `tomllib` returns it); returns it unchanged or raises `ConfigError`."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("a config must be a TOML table")
+    _check_keys(cfg, TOP, "top level")
+    for sec in ("experiment", "shape"):
+        if sec not in cfg:
+            raise ConfigError(f"missing section [{sec}]")
+    _check_experiment(cfg["experiment"])
+    _check_shape(cfg["shape"])
+    if "simulation" in cfg:
+        _check_simulation(cfg["simulation"])
+    if "detector_model" in cfg:
+        _check_detector_model(cfg["detector_model"])
+    if "output" in cfg:
+        _check_output(cfg["output"])
+    if "dataset" in cfg:
+        _check_dataset(cfg["dataset"], cfg)
+    return cfg
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string (e.g. --set shape.type=Ellipsoid)
+
+
+def apply_overrides(cfg: dict, overrides) -> dict:
+    """Apply `key.path=value` overrides (values parsed as TOML, bare words as strings) to a config dict."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. shape.radius=7.5")
+        key, text = item.split("=", 1)
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key")
+        d = cfg
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a table")
+        d[parts[-1]] = _parse_value(text.strip())
+    return cfg
+
+
+def load_config(path, overrides=()) -> dict:
+    """Read a TOML config, apply `--set` overrides, validate. Raises FileNotFoundError / ConfigError."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such config file: {path}")
+    with open(path, "rb") as f:
+        try:
+            cfg = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(apply_overrides(cfg, overrides))
+
+
+# ----------------------------------------------------------------------------------------------- builders
+
+
+def _arr(v):
+    """A list / NumPy array as a JAX array of the default float (no float64 request when x64 is off)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.asarray(v, float))
+
+
+def build_experiment(cfg: dict) -> Experiment:
+    """The `Experiment` of a validated config (lengths in `experiment.length_unit`)."""
+    e = cfg["experiment"]
+    d = e["detector"]
+    if d["type"] == "qgrid":
+        det = QGrid(d["n"], float(d["theta_max_deg"]))
+    elif d["type"] == "anglegrid":
+        det = AngleGrid(d["n"], float(d["theta_max_deg"]))
+    else:
+        tilt = None if "tilt_deg" not in d else np.radians(np.asarray(d["tilt_deg"], float))
+        center = None if "center" not in d else np.asarray(d["center"], float)
+        det = FlatDetector(
+            float(d["distance"]), np.asarray(d["pixel_size"], float), tuple(d["shape"]), center, tilt
+        )
+    return Experiment(float(e["wavelength"]), det)
+
+
+def shape_kwargs(section: dict) -> tuple[type, dict[str, Any]]:
+    """(class, constructor kwargs) of a validated [shape] table: lists become arrays, euler_deg a rotation."""
+    from .._rotation import rotation_from_euler
+
+    cls = shape_class(section["type"])
+    kw = {}
+    for k, v in section.items():
+        if k in SHAPE_EXTRA:
+            continue
+        kw[k] = np.asarray(v, float) if isinstance(v, list) else float(v) if _is_num(v) else v
+    if "euler_deg" in section:
+        seq = section.get("euler_seq", "ZYZ")
+        kw["rotation"] = np.asarray(
+            rotation_from_euler(np.asarray(section["euler_deg"], float), seq, degrees=True)
+        )
+    return cls, kw
+
+
+def build_shape(section: dict):
+    """The shape of a validated [shape] table; a constructor error is reported with the section's values."""
+    cls, kw = shape_kwargs(section)
+    try:
+        return cls(**kw)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[shape] type = {section['type']!r}: {e}") from None
+
+
+def build_detector_model(cfg: dict, experiment: Experiment):
+    """(DetectorModel, seed) of a validated config's [detector_model] (None, None without one).
+
+    Response order: background (photons) -> Poisson -> MCP gain -> readout noise -> offset -> saturation ->
+    binning. Fluence from `fluence` [photons / length_unit^2] or pulse_energy [J] / (h c / lambda) /
+    focus_area [length_unit^2] x transmission.
+    """
+    from .. import detectors as dt
+    from ._units import length_unit_m
+
+    m = cfg.get("detector_model")
+    if m is None:
+        return None, None
+    if "fluence" in m:
+        fluence = float(m["fluence"])
+    else:
+        hv = dt.photon_energy(
+            cfg["experiment"]["wavelength"], length_unit_m(cfg["experiment"]["length_unit"])
+        )
+        fluence = float(
+            dt.fluence_from_pulse(m["pulse_energy"], hv, m["focus_area"], m.get("transmission", 1.0))
+        )
+    pieces = []
+    if m.get("background", 0):
+        pieces.append(dt.Background(float(m["background"])))
+    if m.get("noise", "poisson") == "poisson":
+        pieces.append(dt.Poisson())
+    if "mcp" in m:
+        mc = m["mcp"]
+        det = experiment.detector
+        center = np.asarray(det.center) if isinstance(det, FlatDetector) else None
+        pieces.append(
+            dt.MCPGain(
+                mc.get("gain", 1.0),
+                mc.get("gamma", 1.0),
+                mc.get("saturation", float("inf")),
+                mc.get("hole_radius", 0.0),
+                center,
+            )
+        )
+    if m.get("readout_sigma", 0):
+        pieces.append(dt.GaussianReadout(float(m["readout_sigma"])))
+    if m.get("offset", 0):
+        pieces.append(dt.Background(float(m["offset"])))
+    if "saturation" in m:
+        pieces.append(dt.Saturation(float(m["saturation"]), m.get("saturation_mode", "hard")))
+    b = m.get("binning", 1)
+    if b > 1:
+        ny, nx = experiment.shape
+        if ny % b or nx % b:
+            raise ConfigError(
+                f"detector_model.binning = {b} must divide the detector shape {experiment.shape}"
+            )
+        pieces.append(dt.Binning(b))
+    mask = _build_mask(m.get("mask"), experiment, b)
+    model = dt.DetectorModel(
+        fluence, m.get("polarisation", "none"), float(m.get("efficiency", 1.0)), dt.Chain(*pieces), mask
+    )
+    return model, int(m.get("seed", 0))
+
+
+def _build_mask(mk: dict | None, experiment: Experiment, binning: int):
+    from .. import detectors as dt
+
+    if not mk:
+        return None
+    shape = experiment.shape
+    det = experiment.detector
+    c = np.asarray(det.center) if isinstance(det, FlatDetector) else ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+    masks = []
+    for k in ("beamstop_radius", "hole_radius"):
+        if mk.get(k):
+            masks.append(dt.circular_mask(shape, c, mk[k]))
+    for r0, r1, c0, c1 in mk.get("rectangles", []):
+        try:
+            masks.append(dt.rectangular_mask(shape, (r0, r1), (c0, c1)))
+        except ValueError as e:
+            raise ConfigError(f"detector_model.mask.rectangles: {e}") from None
+    if mk.get("gap_rows") or mk.get("gap_cols"):
+        masks.append(
+            dt.panel_gaps(shape, mk.get("gap_rows", []), mk.get("gap_cols", []), mk.get("gap_width", 1))
+        )
+    if mk.get("bad_pixels"):
+        masks.append(dt.bad_pixels(shape, mk["bad_pixels"]))
+    if "theta_min_deg" in mk or "theta_max_deg" in mk:
+        masks.append(dt.angular_mask(experiment, mk.get("theta_min_deg", 0.0), mk.get("theta_max_deg", 90.0)))
+    if not masks:
+        return None
+    m = dt.combine_masks(*masks)
+    if binning > 1:  # a binned pixel is good only when all its pixels are
+        ny, nx = shape
+        m = m.reshape(ny // binning, binning, nx // binning, binning).all(axis=(1, 3))
+    return m

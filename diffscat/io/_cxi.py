@@ -1,0 +1,731 @@
+"""CXI (HDF5) files: read and write diffraction images, masks, detector geometry and simulation truth.
+
+Layout written (CXI 1.6; SI units in the file, the user's length unit chosen explicitly on the way in/out):
+
+    /cxi_version                                     160
+    /entry_1/instrument_1/source_1/energy            photon energy, J
+    /entry_1/instrument_1/source_1/wavelength        m
+    /entry_1/instrument_1/detector_1/data            (ny, nx) or (N, ny, nx); attrs quantity, units
+    /entry_1/instrument_1/detector_1/mask            uint32 (ny, nx), 0 = good (CXI bits)
+    /entry_1/instrument_1/detector_1/distance        m
+    /entry_1/instrument_1/detector_1/x_pixel_size    m
+    /entry_1/instrument_1/detector_1/y_pixel_size    m
+    /entry_1/instrument_1/detector_1/corner_position (x, y, z) of the corner of the FIRST pixel, m
+    /entry_1/instrument_1/detector_1/basis_vectors   (2, 3): lab step per row, per column, m
+    /entry_1/data_1/data                             soft link to the detector data
+    /entry_1/sample_1/truth/                         shape type + parameters (stacked for N patterns)
+    /entry_1/diffscat/                               versions, seed, config text, exact user-unit geometry
+
+Pixel (iy, ix) has its centre at corner_position + (iy + 1/2) b_row + (ix + 1/2) b_col. The beam (+z) hits
+the detector at the point with fractional indices (cy, cx) = `FlatDetector.center`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
+from ..detectors._masks import CXI_INVALID, from_cxi_bitmask
+from ..detectors._photons import PLANCK, SPEED_OF_LIGHT
+from ._shape_io import put_attr, read_shape_group, shape_to_dict, write_shape_group
+from ._units import length_unit_m
+
+__all__ = [
+    "CXIData",
+    "LazyStack",
+    "CXIWriter",
+    "write_cxi",
+    "read_cxi",
+    "list_entries",
+    "experiment_from_cxi",
+    "NaNPixelWarning",
+]
+
+HC = PLANCK * SPEED_OF_LIGHT
+DET = "instrument_1/detector_1"
+SRC = "instrument_1/source_1"
+QUANTITIES = {"dsigma_domega": ("m^2/sr", 2), "photons": ("photons", 0), "detector_units": ("adu", 0)}
+
+
+class NaNPixelWarning(UserWarning):
+    """Data had NaN / inf pixels; they were set to 0 and masked out."""
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import jax
+
+    from .. import __version__
+
+    return {
+        "diffscat": __version__,
+        "jax": jax.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+def _geometry_datasets(det: FlatDetector, u: float) -> dict[str, np.ndarray]:
+    """CXI geometry of a FlatDetector, SI metres (u: metres per user unit)."""
+    D = float(det.distance)
+    py, px = (float(v) for v in np.asarray(det.pixel_size))
+    cy, cx = (float(v) for v in np.asarray(det.center))
+    R = np.asarray(det.tilt_matrix(), float)
+    e1, e2 = R[:, 0], R[:, 1]
+    corner = np.array([0.0, 0.0, D]) - (cx + 0.5) * px * e1 - (cy + 0.5) * py * e2
+    return {
+        "distance": np.float64(D * u),
+        "x_pixel_size": np.float64(px * u),
+        "y_pixel_size": np.float64(py * u),
+        "corner_position": corner * u,
+        "basis_vectors": np.stack([py * e2, px * e1]) * u,
+    }
+
+
+def _tilt_from_axes(e1, e2) -> np.ndarray | None:
+    """(tx, ty) with R_y(ty) R_x(tx) = [e1, e2, e1 x e2]; None when untilted; ValueError if not of that form."""
+    R = np.stack([e1, e2, np.cross(e1, e2)], axis=1)
+    if np.allclose(R, np.eye(3), atol=1e-12):
+        return None
+    ty = math.atan2(-R[2, 0], R[0, 0])
+    tx = math.atan2(R[2, 1], R[2, 2])
+    c, s = math.cos, math.sin
+    Rx = np.array([[1, 0, 0], [0, c(tx), -s(tx)], [0, s(tx), c(tx)]])
+    Ry = np.array([[c(ty), 0, s(ty)], [0, 1, 0], [-s(ty), 0, c(ty)]])
+    if not np.allclose(Ry @ Rx, R, atol=1e-6):
+        raise ValueError(
+            "basis_vectors describe an in-plane rotated detector, which FlatDetector does not support "
+            f"(row axis {e2}, column axis {e1})"
+        )
+    return np.array([tx, ty])
+
+
+def _read_scalar(g, name):
+    v = np.asarray(g[name][()], dtype=float)
+    return float(v.reshape(-1)[0])
+
+
+def _find(f, entry: str, rel: str, *fallbacks: str):
+    for p in (f"{entry}/{rel}", *fallbacks):
+        if p in f:
+            return f[p]
+    return None
+
+
+def experiment_from_cxi(
+    f, entry: str, image_shape: tuple[int, int], length_unit: str
+) -> tuple[Experiment | None, tuple[bool, bool]]:
+    """Build the Experiment stored in an open h5py file's `entry` (user length unit).
+
+    Returns (experiment or None when the file lacks a wavelength/energy, (flip_rows, flip_cols)); data must be
+    flipped along the flagged axes when the file's basis vectors point along -y / -x.
+    """
+    u = length_unit_m(length_unit)
+    # Wavelength: explicit wavelength (m) or photon energy (J; eV tolerated with a warning).
+    src = _find(f, entry, SRC, "source", "source_1")
+    wavelength = None
+    if src is not None:
+        if "wavelength" in src:
+            wavelength = _read_scalar(src, "wavelength") / u
+        elif "energy" in src:
+            e = _read_scalar(src, "energy")
+            if e > 1e-10:  # no photon has 0.6 GJ: this is in eV
+                warnings.warn(f"{src.name}/energy = {e:g} looks like eV, not J; read as eV", stacklevel=3)
+                e = e * 1.602176634e-19
+            if e <= 0:
+                raise ValueError(f"{src.name}/energy must be positive, got {e}")
+            wavelength = HC / e / u
+    saved = f.get(f"{entry}/diffscat/detector")
+    if saved is not None and saved.attrs.get("type") in ("qgrid", "anglegrid"):
+        cls = QGrid if saved.attrs["type"] == "qgrid" else AngleGrid
+        det = cls(int(saved.attrs["n"]), float(saved.attrs["theta_max_deg"]))
+        lam = float(f[f"{entry}/diffscat"].attrs["wavelength_m"]) / u
+        return Experiment(lam, det), (False, False)
+    g = _find(f, entry, DET, "detector", "detector_1")
+    if g is None or wavelength is None:
+        return None, (False, False)
+    ny, nx = image_shape
+    flips = (False, False)
+    if "corner_position" in g:
+        corner = np.asarray(g["corner_position"][()], float).reshape(-1)
+        if corner.shape != (3,):
+            raise ValueError(f"{g.name}/corner_position must have 3 entries, got {corner.shape}")
+        if "basis_vectors" in g:
+            B = np.asarray(g["basis_vectors"][()], float)
+            if B.shape != (2, 3):
+                B = B.reshape(-1, 3)[-2:] if B.size >= 6 and B.size % 3 == 0 else None
+            if B is None:
+                raise ValueError(f"{g.name}/basis_vectors must have shape (2, 3)")
+        else:
+            px = _read_scalar(g, "x_pixel_size")
+            py = _read_scalar(g, "y_pixel_size")
+            B = np.array([[0.0, -py, 0.0], [-px, 0.0, 0.0]])  # the CXI default
+        b_row, b_col = B[0].copy(), B[1].copy()
+        flip_r, flip_c = bool(b_row[1] < 0), bool(b_col[0] < 0)
+        if flip_c:  # read the columns in reverse: the new first pixel is the old last one
+            corner = corner + nx * b_col
+            b_col = -b_col
+        if flip_r:
+            corner = corner + ny * b_row
+            b_row = -b_row
+        flips = (flip_r, flip_c)
+        py, px = float(np.linalg.norm(b_row)), float(np.linalg.norm(b_col))
+        tilt = _tilt_from_axes(b_col / px, b_row / py)
+        # Where does the beam (the z axis) cross the plane? corner + a b_row + b b_col = t z.
+        M = np.stack([b_row, b_col, -np.array([0.0, 0.0, 1.0])], axis=1)
+        a, b, t = np.linalg.solve(M, -corner)
+        center = (a - 0.5, b - 0.5)
+        D = t
+    else:
+        if "distance" not in g:
+            raise ValueError(f"{g.name} has neither corner_position nor distance: no geometry")
+        D = _read_scalar(g, "distance")
+        px = _read_scalar(g, "x_pixel_size")
+        py = _read_scalar(g, "y_pixel_size")
+        center, tilt = ((ny - 1) / 2.0, (nx - 1) / 2.0), None
+        warnings.warn(
+            f"{g.name} has no corner_position: beam centre assumed at the image centre", stacklevel=3
+        )
+    if D <= 0:
+        raise ValueError(f"{g.name}: detector distance must be positive, got {D} m")
+    geom = dict(distance=D / u, pixel_size=(py / u, px / u), center=center, tilt=tilt)
+    # Files written here also hold the exact user-unit values: use them when they agree (bit-exact round trip).
+    ex = f.get(f"{entry}/diffscat/detector")
+    if ex is not None and ex.attrs.get("type") == "flat" and not any(flips):
+        s = float(ex.attrs["length_unit_m"]) / u
+        exact = dict(
+            distance=float(ex.attrs["distance"]) * s,
+            pixel_size=tuple(float(v) * s for v in ex.attrs["pixel_size"]),
+            center=tuple(float(v) for v in ex.attrs["center"]),
+            tilt=None if "tilt" not in ex.attrs else tuple(float(v) for v in ex.attrs["tilt"]),
+        )
+        close = (
+            math.isclose(exact["distance"], geom["distance"], rel_tol=1e-9)
+            and np.allclose(exact["pixel_size"], geom["pixel_size"], rtol=1e-9, atol=0)
+            and np.allclose(exact["center"], geom["center"], rtol=0, atol=1e-6)
+        )
+        if close and s == 1.0:
+            geom = exact
+        if "wavelength_m" in f[f"{entry}/diffscat"].attrs and s == 1.0:
+            wl = float(f[f"{entry}/diffscat"].attrs["wavelength_user"])
+            if math.isclose(wl, wavelength, rel_tol=1e-9):
+                wavelength = wl
+    det = FlatDetector(
+        geom["distance"], np.asarray(geom["pixel_size"]), (ny, nx), geom["center"], geom["tilt"]
+    )
+    return Experiment(wavelength, det), flips
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class LazyStack:
+    """A read-only view of an (N, ny, nx) image stack in an HDF5 file, read frame by frame or in chunks.
+
+    Indexing (`stack[i]`, `stack[a:b]`) reads only those frames, converted to the user's unit and flipped
+    to the +x / +y orientation; NaN / inf pixels become 0 (see `masks_for`). The file is opened per read,
+    so the object can be kept around and passed between processes.
+    """
+
+    def __init__(self, path, dataset: str, scale: float, flips: tuple[bool, bool], mask):
+        import h5py
+
+        self.path, self.dataset, self.scale, self.flips = os.fspath(path), dataset, scale, flips
+        self.base_mask = mask
+        with h5py.File(self.path, "r") as f:
+            ds = f[dataset]
+            self.shape = tuple(ds.shape)
+            self.dtype = ds.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _fix(self, a):
+        a = np.asarray(a, dtype=np.result_type(self.dtype, np.float32)) * self.scale
+        if self.flips[0]:
+            a = a[..., ::-1, :]
+        if self.flips[1]:
+            a = a[..., ::-1]
+        return np.ascontiguousarray(a)
+
+    def __getitem__(self, idx):
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            a = self._fix(f[self.dataset][idx])
+        bad = ~np.isfinite(a)
+        if bad.any():
+            warnings.warn(
+                f"{self.path}:{self.dataset}: {int(bad.sum())} NaN/inf pixel(s) set to 0 and masked",
+                NaNPixelWarning,
+                stacklevel=2,
+            )
+            a = np.where(bad, 0.0, a).astype(a.dtype)
+        return a
+
+    def masks_for(self, idx) -> np.ndarray:
+        """Use-masks (True = good) of the frames `idx`: the file mask and the finite pixels."""
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            a = self._fix(f[self.dataset][idx])
+        m = np.isfinite(a)
+        if self.base_mask is None:
+            return m
+        base = self.base_mask[idx] if self.base_mask.ndim == 3 else self.base_mask  # per-frame or shared
+        return m & base
+
+    def chunks(self, size: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start, frames[start:start + size]) through the stack; only one chunk is in memory."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        for s in range(0, len(self), size):
+            yield s, self[s : s + size]
+
+    def __repr__(self) -> str:
+        return f"LazyStack({self.path!r}, {self.dataset!r}, shape={self.shape})"
+
+
+@dataclasses.dataclass
+class CXIData:
+    """What `read_cxi` returns.
+
+    - `data`: one image (ny, nx) as a NumPy array, or a `LazyStack` for (N, ny, nx); user units
+      (dsigma/dOmega in length_unit^2/sr, photons or detector units as stored).
+    - `mask`: boolean use-mask (ny, nx), or (N, ny, nx) for per-frame file masks (True = good; the file's
+      bitmask, and for a single image its non-finite pixels) or None. Stacks: `data.masks_for(i)`.
+    - `experiment`: the `Experiment` (FlatDetector from the CXI geometry) or None if the file has none.
+    - `truth`: shape dict (`shape_from_dict(truth, i)` rebuilds pattern i) or None; `extras`: per-pattern
+      arrays (e.g. fluence) and file attributes (seed, versions, config).
+    """
+
+    data: Any
+    mask: np.ndarray | None
+    experiment: Experiment | None
+    truth: dict | None
+    extras: dict
+    quantity: str | None
+    path: str
+    entry: str
+
+    @property
+    def n_images(self) -> int:
+        return 1 if isinstance(self.data, np.ndarray) and self.data.ndim == 2 else len(self.data)
+
+
+def list_entries(path) -> list[str]:
+    """Names of the /entry_N groups of a CXI file, in numeric order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names = [k for k in f if k.startswith("entry_") and k[6:].isdigit()]
+    return sorted(names, key=lambda k: int(k[6:]))
+
+
+def _entry_name(entry) -> str:
+    if isinstance(entry, int | np.integer):
+        return f"entry_{int(entry)}"
+    if isinstance(entry, str):
+        return entry.strip("/")
+    raise TypeError(f"entry must be an int or a name like 'entry_2', got {entry!r}")
+
+
+def read_cxi(
+    path, *, length_unit: str, entry: int | str | None = None, data_path: str | None = None
+) -> CXIData:
+    """Read one entry of a CXI file (or any HDF5 dataset by path) in the user's length unit.
+
+    **Arguments:**
+    - `path`: the file.
+    - `length_unit`: the user's length unit ("nm", "um", "A", ...): distances, pixel sizes, wavelength and
+      dsigma/dOmega are converted from the file's SI units into it.
+    - `entry`: entry number or name (multi-entry files like CXIDB id-94 have /entry_1, /entry_2, ...);
+      default 1.
+    - `data_path`: read this dataset instead of the entry's detector data (plain HDF5 files); geometry,
+      mask and truth then come from `entry` only when it is given explicitly.
+
+    Single images are read whole; stacks come back as a `LazyStack`. NaN / inf pixels are set to 0, masked
+    out and reported with a `NaNPixelWarning`. Raises FileNotFoundError / ValueError naming what is missing
+    or malformed (dataset, rank, mask shape).
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    u = length_unit_m(length_unit)
+    ent = _entry_name(1 if entry is None else entry)
+    if data_path is not None and entry is None:
+        ent = "__none__"
+    with h5py.File(path, "r") as f:
+        # Old files: top-level /detector (and /source) groups, no /entry_N.
+        old = data_path is None and entry is None and "entry_1" not in f and "detector/data" in f
+        if old:
+            ent = ""
+        has_ent = old or ent in f
+        if data_path is None and not old:
+            if ent not in f:
+                raise ValueError(f"{path}: no group /{ent} (entries: {list_entries(path) or 'none'})")
+            cands = [f"{ent}/{DET}/data", f"{ent}/data_1/data", f"{ent}/image_1/data", "detector/data"]
+            dpath = next((c for c in cands if c in f), None)
+            if dpath is None:
+                raise ValueError(f"{path}: missing dataset /{ent}/{DET}/data (also looked at {cands[1:]})")
+        elif old:
+            dpath = "detector/data"
+        else:
+            dpath = data_path.lstrip("/")
+            if dpath not in f or not isinstance(f[dpath], h5py.Dataset):
+                raise ValueError(f"{path}: missing dataset /{dpath}")
+        ds = f[dpath]
+        ndim = ds.ndim
+        if ds.ndim not in (2, 3):
+            raise ValueError(
+                f"{path}:/{dpath} must have rank 2 (ny, nx) or 3 (N, ny, nx), got shape {ds.shape}"
+            )
+        img_shape = tuple(ds.shape[-2:])
+        quantity = ds.attrs.get("quantity")
+        quantity = quantity.decode() if isinstance(quantity, bytes) else quantity
+        scale = 1.0 / u**2 if quantity == "dsigma_domega" else 1.0
+        experiment, flips = experiment_from_cxi(f, ent, img_shape, length_unit) if has_ent else (None, (0, 0))
+        mask = None
+        mg = _find(f, ent, f"{DET}/mask", f"{ent}/data_1/mask", "detector/mask") if has_ent else None
+        if mg is not None:
+            m = np.asarray(mg[()])
+            if m.shape[-2:] != img_shape or m.ndim not in (2, ds.ndim):
+                raise ValueError(
+                    f"{path}:{mg.name} has shape {m.shape}, but the data's images are {img_shape}"
+                )
+            mask = from_cxi_bitmask(m) if m.dtype != bool else m
+            if flips[0]:
+                mask = mask[..., ::-1, :]
+            if flips[1]:
+                mask = mask[..., ::-1]
+            mask = np.ascontiguousarray(mask)
+        truth, extras = None, {}
+        tg = f.get(f"{ent}/sample_1/truth")
+        if tg is not None:
+            truth = read_shape_group(tg["shape"]) if "shape" in tg else None
+            for k, v in tg.items():
+                if k != "shape" and isinstance(v, h5py.Dataset):
+                    extras[k] = v[()]
+        dg = f.get(f"{ent}/diffscat")
+        if dg is not None:
+            for k, v in dg.attrs.items():
+                extras[k] = v.decode() if isinstance(v, bytes) else v
+        if ds.ndim == 2:
+            data = np.asarray(ds[()], dtype=np.result_type(ds.dtype, np.float32)) * scale
+            if flips[0]:
+                data = data[::-1, :]
+            if flips[1]:
+                data = data[:, ::-1]
+            data = np.ascontiguousarray(data)
+    if ndim == 2:
+        bad = ~np.isfinite(data)
+        if bad.any():
+            warnings.warn(
+                f"{path}:/{dpath}: {int(bad.sum())} NaN/inf pixel(s) set to 0 and masked out",
+                NaNPixelWarning,
+                stacklevel=2,
+            )
+            data = np.where(bad, 0.0, data).astype(data.dtype)
+            mask = ~bad if mask is None else (mask & ~bad)
+    else:
+        data = LazyStack(path, dpath, scale, flips, mask)
+    return CXIData(data, mask, experiment, truth, extras, quantity, path, ent)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+class CXIWriter:
+    """Streams images (and per-image truth) into one CXI file, written atomically.
+
+    Use as a context manager: images go to a temporary file in the target folder, which replaces `path` only
+    when the block ends without an error. Refuses to overwrite a file that is open for reading as input
+    (pass `protect=` paths) and, unless `overwrite=True`, any existing file.
+
+    **Arguments:**
+    - `path`: output .cxi file.
+    - `image_shape`: (ny, nx).
+    - `experiment`: the Experiment (geometry written in SI; FlatDetector as CXI geometry, QGrid/AngleGrid as
+      diffscat attributes) or None.
+    - `length_unit`: the user's length unit of `experiment` and the shapes.
+    - `quantity`: "dsigma_domega" (converted to m^2/sr), "photons" or "detector_units".
+    - `mask`: boolean use-mask (True = good) or a CXI uint32 bitmask, (ny, nx); optional.
+    - `dtype`: stored dtype of the images (default float32).
+    - `attrs`: extra attributes for /entry_1/diffscat (seed, config text, ...).
+    """
+
+    def __init__(
+        self,
+        path,
+        image_shape,
+        experiment: Experiment | None,
+        *,
+        length_unit: str,
+        quantity: str = "dsigma_domega",
+        mask=None,
+        dtype=np.float32,
+        attrs: dict | None = None,
+        overwrite: bool = True,
+        protect=(),
+        chunk_frames: int = 16,
+        single: bool = False,
+    ):
+        self.path = os.path.abspath(os.fspath(path))
+        for p in protect:
+            if os.path.exists(p) and os.path.exists(self.path) and os.path.samefile(p, self.path):
+                raise ValueError(f"refusing to overwrite the input file {path}")
+        if os.path.exists(self.path) and not overwrite:
+            raise FileExistsError(f"{path} exists (pass overwrite=True)")
+        if quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be one of {sorted(QUANTITIES)}, got {quantity!r}")
+        self.u = length_unit_m(length_unit)
+        self.length_unit = length_unit
+        self.image_shape = tuple(int(v) for v in image_shape)
+        if len(self.image_shape) != 2:
+            raise ValueError(f"image_shape must be (ny, nx), got {image_shape}")
+        if experiment is not None and tuple(experiment.shape) != self.image_shape:
+            raise ValueError(
+                f"experiment detector shape {experiment.shape} != image shape {self.image_shape}"
+            )
+        self.quantity = quantity
+        self.scale = self.u ** QUANTITIES[quantity][1]
+        self.experiment, self.mask, self.dtype = experiment, mask, np.dtype(dtype)
+        self.attrs = dict(attrs or {})
+        self.chunk_frames = chunk_frames
+        self.single = bool(single)
+        self.n = 0
+        self._truth_keys: dict[str, Any] = {}
+        self._shape_type: str | None = None
+        self._static_fields: dict[str, Any] = {}
+        self._f = None
+
+    def __enter__(self) -> CXIWriter:
+        import h5py
+
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=folder, suffix=".cxi", prefix=".tmp-")
+        os.close(fd)
+        self._f = h5py.File(self._tmp, "w")
+        self._setup()
+        return self
+
+    def _setup(self):
+        import h5py
+
+        f, u = self._f, self.u
+        f.create_dataset("cxi_version", data=160)
+        e = f.create_group("entry_1")
+        ny, nx = self.image_shape
+        if self.single:
+            ds = e.create_dataset(f"{DET}/data", shape=(ny, nx), dtype=self.dtype)
+        else:
+            ds = e.create_dataset(
+                f"{DET}/data",
+                shape=(0, ny, nx),
+                maxshape=(None, ny, nx),
+                dtype=self.dtype,
+                chunks=(max(1, min(self.chunk_frames, 4096 * 4096 // (ny * nx))), ny, nx),
+                compression="gzip",
+                compression_opts=1,
+            )
+        ds.attrs["quantity"] = self.quantity
+        ds.attrs["units"] = QUANTITIES[self.quantity][0]
+        ds.attrs["axes"] = "experiment_identifier:y:x"
+        e["data_1/data"] = h5py.SoftLink(f"/entry_1/{DET}/data")
+        g = e[DET]
+        dg = e.create_group("diffscat")
+        for k, v in _versions().items():
+            dg.attrs[f"version_{k}"] = v
+        dg.attrs["length_unit"] = self.length_unit
+        for k, v in self.attrs.items():
+            dg.attrs[k] = v
+        if self.mask is not None:
+            m = np.asarray(self.mask)
+            if m.shape != self.image_shape:
+                raise ValueError(f"mask shape {m.shape} != image shape {self.image_shape}")
+            bits = np.where(m, 0, CXI_INVALID).astype(np.uint32) if m.dtype == bool else m.astype(np.uint32)
+            g.create_dataset("mask", data=bits)
+        exp = self.experiment
+        if exp is not None:
+            lam = float(exp.wavelength)
+            s = e.create_group(SRC)
+            s.create_dataset("energy", data=np.float64(HC / (lam * u)))
+            s["energy"].attrs["units"] = "J"
+            s.create_dataset("wavelength", data=np.float64(lam * u))
+            s["wavelength"].attrs["units"] = "m"
+            dg.attrs["wavelength_m"] = lam * u
+            dg.attrs["wavelength_user"] = lam
+            det = exp.detector
+            sd = dg.create_group("detector")
+            if isinstance(det, FlatDetector):
+                for k, v in _geometry_datasets(det, u).items():
+                    g.create_dataset(k, data=v)
+                    g[k].attrs["units"] = "m"
+                sd.attrs["type"] = "flat"
+                sd.attrs["length_unit_m"] = u
+                sd.attrs["distance"] = float(det.distance)
+                sd.attrs["pixel_size"] = np.asarray(det.pixel_size, float)
+                sd.attrs["center"] = np.asarray(det.center, float)
+                if det.tilt is not None:
+                    sd.attrs["tilt"] = np.asarray(det.tilt, float)
+            elif isinstance(det, QGrid | AngleGrid):
+                sd.attrs["type"] = "qgrid" if isinstance(det, QGrid) else "anglegrid"
+                sd.attrs["n"] = det.n
+                sd.attrs["theta_max_deg"] = det.theta_max_deg
+            else:
+                sd.attrs["type"] = type(det).__name__
+                warnings.warn(f"{type(det).__name__} geometry is not stored in CXI files", stacklevel=3)
+
+    def append(self, images, shapes=None, **per_image) -> None:
+        """Append images (ny, nx) or (n, ny, nx) in the user's units.
+
+        `shapes`: their truth as one stacked batch of n shapes (`diffscat.stack`; every array field has a
+        leading axis of n), or, for a single-image file, the one shape; `per_image`: other per-image values
+        as arrays with a leading axis of n (e.g. fluence=...)."""
+        if self._f is None:
+            raise RuntimeError("CXIWriter must be used inside a `with` block")
+        a = np.asarray(images)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3 or a.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"images must be (n, {self.image_shape[0]}, {self.image_shape[1]}), got {a.shape}"
+            )
+        n = a.shape[0]
+        ds = self._f[f"entry_1/{DET}/data"]
+        if self.single:
+            if self.n or n != 1:
+                raise ValueError("a single-image CXIWriter takes exactly one image")
+            ds[...] = (a[0] * self.scale).astype(self.dtype)
+            if shapes is not None:
+                write_shape_group(self._f.create_group("entry_1/sample_1/truth/shape"), shape_to_dict(shapes))
+        else:
+            ds.resize(self.n + n, axis=0)
+            ds[self.n : self.n + n] = (a * self.scale).astype(self.dtype)
+            if shapes is not None:
+                self._append_truth(shape_to_dict(shapes), n)
+            elif self._shape_type is not None:
+                raise ValueError("shape truth must be given for every image or for none")
+        for k, v in per_image.items():
+            v = np.asarray(v)
+            if v.ndim == 0 or v.shape[0] != n:
+                raise ValueError(
+                    f"per-image value {k!r} must have a leading axis of {n}, got shape {v.shape}"
+                )
+            self._append_array(f"entry_1/sample_1/truth/{k}", v)
+        self.n += n
+
+    def _append_array(self, name, v):
+        f = self._f
+        if name not in f:
+            if self.n:
+                raise ValueError(f"truth {name} must be given for every image or for none")
+            f.create_dataset(name, shape=(0,) + v.shape[1:], maxshape=(None,) + v.shape[1:], dtype=v.dtype)
+        ds = f[name]
+        if ds.shape[0] != self.n:
+            raise ValueError(f"truth {name} has {ds.shape[0]} rows for {self.n} images: give it every time")
+        ds.resize(self.n + v.shape[0], axis=0)
+        ds[self.n :] = v
+
+    def _append_truth(self, d, n):
+        if self._shape_type is None:
+            if self.n:
+                raise ValueError("shape truth must be given for every image or for none")
+            self._shape_type = d["type"]
+        elif d["type"] != self._shape_type:
+            raise ValueError(
+                f"all shapes in one file must have one type, got {d['type']} after {self._shape_type}"
+            )
+        self._append_group("entry_1/sample_1/truth/shape", d, n)
+
+    def _append_group(self, path, d, n):
+        """Append one stacked shape dict below `path` (nested shapes become subgroups)."""
+        g = self._f.require_group(path)
+        if "__list__" in d:
+            g.attrs["__list__"] = len(d["__list__"])
+            for i, item in enumerate(d["__list__"]):
+                self._append_group(f"{path}/{i}", item, n)
+            return
+        g.attrs["type"] = d["type"]
+        for k, v in d["fields"].items():
+            if isinstance(v, np.ndarray):
+                if v.ndim == 0 or v.shape[0] != n:
+                    raise ValueError(
+                        f"truth field {k} has shape {v.shape}: pass the {n} shapes stacked (diffscat.stack)"
+                    )
+                self._append_array(f"{path}/{k}", v)
+            elif isinstance(v, dict):
+                self._append_group(f"{path}/{k}", v, n)
+            elif (path, k) not in self._static_fields:
+                self._static_fields[(path, k)] = v
+                put_attr(g, k, v)
+
+    def __exit__(self, exc_type, exc, tb):
+        f, self._f = self._f, None
+        try:
+            f.close()
+            if exc_type is None:
+                if self.n == 0:
+                    raise ValueError("no images were written")
+                os.replace(self._tmp, self.path)
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+        return False
+
+
+def write_cxi(
+    path,
+    data,
+    experiment: Experiment | None = None,
+    *,
+    length_unit: str,
+    quantity: str = "dsigma_domega",
+    mask=None,
+    truth=None,
+    per_image: dict | None = None,
+    attrs: dict | None = None,
+    dtype=None,
+    overwrite: bool = True,
+    protect=(),
+) -> str:
+    """Write one image (ny, nx) or a stack (N, ny, nx) to a CXI file (atomically). Returns the path.
+
+    A single image is stored as (ny, nx), a stack as (N, ny, nx). `truth`: the shape (or stacked shapes) that
+    made the data; `per_image`: other per-image truths (e.g. fluence); `attrs`: extra file attributes (seed,
+    config). See `CXIWriter` for the other arguments and the module docstring for the layout.
+    """
+    a = np.asarray(data)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"data must be (ny, nx) or (N, ny, nx), got shape {a.shape}")
+    dtype = dtype or (a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64)
+    w = CXIWriter(
+        path,
+        a.shape[-2:],
+        experiment,
+        length_unit=length_unit,
+        quantity=quantity,
+        mask=mask,
+        dtype=dtype,
+        attrs=attrs,
+        overwrite=overwrite,
+        protect=protect,
+        single=a.ndim == 2,
+    )
+    with w:
+        w.append(a, truth, **(per_image or {}))
+    return w.path

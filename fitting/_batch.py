@@ -1,0 +1,332 @@
+"""Batch inversion of whole datasets: chunked, vmapped, sharded over devices and hosts, resumable.
+
+Data flow: a `PatternSource` (lazy reader of N patterns) -> chunks of `chunk_size` patterns -> input checks in
+NumPy (bad patterns flagged and skipped) -> one jit-compiled, vmapped `fitter` call per chunk whose batch axis is
+sharded over the local devices (`NamedSharding` over a 1-D "batch" mesh) -> one small part file per chunk, written
+atomically -> the results file rebuilt atomically from all parts.
+
+Crash safety: a part file appears only complete (temporary name + `os.replace`), and so does the results file,
+so a kill at any moment leaves a valid results file (possibly missing the last chunks) and the parts on disk say
+exactly which patterns are done. `resume=True` fits only patterns without a part; rerunning a finished job is a
+no-op. Multi-host: every process takes a contiguous slice of the chunks (`jax.process_index()`), writes its own
+parts into the shared parts folder and then merges what exists; the last process to finish writes the complete
+file (`merge_parts` can also be called on its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import h5py
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = [
+    "STATUS",
+    "ArraySource",
+    "BatchSummary",
+    "batch_fit",
+    "merge_parts",
+    "read_results",
+    "screen_patterns",
+]
+
+# Status codes stored in /results/status (names in its attribute "codes").
+STATUS = {"pending": -1, "ok": 0, "failed": 1, "skipped-bad-input": 2, "not-converged": 3}
+_STATUS_NAMES = {v: k for k, v in STATUS.items()}
+
+
+class ArraySource:
+    """Patterns held in memory (or any array-like with `shape` and slicing, e.g. an h5py dataset, which is then
+    read chunk by chunk): `data` (N, ny, nx), optional per-pattern masks (N, ny, nx) or one mask (ny, nx),
+    True = use the pixel."""
+
+    def __init__(self, data, mask=None):
+        if len(data.shape) != 3:
+            raise ValueError(f"data must be a stack (N, ny, nx), got shape {data.shape}")
+        self.data = data
+        self.mask = mask
+        if mask is not None and tuple(mask.shape) not in (tuple(data.shape), tuple(data.shape[1:])):
+            raise ValueError(f"mask shape {mask.shape} matches neither the stack {data.shape} nor one image")
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.data.shape[1:])
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        d = np.asarray(self.data[start:stop], dtype=np.float64)
+        if self.mask is None:
+            m = np.ones(d.shape, bool)
+        elif len(self.mask.shape) == 2:
+            m = np.broadcast_to(np.asarray(self.mask, bool), d.shape).copy()
+        else:
+            m = np.asarray(self.mask[start:stop], bool)
+        return d, m
+
+
+def screen_patterns(data: np.ndarray, mask: np.ndarray, image_shape) -> np.ndarray:
+    """Boolean (B,) array: True where a pattern is fit for fitting. A pattern is bad (flagged
+    "skipped-bad-input") when it has the wrong shape, any NaN/inf or negative pixel among the used pixels,
+    or fewer than 16 used pixels."""
+    if tuple(data.shape[1:]) != tuple(image_shape):
+        return np.zeros(data.shape[0], bool)
+    used = mask
+    finite = np.all(np.isfinite(data) | ~used, axis=(1, 2))
+    nonneg = np.all((np.nan_to_num(data, nan=0.0) >= 0) | ~used, axis=(1, 2))
+    enough = used.sum(axis=(1, 2)) >= 16
+    return finite & nonneg & enough
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    """What a `batch_fit` call did: counts per status over the whole dataset, chunks fitted now, timing."""
+
+    n_patterns: int
+    counts: dict
+    fitted_now: int
+    seconds: float
+    path: str
+
+    @property
+    def rate(self) -> float:
+        """Patterns fitted per second in this call."""
+        return self.fitted_now / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _atomic_h5(path: str, write: Callable[[h5py.File], None]) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".h5")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _parts_dir(out: str) -> str:
+    return os.fspath(out) + ".parts"
+
+
+def _manifest(n: int, image_shape, names: Sequence[str], config: Mapping | None) -> dict:
+    cfg = json.dumps(config or {}, sort_keys=True, default=str)
+    return {
+        "n_patterns": int(n),
+        "image_shape": list(image_shape),
+        "parameters": list(names),
+        "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(),
+        "config": cfg,
+    }
+
+
+def _write_manifest(parts: str, manifest: dict, resume: bool) -> None:
+    path = os.path.join(parts, "manifest.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        for key in ("n_patterns", "image_shape", "parameters", "config_sha256"):
+            if old.get(key) != manifest[key]:
+                raise ValueError(
+                    f"{parts} holds results of a different job ({key} differs: {old.get(key)} vs "
+                    f"{manifest[key]}); use another output path"
+                )
+        return
+    fd, tmp = tempfile.mkstemp(dir=parts, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _done_ranges(parts: str) -> list[tuple[int, int, str]]:
+    out = []
+    for name in os.listdir(parts):
+        if name.startswith("part-") and name.endswith(".h5"):
+            a, b = name[5:-3].split("-")
+            out.append((int(a), int(b), os.path.join(parts, name)))
+    return sorted(out)
+
+
+def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: Mapping | None = None) -> dict:
+    """Rebuild the results file `out` atomically from the part files in `out + '.parts'`.
+
+    Layout: `/results/<name>` datasets of length N (row i = input pattern i; NaN where not fitted),
+    `/results/status` (int8, codes in its attribute `codes`), units as attributes `unit`, and the job's
+    manifest (config, N, image shape) as attributes of `/results`. Returns counts per status.
+    """
+    parts = _parts_dir(out)
+    with open(os.path.join(parts, "manifest.json")) as f:
+        manifest = json.load(f)
+    n = manifest["n_patterns"]
+    columns: dict[str, np.ndarray] = {}
+    status = np.full(n, STATUS["pending"], np.int8)
+    for a, b, path in _done_ranges(parts):
+        try:
+            with h5py.File(path, "r") as f:
+                status[a:b] = f["status"][...]
+                for key in f:
+                    if key == "status":
+                        continue
+                    col = columns.get(key)
+                    if col is None:
+                        col = columns[key] = np.full(n, np.nan)
+                    col[a:b] = f[key][...]
+        except OSError:  # a part being written by another process right now is not there yet
+            continue
+    units = dict(units or {})
+
+    def write(f):
+        g = f.create_group("results")
+        for key, col in sorted(columns.items()):
+            ds_ = g.create_dataset(key, data=col)
+            base = key[:-6] if key.endswith("_sigma") else key
+            if base in units:
+                ds_.attrs["unit"] = units[base]
+        s = g.create_dataset("status", data=status)
+        s.attrs["codes"] = json.dumps(STATUS)
+        for k, v in manifest.items():
+            g.attrs[k] = json.dumps(v) if not isinstance(v, str) else v
+        for k, v in (extra_attrs or {}).items():
+            g.attrs[k] = v
+
+    _atomic_h5(out, write)
+    return {name: int(np.sum(status == code)) for name, code in STATUS.items()}
+
+
+def read_results(path: str) -> dict[str, np.ndarray]:
+    """Read a results file into a dict of arrays (plus `status_names`, a list of strings)."""
+    with h5py.File(path, "r") as f:
+        g = f["results"]
+        res = {k: g[k][...] for k in g}
+    res["status_names"] = [_STATUS_NAMES[int(c)] for c in res["status"]]
+    return res
+
+
+def _local_mesh():
+    devices = jax.local_devices()
+    return Mesh(np.asarray(devices), ("batch",)), len(devices)
+
+
+def batch_fit(
+    source,
+    fitter: Callable,
+    out: str | os.PathLike,
+    *,
+    chunk_size: int = 16,
+    resume: bool = False,
+    config: Mapping | None = None,
+    units: Mapping[str, str] | None = None,
+    progress: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    max_chunks: int | None = None,
+) -> BatchSummary:
+    """Fit every pattern of `source` with `fitter` and write `/results/...` to `out` (HDF5).
+
+    **Arguments:**
+    - `source`: an `ArraySource`-like object (`len`, `image_shape`, `read(start, stop) -> (data, mask)`).
+    - `fitter`: a `BatchFitter` (or any callable `(data[B, ny, nx], mask[B, ny, nx]) -> dict of (B,) arrays`
+      that includes "loss" and "converged"; it is jit-compiled and vmapped by the caller's design and called on
+      device-sharded arrays).
+    - `out`: results file; parts go to `out + ".parts/"`. Never overwritten by a different job.
+    - `chunk_size`: patterns per fitter call (rounded up to a multiple of the local device count).
+    - `resume`: continue an interrupted job. Without it, an existing unfinished job is an error (nothing is
+      overwritten); a finished job with the same configuration is a no-op either way.
+    - `config`: JSON-able description of the job, stored and compared on resume.
+    - `process_index`, `process_count`: multi-host slice (default from `jax.process_index()/process_count()`).
+    - `max_chunks`: stop after this many chunks (for tests and trial runs).
+    """
+    out = os.fspath(out)
+    if os.path.abspath(out) == os.path.abspath(getattr(source, "path", "") or ""):
+        raise ValueError("out must not be the input data file")
+    n = len(source)
+    image_shape = tuple(source.image_shape)
+    names = list(getattr(fitter, "names", []))
+    parts = _parts_dir(out)
+    manifest = _manifest(n, image_shape, names, config)
+    pidx = jax.process_index() if process_index is None else int(process_index)
+    pcount = jax.process_count() if process_count is None else int(process_count)
+
+    existed = os.path.exists(os.path.join(parts, "manifest.json"))
+    os.makedirs(parts, exist_ok=True)
+    _write_manifest(parts, manifest, resume)
+    done = np.zeros(n, bool)
+    for a, b, _ in _done_ranges(parts):
+        done[a:b] = True
+    mesh, ndev = _local_mesh()
+    chunk = int(math.ceil(max(1, chunk_size) / ndev) * ndev)
+    starts = list(range(0, n, chunk))
+    per = int(math.ceil(len(starts) / pcount))
+    mine = starts[pidx * per : (pidx + 1) * per]
+    todo = [s for s in mine if not done[s : min(s + chunk, n)].all()]
+    if existed and todo and not resume and done.any():
+        raise ValueError(f"{out}: an unfinished job exists; pass resume=True (--resume) to continue it")
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+
+    sharding = NamedSharding(mesh, P("batch"))
+    t0 = time.perf_counter()
+    fitted = 0
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(min(s + chunk, n) - s for s in todo), unit="pattern", desc="batch-fit")
+    for s in todo:
+        e = min(s + chunk, n)
+        data, mask = source.read(s, e)
+        ok = screen_patterns(data, mask, image_shape) if data.ndim == 3 else np.zeros(e - s, bool)
+        b = e - s
+        res: dict[str, np.ndarray] = {}
+        status = np.where(ok, STATUS["ok"], STATUS["skipped-bad-input"]).astype(np.int8)
+        if ok.any():
+            # Pad to the full chunk (bad and missing rows get a harmless dummy pattern: the first good one).
+            first = int(np.argmax(ok))
+            dd = np.empty((chunk,) + image_shape)
+            mm = np.empty((chunk,) + image_shape, bool)
+            dd[:b] = np.where(ok[:, None, None], np.nan_to_num(data, nan=0.0), data[first])
+            mm[:b] = np.where(ok[:, None, None], mask, mask[first])
+            dd[b:] = data[first]
+            mm[b:] = mask[first]
+            out_dev = fitter(jax.device_put(dd, sharding), jax.device_put(mm, sharding))
+            res = {k: np.asarray(v)[:b].astype(np.float64) for k, v in out_dev.items()}
+            conv = res.pop("converged", np.ones(b)).astype(bool)
+            finite = np.isfinite(res["loss"])
+            status = np.where(
+                ~ok,
+                STATUS["skipped-bad-input"],
+                np.where(~finite, STATUS["failed"], np.where(conv, STATUS["ok"], STATUS["not-converged"])),
+            ).astype(np.int8)
+            for k in res:
+                res[k] = np.where(ok, res[k], np.nan)
+            fitted += int(ok.sum())
+
+        def write(f, res=res, status=status):
+            f.create_dataset("status", data=status)
+            for k, v in res.items():
+                f.create_dataset(k, data=v)
+
+        _atomic_h5(os.path.join(parts, f"part-{s:09d}-{e:09d}.h5"), write)
+        merge_parts(out, units)
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    if todo or not os.path.exists(out):
+        counts = merge_parts(out, units)
+    else:  # nothing to do (a finished job, or this process's slice is done): leave the file untouched
+        st = read_results(out)["status"]
+        counts = {name: int(np.sum(st == code)) for name, code in STATUS.items()}
+    return BatchSummary(n, counts, fitted, time.perf_counter() - t0, out)

@@ -1,0 +1,398 @@
+"""`fit`: maximum-likelihood shape retrieval from one pattern with optax, one jit-compiled step.
+
+The unknowns are the free leaves of (shape, experiment, background) (see `_params.py`) plus the scale
+(fluence), which is profiled out of the loss. The voxel grid is fixed once from the initial model(s) with a
+margin, so the step compiles once; starts are batched with `jax.vmap` (multi-start).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Bool, Float
+
+import diffscat as ds
+from diffscat.detectors import polarisation_factor
+
+from ._losses import LOSSES, check_data, profile_scale
+from ._params import Parametrisation, stack_parametrisations
+from ._result import Alternative, FitResult
+from ._uncertainty import laplace_sigmas
+
+__all__ = ["fit", "expected_signal", "make_optimizer", "POLARISATIONS"]
+
+POLARISATIONS = ("none", "x", "y", "unpolarised")
+OPTIMIZERS = ("lbfgs", "lbfgs-zoom", "adam")
+
+
+def expected_signal(
+    shape: ds.AbstractShape,
+    experiment: ds.Experiment,
+    grid: ds.VoxelGrid,
+    *,
+    method: str = "msft",
+    solid_angle: bool = True,
+    polarisation: str = "none",
+) -> Float[Array, "*image"]:
+    """Expected signal per pixel up to the fluence: dsigma/dOmega [length^2/sr] times, when `solid_angle`,
+    the pixel's solid angle [sr], times the polarisation factor (`diffscat.detectors.polarisation_factor`:
+    "x", "y", "unpolarised" or "none"). Result in length^2 (photons per unit fluence, as
+    `diffscat.detectors.expected_photons` with fluence 1), or length^2/sr without the solid angle."""
+    polarisation = _check_polarisation(polarisation)
+    img = ds.simulate(shape, experiment, grid=grid, method=method)
+    pix = experiment.pixels()
+    if solid_angle:
+        img = img * pix.solid_angle.astype(img.dtype)
+    if polarisation != "none":
+        img = img * polarisation_factor(pix, polarisation).astype(img.dtype)
+    return img
+
+
+def _check_polarisation(polarisation):
+    if polarisation is None:
+        return "none"
+    if polarisation not in POLARISATIONS:
+        raise ValueError(f"polarisation must be one of {POLARISATIONS}, got {polarisation!r}")
+    return polarisation
+
+
+class _Static(eqx.Module):
+    """Hashable settings of a fit (static under jit)."""
+
+    loss: str = eqx.field(static=True)
+    method: str = eqx.field(static=True)
+    solid_angle: bool = eqx.field(static=True)
+    polarisation: str = eqx.field(static=True)
+    floor: float = eqx.field(static=True)
+    grid: ds.VoxelGrid = eqx.field(static=True)
+    regularizer: Callable | None = eqx.field(static=True)
+
+
+def _nll(u, prob: Parametrisation, data, mask, st: _Static):
+    """Negative log-likelihood (sum over pixels, scale profiled) plus the regulariser; aux: scale."""
+    shape, exp, bg = prob.build(u)
+    sig = expected_signal(
+        shape, exp, st.grid, method=st.method, solid_angle=st.solid_angle, polarisation=st.polarisation
+    )
+    sig = sig.astype(data.dtype)
+    bg = bg.astype(data.dtype)
+    scale = profile_scale(st.loss, sig, data, mask, bg, floor=st.floor)
+    kw = {"floor": st.floor} if st.loss == "log" else {}
+    val = LOSSES[st.loss](sig, data, mask, scale=scale, background=bg, **kw)
+    if st.regularizer is not None:
+        val = val + st.regularizer(shape)
+    return val, scale
+
+
+@functools.lru_cache(maxsize=32)
+def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_steps: int = 200):
+    """An optax optimiser for O(1)-scaled parameters (cached, so equal settings reuse one compilation).
+
+    "lbfgs" (default): optax.lbfgs with a backtracking (Armijo) line search, about half the compile time of
+    "lbfgs-zoom" (optax's default zoom line search, strong Wolfe conditions); "adam": Adam with a 5 % warm-up and cosine decay
+    from `learning_rate` (default 0.05).
+    """
+    if name == "lbfgs":
+        ls = optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=12, decrease_factor=0.5, store_grad=True
+        )
+        return optax.lbfgs(learning_rate=learning_rate, linesearch=ls)
+    if name == "lbfgs-zoom":
+        return optax.lbfgs(learning_rate=learning_rate)
+    if name == "adam":
+        lr = 0.05 if learning_rate is None else float(learning_rate)
+        sched = optax.warmup_cosine_decay_schedule(
+            0.1 * lr, lr, max(1, max_steps // 20), max(2, max_steps), end_value=0.01 * lr
+        )
+        return optax.adam(sched)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def _tree_norm(t):
+    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t)))
+
+
+@eqx.filter_jit
+def _step(u, opt_state, prob, data, mask, norm, st: _Static, optimizer, is_lbfgs: bool):
+    """One optimiser step for a batch of starts (leading axis on u, opt_state, prob)."""
+
+    def one(u, opt_state, prob):
+        f = lambda v: _nll(v, prob, data, mask, st)[0] / norm
+        if is_lbfgs:
+            value, grad = optax.value_and_grad_from_state(f)(u, state=opt_state)
+            updates, opt_state = optimizer.update(grad, opt_state, u, value=value, grad=grad, value_fn=f)
+        else:
+            value, grad = jax.value_and_grad(f)(u)
+            updates, opt_state = optimizer.update(grad, opt_state, u)
+        return optax.apply_updates(u, updates), opt_state, value, _tree_norm(grad)
+
+    return jax.vmap(one)(u, opt_state, prob)
+
+
+@eqx.filter_jit
+def _init_state(u, optimizer):
+    state = jax.vmap(optimizer.init)(u)
+    # strong dtypes, as the step returns them (a weak-typed leaf would recompile the step once)
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x, state)
+
+
+def _take(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _counts(u, t, prob: Parametrisation, st: _Static):
+    """Expected counts mu = exp(t) * signal + background at unconstrained u and log-scale t."""
+    shape, exp, bg = prob.build(u)
+    sig = expected_signal(
+        shape, exp, st.grid, method=st.method, solid_angle=st.solid_angle, polarisation=st.polarisation
+    )
+    return jnp.exp(t) * sig + bg, sig, bg
+
+
+@eqx.filter_jit
+def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
+    """For a batch of starts: every start's NLL and scale; for the best one its expected signal, background
+    and (optionally) the Fisher information of (u, log scale). One compilation.
+
+    Fisher information (expected curvature of the NLL), J^T diag(w) J with J = d mu / d(u, log s) over used
+    pixels: Poisson w = 1 / mu; Anscombe w = 1 / (mu + 3/8) (its Gauss-Newton curvature); log intensity
+    w = 1 / ((mu + floor)^2 var) with var the fitted residual variance. Forward-mode only (n + 1 JVPs).
+    """
+    nll, scales = jax.vmap(lambda v, p: _nll(v, p, data, mask, st))(u, prob)
+    ib = jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))
+    u_b, p_b = _take(u, ib), _take(prob, ib)
+    t = jnp.log(scales[ib])
+    mu, sig, bg = _counts(u_b, t, p_b, st)
+    F = None
+    if with_fisher:
+        x0, unravel = ravel_pytree(u_b)
+        z0 = jnp.concatenate([x0, t[None]])
+        J = jax.jacfwd(lambda z: _counts(unravel(z[:-1]), z[-1], p_b, st)[0])(z0)  # (*image, n + 1)
+        J = J.reshape(-1, z0.shape[0])
+        w = mask.reshape(-1).astype(J.dtype)
+        muf = jnp.maximum(mu.reshape(-1), 1e-30)
+        if st.loss == "poisson":
+            w = w / muf
+        elif st.loss == "anscombe":
+            w = w / (muf + 0.375)
+        else:
+            r = jnp.log(jnp.maximum(data.reshape(-1), 0.0) + st.floor) - jnp.log(muf + st.floor)
+            var = jnp.sum(w * r**2) / jnp.sum(w)
+            w = w / ((muf + st.floor) ** 2 * var)
+        F = (J * w[:, None]).T @ J
+        if st.regularizer is not None:
+            Hr = jax.hessian(lambda x: st.regularizer(p_b.build(unravel(x))[0]))(x0)
+            F = F.at[:-1, :-1].add(Hr)
+    return nll, scales, ib, sig, bg, F
+
+
+def _fit_grid(models, experiment, pitch, margin):
+    if pitch is None:
+        if experiment.sampling_hint is None:
+            raise ValueError("pass pitch= (the experiment has traced geometry)")
+        pitch = ds.default_pitch(*experiment.sampling_hint)
+    r = max(float(np.asarray(m.bounding_radius())) for m in models)
+    return ds.VoxelGrid.around(margin * r, pitch, margin=2)
+
+
+def fit(
+    data: Float[ArrayLike, "*image"],
+    experiment: ds.Experiment,
+    model: ds.AbstractShape | Sequence[ds.AbstractShape],
+    mask: Bool[ArrayLike, "*image"] | None = None,
+    free: Sequence[str] | None = None,
+    loss: str = "poisson",
+    *,
+    background: float = 0.0,
+    optimizer: str = "lbfgs",
+    learning_rate: float | None = None,
+    max_steps: int = 200,
+    rtol: float = 1e-7,
+    gtol: float = 1e-6,
+    patience: int = 5,
+    method: str = "msft",
+    solid_angle: bool = True,
+    polarisation: str = "none",
+    floor: float = 1.0,
+    pitch: float | None = None,
+    grid: ds.VoxelGrid | None = None,
+    grid_margin: float = 1.3,
+    regularizer: Callable[[ds.AbstractShape], Array] | None = None,
+    uncertainties: bool = True,
+    alternatives_tol: float = 5.0,
+) -> FitResult:
+    """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
+
+    **Arguments:**
+    - `data`: measured pattern, image-shaped like `experiment.shape`, photon counts (>= 0; NaN refused).
+    - `experiment`: wavelength and detector; its leaves named in `free` are fitted too.
+    - `model`: initial shape(s); the result's `.model` has the same type.
+    - `mask`: boolean, True = use the pixel (beamstop, gaps: False). Default all pixels.
+    - `free`: parameter names (`fitting.valid_parameter_names`); default `fitting.default_free(model)`.
+    - `loss`: "poisson" (counts), "anscombe" or "log" (see `fitting.poisson_nll` etc.).
+    - `background`: flat background, counts per pixel; fixed unless "background" is in `free`.
+    - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom" or "adam"; `learning_rate` (Adam, default 0.05; L-BFGS: line search).
+    - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when the loss per pixel changed by
+      less than `rtol` (relative) for `patience` steps, or the gradient norm (in O(1) units) is below `gtol`.
+    - `method`, `solid_angle`, `polarisation`: the forward model (see `expected_signal`).
+    - `pitch`/`grid`/`grid_margin`: the fixed voxel grid; default `VoxelGrid.around(grid_margin * largest
+      initial bounding radius, default pitch)`.
+    - `regularizer`: function of the shape adding to the negative log-likelihood (e.g. `fitting.sh_smoothness`).
+    - `uncertainties`: compute Laplace sigmas at the optimum (a Hessian: one extra pass per free parameter).
+    - `alternatives_tol`: starts whose final NLL is within this of the best (and whose parameters differ)
+      are reported as `result.alternatives` (e.g. the twin/mirror solution).
+
+    Returns a `FitResult`. Raises `ValueError`/`TypeError` naming the argument for bad input.
+    """
+    t_start = time.perf_counter()
+    models = list(model) if isinstance(model, list | tuple) else [model]
+    if not models:
+        raise ValueError("model must be a shape or a non-empty list of shapes")
+    if not isinstance(experiment, ds.Experiment):
+        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
+    for m in models:
+        if not isinstance(m, ds.AbstractShape):
+            raise TypeError(f"model must be a diffscat shape, got {type(m).__name__}")
+    if len({type(m) for m in models}) != 1:
+        raise TypeError("all starting models must be of one class")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    polarisation = _check_polarisation(polarisation)
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    d, m = check_data(data, mask, tuple(experiment.shape), nonnegative=loss != "log")
+    dt = models[0].dtype
+    d = d.astype(dt)
+    n_used = int(np.sum(np.asarray(m)))
+    level = float(np.sum(np.asarray(d)[np.asarray(m)])) / n_used
+
+    if grid is None:
+        grid = _fit_grid(models, experiment, pitch, grid_margin)
+    elif not isinstance(grid, ds.VoxelGrid):
+        raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
+    probs = [Parametrisation.create(s, experiment, free, background, max(level, 1e-12)) for s in models]
+    prob = stack_parametrisations(probs)
+    st = _Static(loss, method, bool(solid_angle), polarisation, float(floor), grid, regularizer)
+    opt = make_optimizer(optimizer, learning_rate, int(max_steps))
+    is_lbfgs = optimizer.startswith("lbfgs")
+    u = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
+    norm = jnp.asarray(float(n_used), dt)
+
+    state = _init_state(u, opt)
+    n_starts = len(models)
+    history = []
+    best_u, best_val = u, np.full(n_starts, np.inf)
+    stall = np.zeros(n_starts, int)
+    done = np.zeros(n_starts, bool)
+    converged = False
+    t_compile = None
+    n_steps = 0
+    for k in range(int(max_steps)):
+        t0 = time.perf_counter()
+        u_new, state, val, gnorm = _step(u, state, prob, d, m, norm, st, opt, is_lbfgs)
+        val = np.asarray(val)  # loss at u (before this update)
+        gnorm = np.asarray(gnorm)
+        if t_compile is None:
+            t_compile = time.perf_counter() - t0
+        n_steps = k + 1
+        history.append(val.copy())
+        improved = val < best_val
+        best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+        rel = np.abs(best_val - val) / np.maximum(np.abs(val), 1e-12)
+        stall = np.where(np.isfinite(best_val) & (rel < rtol), stall + 1, 0)
+        best_val = np.where(improved, val, best_val)
+        done = done | (stall >= patience) | (gnorm < gtol)
+        u = u_new
+        if np.all(done):
+            converged = True
+            break
+    # the last update's point has not been evaluated yet: keep it where it is better
+    if history:
+        final_val = np.asarray(_finalize(u, prob, d, m, st, bool(uncertainties))[0]) / n_used
+        improved = final_val < best_val
+        best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+
+    nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, d, m, st, bool(uncertainties))
+    nll, scales, ib = np.asarray(nll), np.asarray(scales), int(ib)
+    pick = _take
+    u_b, p_b = pick(best_u, ib), pick(prob, ib)
+    shape_b, exp_b, _ = p_b.build(u_b)
+    values = {k: np.asarray(v) for k, v in p_b.physical(u_b).items()}
+    model_counts = np.asarray(scales[ib] * sig + bg_b)
+    sigmas, hess_ok = {}, False
+    if uncertainties:
+        sigmas, hess_ok = laplace_sigmas(np.asarray(H), u_b, p_b, nuisance=1)
+
+    alts = []
+    for i in np.argsort(nll):
+        i = int(i)
+        if i == ib or not np.isfinite(nll[i]) or nll[i] - nll[ib] > alternatives_tol:
+            continue
+        du = _tree_norm(jax.tree.map(lambda a, b: a - b, pick(best_u, i), u_b))
+        if float(du) < 1e-2 and all(
+            float(_tree_norm(jax.tree.map(lambda a, b: a - b, pick(best_u, i), a_.u))) > 1e-2 for a_ in alts
+        ):
+            continue
+        s_i, e_i, b_i = pick(prob, i).build(pick(best_u, i))
+        alts.append(
+            Alternative(
+                model=s_i,
+                delta_loss=float(nll[i] - nll[ib]),
+                values={k: np.asarray(v) for k, v in pick(prob, i).physical(pick(best_u, i)).items()},
+                u=pick(best_u, i),
+            )
+        )
+
+    hist = np.stack(history)[:, ib] * n_used if history else np.zeros(0)
+    return FitResult(
+        model=_restore_hint(shape_b, models[ib]),
+        experiment=exp_b,
+        scale=float(scales[ib]),
+        background=float(bg_b),
+        loss=float(nll[ib]),
+        loss_kind=loss,
+        loss_history=np.asarray(hist, float),
+        free=p_b.names,
+        values=values,
+        sigmas=sigmas,
+        hessian_ok=bool(hess_ok),
+        n_steps=n_steps,
+        converged=bool(converged),
+        time_s=time.perf_counter() - t_start,
+        compile_s=float(t_compile or 0.0),
+        n_used=n_used,
+        n_starts=n_starts,
+        start_losses=np.asarray(nll, float),
+        alternatives=alts,
+        data=np.asarray(d),
+        mask=np.asarray(m),
+        model_counts=model_counts,
+        grid=grid,
+    )
+
+
+def _bcast(flags, x):
+    return jnp.asarray(flags).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _restore_hint(shape, like):
+    """The fitted shape with a static grid-size hint matching its fitted size (as if built directly)."""
+    import copy
+
+    from diffscat.shapes._base import extent_hint
+
+    new = copy.copy(shape)
+    object.__setattr__(
+        new, "extent_hint", extent_hint(np.asarray(shape.bounding_radius())) or like.extent_hint
+    )
+    return new

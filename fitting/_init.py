@@ -1,0 +1,377 @@
+"""Automatic initialisation from the pattern: size from the fringe spacing, beam centre from the pattern's
+centrosymmetry, and the ladder sphere -> ellipsoid (axes + orientation, multi-start) that `fit_auto` and
+`fit_spherical_harmonics` climb.
+
+All estimates here are NumPy on concrete data (they run once, before any jit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from jaxtyping import ArrayLike, Bool, Float
+
+import diffscat as ds
+
+from ._losses import check_data
+
+__all__ = [
+    "radial_profile",
+    "estimate_radius",
+    "estimate_center",
+    "random_rotations",
+    "ellipsoid_starts",
+    "fit_sphere_auto",
+    "fit_ellipsoid_auto",
+    "harmonics_from_ellipsoid",
+    "pad_harmonics",
+    "fit_spherical_harmonics",
+]
+
+
+def _norm_q(experiment: ds.Experiment) -> np.ndarray:
+    return np.linalg.norm(np.asarray(experiment.q, dtype=float), axis=-1)
+
+
+def radial_profile(
+    data: Float[ArrayLike, "*image"],
+    experiment: ds.Experiment,
+    mask: Bool[ArrayLike, "*image"] | None = None,
+    n_bins: int = 200,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Azimuthal sums in |q| bins: (bin centres |q| [1/length], summed counts, summed solid angle [sr]).
+
+    counts / solid angle is proportional to dsigma/dOmega averaged over the ring; bins with no used pixel have
+    zero solid angle.
+    """
+    d, m = check_data(data, mask, tuple(experiment.shape))
+    d, m = np.asarray(d, float), np.asarray(m) & np.asarray(experiment.valid)
+    q = _norm_q(experiment)
+    sa = np.asarray(experiment.solid_angle, float)
+    edges = np.linspace(0.0, q[m].max() * (1 + 1e-9), int(n_bins) + 1)
+    idx = np.clip(np.digitize(q[m], edges) - 1, 0, n_bins - 1)
+    c = np.bincount(idx, d[m], minlength=n_bins)
+    w = np.bincount(idx, sa[m], minlength=n_bins)
+    return 0.5 * (edges[1:] + edges[:-1]), c, w
+
+
+def _sphere_ff2(u):
+    u = np.asarray(u, float)
+    out = np.ones_like(u)
+    s = u > 1e-4
+    us = u[s]
+    out[s] = (3 * (np.sin(us) - us * np.cos(us)) / us**3) ** 2
+    return out
+
+
+def estimate_radius(
+    data: Float[ArrayLike, "*image"],
+    experiment: ds.Experiment,
+    mask: Bool[ArrayLike, "*image"] | None = None,
+    *,
+    r_min: float | None = None,
+    r_max: float | None = None,
+    step: float = 0.002,
+) -> float:
+    """Radius of the sphere whose fringes best match the pattern (length unit of the experiment).
+
+    A scan over radii on a `step` (relative) ladder between `r_min` (default 3 / q_max: first minimum inside
+    the detector) and `r_max` (default pi / (2 dq): two pixels per fringe): the azimuthally summed counts in
+    fine |q| rings are compared with the Born sphere profile |3 (sin u - u cos u) / u^3|^2 V^2 with a Poisson
+    deviance, the scale profiled. For non-spherical particles it returns a volume-equivalent-like radius
+    (the ring-averaged fringe spacing). The Guinier region is usually hidden by the beamstop, so the fringes,
+    not the central slope, decide.
+    """
+    d, m = check_data(data, mask, tuple(experiment.shape))
+    m = np.asarray(m) & np.asarray(experiment.valid)
+    q = _norm_q(experiment)
+    qmax = float(q[m].max())
+    # pixel spacing in q: median nearest-neighbour step along rows
+    qv = np.asarray(experiment.q, float)
+    if qv.ndim == 3:
+        dq = float(np.median(np.linalg.norm(np.diff(qv[..., :2], axis=1), axis=-1)))
+    else:
+        dq = qmax / math.sqrt(q.size)
+    r_min = 3.0 / qmax if r_min is None else float(r_min)
+    r_max = math.pi / (2.0 * dq) if r_max is None else float(r_max)
+    if not (0 < r_min < r_max):
+        raise ValueError(f"need 0 < r_min < r_max, got r_min={r_min}, r_max={r_max}")
+    n_bins = int(min(max(50, 4 * qmax / dq), 2000))
+    qc, c, w = radial_profile(d, experiment, m, n_bins)
+    use = w > 0
+    qc, c, w = qc[use], c[use], w[use]
+    radii = r_min * (1 + step) ** np.arange(int(math.log(r_max / r_min) / math.log1p(step)) + 1)
+    best, best_r = np.inf, radii[0]
+    for chunk in np.array_split(radii, max(1, len(radii) // 256)):
+        mod = w[None, :] * chunk[:, None] ** 6 * _sphere_ff2(qc[None, :] * chunk[:, None])
+        s = c.sum() / np.maximum(mod.sum(axis=1), 1e-300)
+        mu = np.maximum(s[:, None] * mod, 1e-300)
+        dev = np.sum(mu - c + np.where(c > 0, c * np.log(np.maximum(c, 1e-300) / mu), 0.0), axis=1)
+        i = int(np.argmin(dev))
+        if dev[i] < best:
+            best, best_r = float(dev[i]), float(chunk[i])
+    return best_r
+
+
+def estimate_center(
+    data: Float[ArrayLike, "ny nx"],
+    mask: Bool[ArrayLike, "ny nx"] | None = None,
+    *,
+    guess: tuple[float, float] | None = None,
+    search: float = 8.0,
+) -> tuple[float, float]:
+    """Beam centre (cy, cx) in fractional pixels from the pattern's centrosymmetry I(c + r) ~ I(c - r).
+
+    The masked Pearson correlation between log(1 + counts) and its point reflection is computed for every
+    reflection centre by FFTs; the best integer half-shift within `search` pixels of `guess` (default the image
+    centre) is refined by a parabola through its neighbours (sub-pixel). Good to a fraction of a pixel for
+    patterns dominated by a round envelope (droplets, compact particles); refine with `free=("beam_center",)`.
+    """
+    d, m = check_data(data, mask)
+    a = np.log1p(np.maximum(np.asarray(d, float), 0.0))
+    if a.ndim != 2:
+        raise ValueError(f"data must be a 2-D image, got shape {a.shape}")
+    M = np.asarray(m, float)
+    A = a * M
+    ny, nx = a.shape
+    shp = (2 * ny, 2 * nx)
+    F = lambda x: np.fft.rfft2(x, shp)
+    conv = lambda X, Y: np.fft.irfft2(X * Y, shp)
+    fA, fM, fA2 = F(A), F(M), F(A * a)
+    n = conv(fM, fM)
+    sab = conv(fA, fA)
+    sa = conv(fA, fM)  # = sum over overlap of A (and by symmetry of its reflection)
+    saa = conv(fA2, fM)
+    nn = np.maximum(n, 1.0)
+    cov = sab - sa * sa / nn
+    var = saa - sa**2 / nn
+    corr = np.where((n > 0.25 * M.sum()) & (var > 0), cov / np.maximum(var, 1e-300), -np.inf)
+    gy, gx = ((ny - 1) / 2.0, (nx - 1) / 2.0) if guess is None else (float(guess[0]), float(guess[1]))
+    # convolution index s = 2 c
+    sy = np.arange(shp[0])[:, None]
+    sx = np.arange(shp[1])[None, :]
+    win = (np.abs(sy - 2 * gy) <= 2 * search) & (np.abs(sx - 2 * gx) <= 2 * search)
+    corr = np.where(win, corr, -np.inf)
+    iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+
+    def refine(c_m, c_0, c_p):
+        den = c_m - 2 * c_0 + c_p
+        if not np.isfinite(den) or den >= 0:
+            return 0.0
+        return float(np.clip(0.5 * (c_m - c_p) / den, -0.5, 0.5))
+
+    oy = refine(corr[iy - 1, ix], corr[iy, ix], corr[(iy + 1) % shp[0], ix])
+    ox = refine(corr[iy, ix - 1], corr[iy, ix], corr[iy, (ix + 1) % shp[1]])
+    return (iy + oy) / 2.0, (ix + ox) / 2.0
+
+
+def random_rotations(n: int, seed: int = 0) -> np.ndarray:
+    """`n` rotation matrices uniform on SO(3) (Shoemake's quaternion method), shape (n, 3, 3)."""
+    rng = np.random.default_rng(seed)
+    u1, u2, u3 = rng.random((3, int(n)))
+    q = np.stack(
+        [
+            np.sqrt(u1) * np.cos(2 * np.pi * u3),
+            np.sqrt(1 - u1) * np.sin(2 * np.pi * u2),
+            np.sqrt(1 - u1) * np.cos(2 * np.pi * u2),
+            np.sqrt(u1) * np.sin(2 * np.pi * u3),
+        ],
+        axis=-1,
+    )
+    return np.stack([np.asarray(ds.rotation_from_quaternion(qi)) for qi in q])
+
+
+def ellipsoid_starts(
+    radius: float, n_starts: int = 12, *, delta=0.0, beta=0.0, anisotropy: float = 0.1, seed: int = 0
+) -> list[ds.Ellipsoid]:
+    """Starting ellipsoids around a sphere of `radius`: axes radius * (1 + a, 1, 1 - a) (volume about kept) in
+    `n_starts` random orientations (a sphere start has no orientation gradient, hence the anisotropy)."""
+    Rs = random_rotations(n_starts, seed)
+    ax = radius * np.array([1 + anisotropy, 1.0, 1 - anisotropy]) / (1 - anisotropy**2) ** (1 / 3)
+    return [ds.Ellipsoid(ax, delta=delta, beta=beta, rotation=R) for R in Rs]
+
+
+def fit_sphere_auto(
+    data,
+    experiment: ds.Experiment,
+    mask=None,
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    n_starts: int = 3,
+    **fit_kwargs,
+):
+    """Sphere fit without an initial guess: `estimate_radius`, then a multi-start fit from radii on both
+    sides of the estimate (fringe aliasing gives local minima near +- one fringe). Returns a `FitResult`."""
+    from ._fit import fit
+
+    r0 = estimate_radius(data, experiment, mask)
+    factors = [1.0] if n_starts <= 1 else list(np.linspace(0.97, 1.03, int(n_starts)))
+    starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
+    return fit(data, experiment, starts, mask, free=("radius",), **fit_kwargs)
+
+
+def fit_ellipsoid_auto(
+    data,
+    experiment: ds.Experiment,
+    mask=None,
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    radius: float | None = None,
+    n_starts: int = 8,
+    seed: int = 0,
+    free: Sequence[str] = ("semi_axes", "orientation"),
+    search_steps: int = 30,
+    search_coarsening: float = 1.5,
+    **fit_kwargs,
+):
+    """Triaxial ellipsoid without an initial guess.
+
+    1. The sphere radius (`estimate_radius` unless given).
+    2. Search: a vmapped multi-start over `n_starts` random orientations of a slightly anisotropic ellipsoid,
+       `search_steps` optimiser steps each on a voxel grid `search_coarsening` times coarser than the default
+       (finding the basin needs no sub-percent accuracy).
+    3. Refinement of the best start at the default pitch to convergence (with uncertainties).
+
+    The result's `alternatives` lists other starts of the search that ended within `alternatives_tol` of the
+    best (twins, permuted axes); `stages` holds (search, refinement). Returns a `FitResult`.
+    """
+    from ._fit import fit
+
+    if radius is None:
+        radius = estimate_radius(data, experiment, mask)
+    starts = ellipsoid_starts(radius, n_starts, delta=delta, beta=beta, seed=seed)
+    kw = dict(fit_kwargs)
+    pitch = kw.pop("pitch", None)
+    if pitch is None and experiment.sampling_hint is not None:
+        pitch = ds.default_pitch(*experiment.sampling_hint)
+    search_pitch = None if pitch is None else pitch * float(search_coarsening)
+    search_kw = {k: v for k, v in kw.items() if k not in ("max_steps", "uncertainties", "grid")}
+    search = fit(
+        data,
+        experiment,
+        starts,
+        mask,
+        free=free,
+        pitch=search_pitch,
+        max_steps=int(search_steps),
+        uncertainties=False,
+        **search_kw,
+    )
+    res = fit(data, experiment, search.model, mask, free=free, pitch=pitch, **kw)
+    res.alternatives = search.alternatives
+    res.start_losses = search.start_losses
+    res.n_starts = search.n_starts
+    res.stages = [search, res]
+    return res
+
+
+def _ellipsoid_radius_fn(semi_axes):
+    a, b, c = (float(x) for x in np.asarray(semi_axes))
+
+    def r(theta, phi):
+        st = np.sin(theta)
+        return 1.0 / np.sqrt(
+            (st * np.cos(phi) / a) ** 2 + (st * np.sin(phi) / b) ** 2 + (np.cos(theta) / c) ** 2
+        )
+
+    return r
+
+
+def harmonics_from_ellipsoid(ellipsoid: ds.Ellipsoid, lmax: int) -> ds.SphericalHarmonics:
+    """The spherical-harmonic shape (up to `lmax`) closest to an ellipsoid's radius function, same orientation,
+    centre and material (least-squares projection on the sphere)."""
+    return ds.SphericalHarmonics.from_radius_function(
+        _ellipsoid_radius_fn(ellipsoid.semi_axes),
+        int(lmax),
+        ellipsoid.delta,
+        ellipsoid.beta,
+        rotation=ellipsoid.rotation,
+        centre=ellipsoid.centre,
+    )
+
+
+def pad_harmonics(shape: ds.SphericalHarmonics, lmax: int) -> ds.SphericalHarmonics:
+    """The same shape with coefficients zero-padded (or truncated) to degree `lmax`."""
+    c = np.asarray(shape.coefficients)
+    n = (int(lmax) + 1) ** 2
+    new = np.zeros(n, c.dtype)
+    new[: min(n, c.size)] = c[: min(n, c.size)]
+    return ds.SphericalHarmonics(new, shape.delta, shape.beta, rotation=shape.rotation, centre=shape.centre)
+
+
+def fit_spherical_harmonics(
+    data,
+    experiment: ds.Experiment,
+    lmax: int,
+    mask=None,
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    n_starts: int = 8,
+    regularizer=None,
+    seed: int = 0,
+    verbose: bool = False,
+    **fit_kwargs,
+):
+    """Spherical-harmonic shape up to degree `lmax` with no initial guess, by the ladder
+    sphere (`estimate_radius` + fit) -> triaxial ellipsoid (vmapped multi-start over orientations) ->
+    harmonics with lmax = 2, 3, ..., `lmax`, each stage starting from the last.
+
+    In the harmonic stages the coefficients are free and the orientation stays at the ellipsoid's (the
+    l >= 1 coefficients can express small rotations themselves, so freeing both would be degenerate).
+    `regularizer` (default `SHDegreePrior(0.15)`, a weak prior on each degree's power) is added at every
+    harmonic stage. Returns the last stage's `FitResult`; `result.stages` holds every stage's result.
+    `delta`, `beta`: the optical constants (fixed). Other keywords go to `fitting.fit`.
+    """
+    from ._fit import fit
+    from ._regularizers import SHDegreePrior
+
+    if int(lmax) < 0:
+        raise ValueError(f"lmax must be >= 0, got {lmax}")
+    stages = []
+    sph = fit_sphere_auto(data, experiment, mask, delta=delta, beta=beta, **fit_kwargs)
+    stages.append(sph)
+    if verbose:
+        print(f"sphere: radius {float(sph.model.radius):.4g}")
+    if int(lmax) == 0:
+        c0 = float(sph.model.radius) * math.sqrt(4 * math.pi)
+        res = fit(
+            data,
+            experiment,
+            ds.SphericalHarmonics([c0], delta, beta),
+            mask,
+            free=("coefficients",),
+            **fit_kwargs,
+        )
+        res.stages = stages + [res]
+        return res
+    ell = fit_ellipsoid_auto(
+        data,
+        experiment,
+        mask,
+        delta=delta,
+        beta=beta,
+        radius=float(sph.model.radius),
+        n_starts=n_starts,
+        seed=seed,
+        **fit_kwargs,
+    )
+    stages.append(ell)
+    if verbose:
+        print(f"ellipsoid: semi-axes {np.asarray(ell.model.semi_axes)}")
+    reg = SHDegreePrior(0.15) if regularizer is None else regularizer
+    shape = harmonics_from_ellipsoid(ell.model, max(2, min(int(lmax), 2)))
+    res = ell
+    for l in range(2, int(lmax) + 1) if int(lmax) >= 2 else [int(lmax)]:
+        shape = pad_harmonics(shape, l)
+        res = fit(data, experiment, shape, mask, free=("coefficients",), regularizer=reg, **fit_kwargs)
+        stages.append(res)
+        shape = res.model
+        if verbose:
+            print(f"harmonics lmax={l}: loss/pixel {res.loss / res.n_used:.4f}")
+    res.stages = stages
+    return res

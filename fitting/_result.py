@@ -1,0 +1,182 @@
+"""`FitResult`: what a fit returns, and its HDF5 / JSON files (written atomically)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+import diffscat as ds
+
+__all__ = ["FitResult", "Alternative", "shape_parameters"]
+
+
+@dataclasses.dataclass
+class Alternative:
+    """Another start that fits almost as well (e.g. the twin/mirror solution): its shape, its loss minus the
+    best loss (NLL units) and its free parameters in physical units."""
+
+    model: ds.AbstractShape
+    delta_loss: float
+    values: dict[str, np.ndarray]
+    u: Any = dataclasses.field(repr=False, default=None)
+
+
+def shape_parameters(shape: ds.AbstractShape) -> dict[str, np.ndarray]:
+    """All real array leaves of a shape by field name (complex leaves as real/imag pairs)."""
+    out = {}
+    for f in dataclasses.fields(shape):
+        v = getattr(shape, f.name, None)
+        if hasattr(v, "dtype") and hasattr(v, "shape") and not f.metadata.get("static", False):
+            a = np.asarray(v)
+            out[f.name] = np.stack([a.real, a.imag], -1) if np.iscomplexobj(a) else a
+    return out
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Result of `fitting.fit`.
+
+    - `model`: fitted shape, same type as the initial model; `experiment`: with fitted leaves (beam centre...).
+    - `scale`: fitted fluence factor (counts per unit of `fitting.expected_signal`); `background`: counts/pixel.
+    - `loss`: final summed negative log-likelihood (`loss_kind`); `loss_history`: per optimiser step (best start).
+    - `free`, `values`, `sigmas`: free parameter names, fitted values and 1-sigma uncertainties in physical units
+      (orientation: rotation matrix / degrees about the fitted body axes); `hessian_ok`: curvature positive.
+    - `n_steps`, `converged`, `time_s` (wall, including compilation), `compile_s` (first step).
+    - `alternatives`: other starts within `alternatives_tol` of the best; `start_losses`: every start's NLL.
+    - `data`, `mask`, `model_counts`: the fitted image (expected counts) for residual maps.
+    - `grid`: the fixed voxel grid used; `stages`: for ladder fits, every stage's result.
+    """
+
+    model: ds.AbstractShape
+    experiment: ds.Experiment
+    scale: float
+    background: float
+    loss: float
+    loss_kind: str
+    loss_history: np.ndarray
+    free: tuple[str, ...]
+    values: dict[str, np.ndarray]
+    sigmas: dict[str, np.ndarray]
+    hessian_ok: bool
+    n_steps: int
+    converged: bool
+    time_s: float
+    compile_s: float
+    n_used: int
+    n_starts: int
+    start_losses: np.ndarray
+    alternatives: list[Alternative]
+    data: np.ndarray = dataclasses.field(repr=False)
+    mask: np.ndarray = dataclasses.field(repr=False)
+    model_counts: np.ndarray = dataclasses.field(repr=False)
+    grid: ds.VoxelGrid | None = dataclasses.field(repr=False, default=None)
+    stages: list | None = dataclasses.field(repr=False, default=None)
+
+    def residuals(self) -> np.ndarray:
+        """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""
+        from ._losses import residuals
+
+        return np.asarray(
+            residuals(self.loss_kind, self.model_counts, self.data, self.mask, scale=1.0, background=0.0)
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: parameters with sigmas, scale, loss, timing, alternatives."""
+
+        def lst(a):
+            return np.asarray(a, float).tolist()
+
+        return {
+            "model_type": type(self.model).__name__,
+            "model_parameters": {k: lst(v) for k, v in shape_parameters(self.model).items()},
+            "free": list(self.free),
+            "values": {k: lst(v) for k, v in self.values.items()},
+            "sigmas": {k: lst(v) for k, v in self.sigmas.items()},
+            "sigma_units": {"orientation": "deg"} if "orientation" in self.free else {},
+            "hessian_ok": self.hessian_ok,
+            "scale": self.scale,
+            "background": self.background,
+            "loss": self.loss,
+            "loss_kind": self.loss_kind,
+            "loss_per_pixel": self.loss / max(self.n_used, 1),
+            "n_used_pixels": self.n_used,
+            "n_steps": self.n_steps,
+            "converged": self.converged,
+            "time_s": self.time_s,
+            "compile_s": self.compile_s,
+            "n_starts": self.n_starts,
+            "start_losses": lst(self.start_losses),
+            "alternatives": [
+                {"delta_loss": a.delta_loss, "values": {k: lst(v) for k, v in a.values.items()}}
+                for a in self.alternatives
+            ],
+            "wavelength": float(np.asarray(self.experiment.wavelength)),
+            "detector": type(self.experiment.detector).__name__,
+        }
+
+    def save_json(self, path: str | os.PathLike) -> str:
+        """Write `summary()` as JSON (atomic: temporary file + rename). Returns the path."""
+        text = json.dumps(self.summary(), indent=2)
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(text)
+
+        return _atomic_write(path, write)
+
+    def save_hdf5(self, path: str | os.PathLike) -> str:
+        """Write the summary (as attributes and datasets), loss history, data, mask, model and residual
+        images to HDF5 (atomic). Returns the path."""
+        import h5py
+
+        summ = self.summary()
+
+        def write(tmp):
+            with h5py.File(tmp, "w") as f:
+                g = f.create_group("fit")
+                for k in ("model_type", "loss_kind", "detector"):
+                    g.attrs[k] = summ[k]
+                for k in ("scale", "background", "loss", "time_s", "compile_s", "wavelength"):
+                    g.attrs[k] = float(summ[k])
+                for k in ("n_steps", "n_used_pixels", "n_starts"):
+                    g.attrs[k] = int(summ[k])
+                g.attrs["converged"] = bool(self.converged)
+                g.attrs["hessian_ok"] = bool(self.hessian_ok)
+                g.attrs["free"] = json.dumps(list(self.free))
+                g.attrs["summary_json"] = json.dumps(summ)
+                g.create_dataset("loss_history", data=np.asarray(self.loss_history, float))
+                g.create_dataset("start_losses", data=np.asarray(self.start_losses, float))
+                mp = g.create_group("model")
+                for k, v in shape_parameters(self.model).items():
+                    mp.create_dataset(k, data=v)
+                for name, dct in (("values", self.values), ("sigmas", self.sigmas)):
+                    gg = g.create_group(name)
+                    for k, v in dct.items():
+                        gg.create_dataset(k, data=np.asarray(v, float))
+                im = g.create_group("images")
+                im.create_dataset("data", data=self.data, compression="gzip")
+                im.create_dataset("mask", data=self.mask.astype(np.uint8), compression="gzip")
+                im.create_dataset("model", data=self.model_counts, compression="gzip")
+                im.create_dataset("residuals", data=self.residuals(), compression="gzip")
+
+        return _atomic_write(path, write)
+
+
+def _atomic_write(path, writer) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
