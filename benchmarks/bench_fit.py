@@ -59,7 +59,7 @@ def main(argv=None):
     c = np.zeros((lmax + 1) ** 2)
     R = 7.0
     c[0] = R * np.sqrt(4 * np.pi)
-    c[1:] = rng.normal(size=c.size - 1) * 0.15 * c[0] / np.sqrt(c.size - 1)
+    c[1:] = rng.normal(size=c.size - 1) * 0.1 * c[0] / np.sqrt(c.size - 1)
     truth = ds.SphericalHarmonics(c, -0.01, 0.001, rotation=fitting.random_rotations(1, 5)[0])
     mean = np.asarray(
         fitting.expected_signal(truth, exp, ds.VoxelGrid.around(float(truth.bounding_radius()) + 0.5, 1 / 6))

@@ -1,13 +1,13 @@
 """Demo: retrieve the shape and orientation of a helium droplet from one noisy wide-angle pattern.
 
-The "measured" pattern is made here from a prolate droplet (semi-axes 60 x 66 x 78 nm, random orientation) by
-a simulation on a 2x finer voxel grid than the fit uses, with Poisson noise (~2e6 photons), a 3 deg beamstop and
+The "measured" pattern is made here from a prolate droplet (semi-axes 45 x 50 x 60 nm, random orientation) by
+a simulation on a 1.5x finer voxel grid than the fit uses, with Poisson noise (~2e6 photons), a 3 deg beamstop and
 an unknown fluence. The fit knows none of that: it estimates the size from the fringe spacing, then fits a
 triaxial ellipsoid from several orientations at once (one vmapped batch), and writes a report figure
 (data | model | residuals, loss curve, shape), the result as JSON and HDF5, and prints axes and orientation
 with their uncertainties next to the truth.
 
-python examples/demo.py --out out            # 64 x 64 pixels (make demo)
+python examples/demo.py --out out            # 48 x 48 pixels (make demo)
 python examples/demo.py --n 16 --out /tmp/x  # tiny, as the test suite runs it
 """
 
@@ -31,8 +31,8 @@ def make_pattern(n: int, theta_max: float, seed: int = 7):
     wavelength = 13.5  # nm (91.8 eV)
     exp = ds.Experiment(wavelength, ds.QGrid(n=n, theta_max_deg=theta_max))
     rot = fitting.random_rotations(1, seed)[0]
-    truth = ds.Ellipsoid((60.0, 66.0, 78.0), delta=0.003, beta=0.001, rotation=rot)
-    fine = ds.VoxelGrid.around(80.0, ds.default_pitch(wavelength, exp.theta_max) / 2)
+    truth = ds.Ellipsoid((45.0, 50.0, 60.0), delta=0.003, beta=0.001, rotation=rot)
+    fine = ds.VoxelGrid.around(62.0, ds.default_pitch(wavelength, exp.theta_max) / 1.5)
     mean = np.asarray(fitting.expected_signal(truth, exp, fine), float)
     rng = np.random.default_rng(seed)
     counts = rng.poisson(mean / mean.sum() * 2e6).astype(float)
@@ -54,9 +54,9 @@ def axis_errors_deg(R_fit, R_true, axes_fit, axes_true):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out", help="output folder (created)")
-    ap.add_argument("--n", type=int, default=64, help="detector pixels per side")
+    ap.add_argument("--n", type=int, default=48, help="detector pixels per side")
     ap.add_argument("--theta-max", type=float, default=30.0, help="largest angle along the axes, deg")
-    ap.add_argument("--starts", type=int, default=6, help="orientations tried at once (multi-start)")
+    ap.add_argument("--starts", type=int, default=4, help="orientations tried at once (multi-start)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -75,6 +75,8 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    if hasattr(ds, "plot_shape"):
+        plt.close(ds.plot_shape(res.model, os.path.join(args.out, "demo_shape.png")))
     res.save_json(os.path.join(args.out, "demo_fit.json"))
     res.save_hdf5(os.path.join(args.out, "demo_fit.h5"))
 

@@ -38,7 +38,7 @@ def main(argv=None):
     rng = np.random.default_rng(3)
     c = np.zeros((lmax + 1) ** 2)
     c[0] = R * np.sqrt(4 * np.pi)
-    c[1:] = rng.normal(size=c.size - 1) * 0.15 * c[0] / np.sqrt(c.size - 1)
+    c[1:] = rng.normal(size=c.size - 1) * 0.1 * c[0] / np.sqrt(c.size - 1)
     truth = ds.SphericalHarmonics(c, -0.01, 0.001, rotation=fitting.random_rotations(1, 5)[0])
     fine = ds.VoxelGrid.around(float(truth.bounding_radius()) + 0.5, 1 / 6)
     mean = np.asarray(fitting.expected_signal(truth, exp, fine))

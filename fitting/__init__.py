@@ -1,5 +1,17 @@
 """fitting: gradient-based shape retrieval on top of diffscat (losses, parametrisations, fits)."""
 
+from ._batch import (
+    STATUS as STATUS,
+    ArraySource as ArraySource,
+    BatchSummary as BatchSummary,
+    batch_fit as batch_fit,
+    merge_parts as merge_parts,
+    read_results as read_results,
+)
+from ._batch_fitters import (
+    EllipsoidBatchFitter as EllipsoidBatchFitter,
+    SphereBatchFitter as SphereBatchFitter,
+)
 from ._fit import (
     POLARISATIONS as POLARISATIONS,
     expected_signal as expected_signal,

@@ -179,10 +179,11 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
                 for key in f:
                     if key == "status":
                         continue
+                    v = f[key][...]
                     col = columns.get(key)
-                    if col is None:
-                        col = columns[key] = np.full(n, np.nan)
-                    col[a:b] = f[key][...]
+                    if col is None:  # (N,) for scalars, (N, k) for vector parameters (e.g. semi_axes)
+                        col = columns[key] = np.full((n,) + v.shape[1:], np.nan)
+                    col[a:b] = v
         except OSError:  # a part being written by another process right now is not there yet
             continue
     units = dict(units or {})
@@ -310,7 +311,8 @@ def batch_fit(
                 np.where(~finite, STATUS["failed"], np.where(conv, STATUS["ok"], STATUS["not-converged"])),
             ).astype(np.int8)
             for k in res:
-                res[k] = np.where(ok, res[k], np.nan)
+                keep = ok.reshape((-1,) + (1,) * (res[k].ndim - 1))
+                res[k] = np.where(keep, res[k], np.nan)
             fitted += int(ok.sum())
 
         def write(f, res=res, status=status):

@@ -8,7 +8,7 @@ Config (TOML; see configs/batch-sphere.toml):
                               # /entry_N, as CXIDB id-94) are read entry by entry when entry = "all"
 
     [model]
-    type = "Sphere"           # Sphere (the per-pattern fitter for other types is not built yet)
+    type = "Sphere"           # Sphere | Ellipsoid (semi-axes + orientation, configs/batch-ellipsoid.toml)
     delta = 0.0
     beta = 0.001
     radius_min = 20.0         # range searched by the automatic initialisation (length unit)
@@ -44,8 +44,18 @@ __all__ = ["add_arguments", "run", "load_batch_config", "CXISource"]
 
 SECTIONS = {
     "data": {"length_unit", "entry"},
-    "model": {"type", "delta", "beta", "radius_min", "radius_max"},
-    "fit": {"loss", "polarisation", "beamstop_deg", "n_steps", "n_candidates", "n_theta", "pitch"},
+    "model": {"type", "delta", "beta", "radius_min", "radius_max", "max_aspect"},
+    "fit": {
+        "loss",
+        "polarisation",
+        "beamstop_deg",
+        "n_steps",
+        "n_candidates",
+        "n_theta",
+        "pitch",
+        "n_starts",
+        "learning_rate",
+    },
     "batch": {"chunk_size"},
 }
 DEFAULTS = {
@@ -55,7 +65,6 @@ DEFAULTS = {
         "loss": "poisson",
         "polarisation": "unpolarised",
         "beamstop_deg": 0.0,
-        "n_steps": 8,
         "n_candidates": 64,
         "n_theta": 512,
     },
@@ -105,8 +114,8 @@ def load_batch_config(path, overrides=()) -> dict:
     if "length_unit" not in out["data"]:
         raise ConfigError("missing key data.length_unit (the unit of lengths in the config and results)")
     m = out["model"]
-    if m["type"] != "Sphere":
-        raise ConfigError(f"model.type = {m['type']!r}: batch-fit supports 'Sphere' in this version")
+    if m["type"] not in ("Sphere", "Ellipsoid"):
+        raise ConfigError(f"model.type = {m['type']!r}: batch-fit supports 'Sphere' and 'Ellipsoid'")
     for k in ("radius_min", "radius_max"):
         if k not in m:
             raise ConfigError(f"missing key model.{k}")
@@ -114,6 +123,7 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"model.{k} must be a positive number, got {m[k]!r}")
     if m["radius_min"] >= m["radius_max"]:
         raise ConfigError("model.radius_min must be below model.radius_max")
+    out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
     for k in ("n_steps", "n_candidates", "n_theta"):
         if not isinstance(out["fit"][k], int) or out["fit"][k] < 1:
             raise ConfigError(f"fit.{k} must be a positive integer, got {out['fit'][k]!r}")
@@ -207,14 +217,13 @@ def run(args) -> int:
     from diffscat.detectors import angular_mask
 
     from ._batch import batch_fit, merge_parts
-    from ._batch_fitters import SphereBatchFitter
+    from ._batch_fitters import EllipsoidBatchFitter, SphereBatchFitter
 
     if os.path.abspath(args.out) == os.path.abspath(args.data):
         raise ValueError("-o must not be the input data file")
     cfg = load_batch_config(args.config, args.set)
-    units = {"radius": cfg["data"]["length_unit"], "radius_sigma": cfg["data"]["length_unit"]}
     if args.merge_only:
-        counts = merge_parts(args.out, units)
+        counts = merge_parts(args.out)
         print(json.dumps(counts))
         return 0
     src = CXISource(args.data, cfg["data"]["length_unit"], cfg["data"]["entry"])
@@ -222,18 +231,24 @@ def run(args) -> int:
     if fit["beamstop_deg"] > 0:
         src.extra_mask = np.asarray(angular_mask(src.experiment, theta_min_deg=fit["beamstop_deg"]))
     m = cfg["model"]
-    fitter = SphereBatchFitter(
-        src.experiment,
+    common = dict(
         delta=m["delta"],
         beta=m["beta"],
         radius_range=(m["radius_min"], m["radius_max"]),
         n_candidates=fit["n_candidates"],
-        n_steps=fit["n_steps"],
-        n_theta=fit["n_theta"],
         loss=fit["loss"],
         polarisation=fit["polarisation"],
         pitch=fit.get("pitch"),
     )
+    if m["type"] == "Sphere":
+        fitter = SphereBatchFitter(src.experiment, n_steps=fit["n_steps"], n_theta=fit["n_theta"], **common)
+        units = {"radius": cfg["data"]["length_unit"]}
+    else:
+        extra = {k: fit[k] for k in ("n_starts", "learning_rate") if k in fit}
+        if "max_aspect" in m:
+            extra["max_aspect"] = m["max_aspect"]
+        fitter = EllipsoidBatchFitter(src.experiment, n_steps=fit["n_steps"], **extra, **common)
+        units = {"semi_axes": cfg["data"]["length_unit"]}
     chunk = args.chunk_size or cfg["batch"]["chunk_size"]
     job = {"config": cfg, "data": os.path.abspath(args.data), "n": len(src)}
     summary = batch_fit(

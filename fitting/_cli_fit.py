@@ -32,7 +32,7 @@ Config (TOML):
     beam_center = "auto"        # FlatDetector: estimate the centre from the pattern's symmetry first
     n_starts = 8                # multi-start size for "auto" ellipsoids / harmonics
 
-Writes OUT/fit.json, OUT/fit.h5 (atomic) and OUT/fit_report.png; prints the fitted parameters with sigmas.
+Writes OUT/fit.json, OUT/fit.h5 (atomic), OUT/fit_report.png and OUT/fit_shape.png; prints the fitted parameters with sigmas.
 """
 
 from __future__ import annotations
@@ -229,4 +229,6 @@ def run_config(cfg: dict, out: str):
     res.save_hdf5(os.path.join(out, "fit.h5"))
     fig = plot_report(res, os.path.join(out, "fit_report.png"), title=f"diffscat fit: {cls.__name__}")
     plt.close(fig)
+    if hasattr(ds, "plot_shape"):  # 3-D preview of the fitted shape
+        plt.close(ds.plot_shape(res.model, os.path.join(out, "fit_shape.png")))
     return res

@@ -98,7 +98,7 @@ def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_
 
     "lbfgs" (default): optax.lbfgs with a backtracking (Armijo) line search, about half the compile time of
     "lbfgs-zoom" (optax's default zoom line search, strong Wolfe conditions); "adam": Adam with a 5 % warm-up and cosine decay
-    from `learning_rate` (default 0.05).
+    from `learning_rate` (default 0.1).
     """
     if name == "lbfgs":
         ls = optax.scale_by_backtracking_linesearch(
@@ -108,7 +108,7 @@ def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_
     if name == "lbfgs-zoom":
         return optax.lbfgs(learning_rate=learning_rate)
     if name == "adam":
-        lr = 0.05 if learning_rate is None else float(learning_rate)
+        lr = 0.1 if learning_rate is None else float(learning_rate)
         sched = optax.warmup_cosine_decay_schedule(
             0.1 * lr, lr, max(1, max_steps // 20), max(2, max_steps), end_value=0.01 * lr
         )
@@ -239,7 +239,7 @@ def fit(
     - `free`: parameter names (`fitting.valid_parameter_names`); default `fitting.default_free(model)`.
     - `loss`: "poisson" (counts), "anscombe" or "log" (see `fitting.poisson_nll` etc.).
     - `background`: flat background, counts per pixel; fixed unless "background" is in `free`.
-    - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom" or "adam"; `learning_rate` (Adam, default 0.05; L-BFGS: line search).
+    - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom" or "adam"; `learning_rate` (Adam, default 0.1; L-BFGS: line search).
     - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when the loss per pixel changed by
       less than `rtol` (relative) for `patience` steps, or the gradient norm (in O(1) units) is below `gtol`.
     - `method`, `solid_angle`, `polarisation`: the forward model (see `expected_signal`).
@@ -316,10 +316,11 @@ def fit(
         if np.all(done):
             converged = True
             break
-    # the last update's point has not been evaluated yet: keep it where it is better
-    if history:
-        final_val = np.asarray(_finalize(u, prob, d, m, st, bool(uncertainties))[0]) / n_used
-        improved = final_val < best_val
+    # the last update's point: L-BFGS's line search already evaluated it (its state holds the value there);
+    # keep it where it is better. (Adam's last step is small; its best evaluated point is kept.)
+    if history and is_lbfgs:
+        final_val = np.asarray(optax.tree_utils.tree_get(state, "value"), float)
+        improved = np.isfinite(final_val) & (final_val < best_val)
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
 
     nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, d, m, st, bool(uncertainties))
@@ -338,19 +339,13 @@ def fit(
         i = int(i)
         if i == ib or not np.isfinite(nll[i]) or nll[i] - nll[ib] > alternatives_tol:
             continue
-        du = _tree_norm(jax.tree.map(lambda a, b: a - b, pick(best_u, i), u_b))
-        if float(du) < 1e-2 and all(
-            float(_tree_norm(jax.tree.map(lambda a, b: a - b, pick(best_u, i), a_.u))) > 1e-2 for a_ in alts
-        ):
+        p_i, u_i = pick(prob, i), pick(best_u, i)
+        vals = {k: np.asarray(v) for k, v in p_i.physical(u_i).items()}
+        # the same solution reached from another start is not an alternative
+        if _same_solution(vals, values) or any(_same_solution(vals, a_.values) for a_ in alts):
             continue
-        s_i, e_i, b_i = pick(prob, i).build(pick(best_u, i))
         alts.append(
-            Alternative(
-                model=s_i,
-                delta_loss=float(nll[i] - nll[ib]),
-                values={k: np.asarray(v) for k, v in pick(prob, i).physical(pick(best_u, i)).items()},
-                u=pick(best_u, i),
-            )
+            Alternative(model=p_i.build(u_i)[0], delta_loss=float(nll[i] - nll[ib]), values=vals, u=u_i)
         )
 
     hist = np.stack(history)[:, ib] * n_used if history else np.zeros(0)
@@ -379,6 +374,19 @@ def fit(
         model_counts=model_counts,
         grid=grid,
     )
+
+
+def _same_solution(a: dict, b: dict, rtol: float = 1e-3, deg: float = 0.5) -> bool:
+    """Two fitted parameter sets agree (relative 1e-3; rotations within `deg`)."""
+    for k in a:
+        x, y = np.asarray(a[k], float), np.asarray(b[k], float)
+        if x.shape == (3, 3) and k == "orientation":
+            c = (np.trace(x.T @ y) - 1.0) / 2.0
+            if np.degrees(np.arccos(np.clip(c, -1.0, 1.0))) > deg:
+                return False
+        elif not np.allclose(x, y, rtol=rtol, atol=rtol * max(float(np.max(np.abs(y), initial=0.0)), 1e-12)):
+            return False
+    return True
 
 
 def _bcast(flags, x):

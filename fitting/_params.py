@@ -5,13 +5,15 @@ physical value through a smooth transform fixed at the start of the fit:
 
 | kind | parameters | physical value |
 |---|---|---|
-| positive | sizes (radius, semi_axes, ...), distance, wavelength, pixel_size | unit * softplus(u), unit = initial value |
+| positive | sizes (radius, semi_axes, ...), distance, wavelength, pixel_size | initial * exp(0.1 u) |
 | nonneg | beta, background | unit * softplus(u) |
 | real | delta, centre, beam_center, unbounded coefficients | initial + unit * u |
-| orientation | rotation | R0 @ R(q), q = (1, u) / norm (unnormalised quaternion: no gimbal lock) |
+| orientation | rotation | R0 @ R(q), q = (1, 0.1 u) / norm (unnormalised quaternion: no gimbal lock) |
 
-`unit` is the typical size of the parameter (its initial value for sizes; one pixel for a beam centre; ...),
-so every u moves by O(1) over the fit whatever the length unit. Names are the shape's field names
+`unit` is the typical size of the parameter (one pixel for a beam centre, 10 % of the largest coefficient,
+...), so every u moves by O(1) over the fit whatever the length unit: one unit of u is a ~10 % change of a
+size or a ~11 deg rotation (the scale of a rough initial guess; L-BFGS's unit-norm first step then stays in
+the starting basin instead of jumping across fringe minima). Names are the shape's field names
 (`radius`, `semi_axes`, `delta`, `beta`, `centre`, `orientation` for `rotation`, ...) plus the experiment's
 `wavelength`, `distance`, `pixel_size`, `beam_center` (FlatDetector `center`, fractional pixels (cy, cx)) and
 `background` (counts per pixel).
@@ -32,7 +34,7 @@ import diffscat as ds
 
 __all__ = ["Parametrisation", "valid_parameter_names", "default_free", "stack_parametrisations"]
 
-_SOFTPLUS_INV_1 = float(np.log(np.expm1(1.0)))  # softplus^-1(1)
+STEP = 0.1  # one unit of u: a 10 % change of a positive size, a ~11 deg rotation
 OPTICAL = ("delta", "beta")
 
 
@@ -195,9 +197,7 @@ class Parametrisation(eqx.Module):
         out = {}
         for n, k in zip(self.names, self.kinds, strict=True):
             r, un = self.ref[n], self.unit[n]
-            if k == "positive":
-                out[n] = jnp.full(r.shape, _SOFTPLUS_INV_1, r.dtype)
-            elif k == "nonneg":
+            if k == "nonneg":
                 out[n] = _softplus_inv(jnp.maximum(r, 1e-3 * un) / un).astype(r.dtype)
             elif k == "orientation":
                 out[n] = jnp.zeros(3, r.dtype)
@@ -210,10 +210,12 @@ class Parametrisation(eqx.Module):
         out = {}
         for n, k in zip(self.names, self.kinds, strict=True):
             r, un, x = self.ref[n], self.unit[n], u[n]
-            if k in ("positive", "nonneg"):
+            if k == "positive":
+                out[n] = r * jnp.exp(STEP * x)
+            elif k == "nonneg":
                 out[n] = un * jax.nn.softplus(x)
             elif k == "orientation":
-                q = jnp.concatenate([jnp.ones((1,), x.dtype), x])
+                q = jnp.concatenate([jnp.ones((1,), x.dtype), STEP * x])
                 out[n] = r @ ds.rotation_from_quaternion(q / jnp.linalg.norm(q), normalise=True)
             else:
                 out[n] = r + un * x
@@ -232,12 +234,6 @@ class Parametrisation(eqx.Module):
             else:
                 bg = v
         return shape, exp, bg
-
-    def rotation_angle_units(self) -> dict[str, Array]:
-        """d(physical)/du at u = initial for reporting orientation in degrees (2 rad per unit of u)."""
-        return {
-            n: jnp.asarray(2.0 * 180.0 / np.pi) for n, k in zip(self.names, self.kinds) if k == "orientation"
-        }
 
 
 def stack_parametrisations(ps: Sequence[Parametrisation]) -> Parametrisation:

@@ -110,6 +110,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    p.stdout.close()
     mid = read_results(out)  # readable after the kill
     n_done = sum(s != "pending" for s in mid["status_names"])
     assert 0 < n_done < 32
@@ -159,3 +160,25 @@ def test_two_process_multihost_equals_single(dataset):
     res = read_results(out)
     assert res["status_names"] == ref["status_names"]
     np.testing.assert_allclose(res["radius"], ref["radius"], rtol=1e-5, equal_nan=True)
+
+
+def test_shipped_batch_configs_validate(tmp_path):
+    from diffscat.io import ConfigError
+    from fitting._cli_batch import load_batch_config
+
+    root = os.path.dirname(HERE)
+    sphere = load_batch_config(os.path.join(root, "configs", "batch-sphere.toml"))
+    ell = load_batch_config(os.path.join(root, "configs", "batch-ellipsoid.toml"))
+    assert sphere["model"]["type"] == "Sphere" and sphere["fit"]["n_steps"] == 8
+    assert ell["model"]["type"] == "Ellipsoid" and ell["fit"]["n_starts"] == 4
+    bad = tmp_path / "bad.toml"
+    for text, match in [
+        ("[data]\nlength_unit='nm'\n[model]\nradius_min=1.0\nradius_max=2.0\nfoo=1\n", "model.foo"),
+        ("[data]\nlength_unit='nm'\n[model]\nradius_min=3.0\nradius_max=2.0\n", "radius_min"),
+        ("[model]\nradius_min=1.0\nradius_max=2.0\n", "length_unit"),
+        ("[data]\nlength_unit='nm'\n[model]\ntype='Cube'\nradius_min=1.0\nradius_max=2.0\n", "model.type"),
+        ("[data]\nlength_unit='nm'\n[spam]\n", "spam"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_batch_config(str(bad))

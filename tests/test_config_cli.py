@@ -12,7 +12,10 @@ from diffscat.cli import build_parser, main
 from diffscat.io import ConfigError, apply_overrides, load_config, parse_config, read_cxi, shape_from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.toml")))
+CONFIGS = sorted(
+    glob.glob(os.path.join(ROOT, "configs", "simulate-*.toml"))
+    + glob.glob(os.path.join(ROOT, "configs", "dataset-*.toml"))
+)
 
 
 def base():

@@ -25,6 +25,7 @@ def test_demo_tiny(tmp_path):
     assert not plt.get_fignums()
 
 
+@pytest.mark.slow
 def test_fit_sphere_mie_small(tmp_path):
     res = _load("fit_sphere_mie").main(["--small", "--out", str(tmp_path)])
     assert abs(float(res.model.radius) - 2.5) / 2.5 < 0.02

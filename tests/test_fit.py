@@ -95,8 +95,8 @@ def test_parametrisation_round_trip_and_orientation():
         strict=True,
     ):
         assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
-    # orientation: a unit step about body axis x rotates by 2 atan(1) = 90 deg, staying a rotation matrix
-    u = dict(u0, orientation=jnp.array([1.0, 0.0, 0.0]))
+    # orientation: u = 10 about body axis x is q = (1, 1, 0, 0): a 90 deg rotation, still a rotation matrix
+    u = dict(u0, orientation=jnp.array([10.0, 0.0, 0.0]))
     Rn = np.asarray(p.build(u)[0].rotation)
     dR = np.asarray(R0).T @ Rn
     assert np.allclose(dR, [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-12)

@@ -10,7 +10,7 @@ function of t = (qz - q0) / h in [-1, 1] at K Chebyshev nodes, written in the Ch
 (the classical bound for interpolation at Chebyshev nodes). Hence Psi = sum_k T_k(t) DFT2[V_k] with
 V_k = sum_s C[s, k] exp(i q0 z_s) U_s: K planes instead of nz slices, the per-pixel weights T_k(t) are real and
 come from the three-term recurrence (no complex exponentials per pixel and plane), and K is chosen so the bound
-is below the working precision (K ~ 26 for R = 10 lambda at 30 deg in float32, against nz = 87 slices). The
+is below the working precision (K = 25 for R = 10 lambda at 30 deg in float32, against nz = 87 slices). The
 result equals the slice sum up to that bound times sum |U| (an absolute error on Psi; docs/performance.md).
 
 **Parity folding.** On a QGrid the detector axes are symmetric (q_{m-1-k} = -q_k) and so is the voxel grid;

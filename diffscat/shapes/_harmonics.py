@@ -73,6 +73,8 @@ def real_sph_harm(lmax: int, directions) -> Float[Array, "*b n"]:
 
 @eqx.filter_jit
 def _sh_sum(c, lmax: int, u):
+    """sum_lm c_lm Y_lm(u), unrolled over (l, m): measured faster to run (and no slower to compile at
+    lmax <= 10) than a vectorised-over-m recurrence."""
     total = jnp.zeros(u.shape[:-1], c.dtype)
     for k, Y in _sh_terms(lmax, u):
         total = total + c[k] * Y

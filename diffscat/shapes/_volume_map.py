@@ -29,15 +29,22 @@ class VolumeMap(AbstractShape):
     - `dn`: (nx, ny, nz) complex (or real) array of n - 1, finite; differentiable leaf.
     - `pitch`: (dx, dy, dz) or a scalar, > 0 (static).
 
+    - `rotation`, `centre`: optional placement (r_lab = R r_map + centre; differentiable). A placed map is
+      resampled conservatively to the target pitch along its own axes, then interpolated trilinearly at the
+      rotated voxel centres (integral conserved to second order); its own `grid` then becomes the smallest
+      grid of its pitch holding its bounding ball. Default None: the map sits unrotated on its own grid.
+
     Boolean or fractional occupancy voxels filled with one material: `VolumeMap.from_mask(mask, pitch,
     delta, beta)` (PyScatman's boolean VolumeMap).
     """
 
     dn: Complex[Array, "nx ny nz"]
     pitch: tuple[float, float, float] = eqx.field(static=True)
+    rotation: Float[Array, "3 3"] | None
+    centre: Float[Array, "3"] | None
     extent_hint: float | None = eqx.field(static=True, repr=False)
 
-    def __init__(self, dn, pitch):
+    def __init__(self, dn, pitch, *, rotation=None, centre=None):
         dn = jnp.asarray(dn)
         if dn.ndim != 3:
             raise ValueError(f"dn must be a 3-D array (nx, ny, nz), got shape {dn.shape}")
@@ -50,10 +57,17 @@ class VolumeMap(AbstractShape):
             dn = dn.astype(complex_dtype(dn.dtype if dn.dtype == jnp.float64 else default_float()))
         self.dn = check_finite(dn, "dn")
         self.pitch = VoxelGrid(dn.shape, pitch).pitch
-        self.extent_hint = extent_hint(float(np.linalg.norm(self.grid.half_extent)))
+        if rotation is None and centre is None:
+            self.rotation = self.centre = None
+        else:
+            from ._base import placement
+
+            self.rotation, self.centre = placement(rotation, centre, jnp.finfo(self.dn.dtype).dtype)
+        r = self.bounding_radius()
+        self.extent_hint = extent_hint(r) if is_concrete(r) else None
 
     @classmethod
-    def from_mask(cls, mask, pitch, delta=0.0, beta=0.0) -> VolumeMap:
+    def from_mask(cls, mask, pitch, delta=0.0, beta=0.0, *, rotation=None, centre=None) -> VolumeMap:
         """Voxels filled with one material: dn = mask * (-delta + i beta).
 
         **Arguments:**
@@ -61,6 +75,7 @@ class VolumeMap(AbstractShape):
           fill fractions), finite.
         - `pitch`: voxel pitch (dx, dy, dz) or a scalar (length unit).
         - `delta`, `beta`: optical constants (beta >= 0); differentiable when traced.
+        - `rotation`, `centre`: optional placement, as for the constructor.
         """
         m = jnp.asarray(mask)
         if m.ndim != 3:
@@ -77,25 +92,59 @@ class VolumeMap(AbstractShape):
             raise ValueError("mask must hold occupancies in [0, 1] (or booleans)")
         rdt = jnp.result_type(m.dtype, d.dtype)
         dn = m.astype(rdt) * jax.lax.complex(-d.astype(rdt), b.astype(rdt))
-        return cls(dn, pitch)
+        return cls(dn, pitch, rotation=rotation, centre=centre)
+
+    @property
+    def placed(self) -> bool:
+        """True when the map has a rotation / centre (static: decided at construction)."""
+        return self.rotation is not None
+
+    @property
+    def map_grid(self) -> VoxelGrid:
+        """The grid of the array itself (its axes, unrotated, centred on the origin)."""
+        return VoxelGrid(self.dn.shape, self.pitch)
 
     @property
     def grid(self) -> VoxelGrid:
-        """The map's own voxel grid."""
-        return VoxelGrid(self.dn.shape, self.pitch)
+        """The map's own simulation grid: the array's grid, or for a placed map the smallest grid of the same
+        pitch holding its bounding ball."""
+        if not self.placed:
+            return self.map_grid
+        r = self.extent_hint
+        if r is None:
+            raise ValueError("a VolumeMap placed with traced rotation/centre needs an explicit grid=")
+        return VoxelGrid.around(r, self.pitch, margin=1)
 
     def render(self, grid: VoxelGrid) -> Complex[Array, "nx ny nz"]:
-        if grid == self.grid:
-            return self.dn
-        return resample(self.dn, self.grid, grid)
+        if not self.placed:
+            if grid == self.map_grid:
+                return self.dn
+            return resample(self.dn, self.map_grid, grid)
+        # conservative averaging to the target pitch along the map's own axes, then trilinear sampling at the
+        # target voxel centres taken into the map frame: r_map = R^T (r - centre)
+        src = self.map_grid
+        inter = VoxelGrid(
+            tuple(
+                int(np.ceil(n * p / q)) + 2 for n, p, q in zip(src.shape, src.pitch, grid.pitch, strict=True)
+            ),
+            grid.pitch,
+        )
+        dn = resample(self.dn, src, inter)
+        rdt = jnp.finfo(dn.dtype).dtype
+        body = (grid.points(rdt) - self.centre.astype(rdt)) @ self.rotation.astype(rdt)
+        coords = [body[..., k] / inter.pitch[k] + (inter.shape[k] - 1) / 2.0 for k in range(3)]
+        re = jax.scipy.ndimage.map_coordinates(dn.real, coords, order=1, mode="constant", cval=0.0)
+        im = jax.scipy.ndimage.map_coordinates(dn.imag, coords, order=1, mode="constant", cval=0.0)
+        return jax.lax.complex(re, im)
 
     def bounding_radius(self) -> Float[Array, ""]:
-        return jnp.asarray(float(np.linalg.norm(self.grid.half_extent)))
+        r = jnp.asarray(float(np.linalg.norm(self.map_grid.half_extent)))
+        return r if not self.placed else r + jnp.linalg.norm(self.centre)
 
     def volume(self) -> Float[Array, ""]:
         """Occupied volume: sum of |dn| / max |dn| times the voxel volume (fill-weighted)."""
         a = jnp.abs(self.dn)
-        return jnp.sum(a) / jnp.maximum(jnp.max(a), jnp.finfo(a.dtype).tiny) * self.grid.voxel_volume
+        return jnp.sum(a) / jnp.maximum(jnp.max(a), jnp.finfo(a.dtype).tiny) * self.map_grid.voxel_volume
 
     def max_abs_dn(self):
         return jnp.max(jnp.abs(self.dn))
