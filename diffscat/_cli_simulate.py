@@ -139,12 +139,14 @@ def simulate_config(
             per_image=per,
         )
         if png:
-            ds.plot.plot_pattern(
-                img,
-                exp_out,
-                png,
-                title=f"{type(shape).__name__}",
-                label=_label(quantity, unit),
+            _close(
+                ds.plot.plot_pattern(
+                    img,
+                    exp_out,
+                    png,
+                    title=f"{type(shape).__name__}",
+                    label=_label(quantity, unit),
+                )
             )
         return {"path": out, "png": png, "n": 1, "image_shape": img.shape, "quantity": quantity}
     return _simulate_dataset(
@@ -238,12 +240,14 @@ def _simulate_dataset(
             bar.update(m)
         bar.close()
     if png:
-        ds.plot.plot_pattern(
-            first,
-            exp_out,
-            png,
-            title=f"{cls.__name__} #0 of {n}",
-            label=_label(quantity, unit),
+        _close(
+            ds.plot.plot_pattern(
+                first,
+                exp_out,
+                png,
+                title=f"{cls.__name__} #0 of {n}",
+                label=_label(quantity, unit),
+            )
         )
     return {
         "path": out,
@@ -273,3 +277,10 @@ def run(args) -> int:
             + (f" and {res['png']}" if res["png"] else "")
         )
     return 0
+
+
+def _close(fig) -> None:
+    """Release a figure written to disk (a long dataset job must not accumulate open figures)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
