@@ -17,10 +17,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import diffscat as ds
 
-from ._losses import LOSSES
+from ._losses import LOSSES, profile_scale
 
 __all__ = ["SphereBatchFitter"]
 
@@ -151,8 +152,6 @@ class SphereBatchFitter:
         h = jax.grad(jax.grad(lambda r: self._nll(self._profile(r), data, mask)))(radius)
         sigma = jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.nan)
         n_used = jnp.maximum(jnp.sum(mask), 1)
-        from ._losses import profile_scale
-
         scale = profile_scale(self.loss_name, self._image(self._profile(radius)), data, mask)
         converged = (steps[-1] < 1e-5) & (h > 0)
         return {
@@ -210,8 +209,6 @@ class EllipsoidBatchFitter:
         pitch: float | None = None,
         n_candidates: int = 64,
     ):
-        from diffscat.detectors import polarisation_factor
-
         self.sphere = SphereBatchFitter(
             experiment, delta=delta, beta=beta, radius_range=radius_range, n_candidates=n_candidates,
             n_steps=3, loss=loss, polarisation=polarisation, pitch=pitch,
@@ -221,15 +218,7 @@ class EllipsoidBatchFitter:
         if pitch is None:
             pitch = self.sphere.grid.pitch[0]
         self.grid = ds.VoxelGrid.around(float(radius_range[1]) * max_aspect ** (2 / 3) * 1.05, pitch)
-        pix = experiment.pixels()
-        self._weight = jnp.asarray(
-            np.where(
-                np.asarray(pix.valid),
-                np.asarray(pix.solid_angle) * np.asarray(polarisation_factor(pix, polarisation)),
-                0.0,
-            )
-        )
-        self._weight = self._weight / jnp.mean(self._weight[np.asarray(pix.valid)])
+        self._weight = self.sphere._weight  # solid angle x polarisation, normalised (same pixels)
         self.delta, self.beta = float(delta), float(beta)
         self.n_steps = int(n_steps)
         starts = [np.eye(3), np.asarray(ds.rotation_y(np.pi / 2)), np.asarray(ds.rotation_x(np.pi / 2))]
@@ -239,7 +228,7 @@ class EllipsoidBatchFitter:
         while len(starts) < n_starts:
             starts.append(np.asarray(ds.rotation_from_euler(np.array([0.7 * len(starts), 1.1, 0.3]))))
         self._R0 = jnp.asarray(np.stack(starts[:n_starts]))
-        self._opt = __import__("optax").adam(learning_rate)
+        self._opt = optax.adam(learning_rate)
         self._call = jax.jit(jax.vmap(self._fit_one))
 
     def _model(self, params, R0):
@@ -249,8 +238,6 @@ class EllipsoidBatchFitter:
         return ds.simulate(shape, self.experiment, grid=self.grid) * self._weight, shape
 
     def _fit_one(self, data, mask):
-        import optax
-
         mask = mask & self.sphere._valid
         losses = jax.vmap(lambda p: self.sphere._nll(p, data, mask))(self.sphere._cand_profiles)
         r0 = self.sphere._cand_r[jnp.argmin(losses)]
@@ -280,8 +267,6 @@ class EllipsoidBatchFitter:
         p = jax.tree.map(lambda x: x[ib], ps)
         R0 = self._R0[ib]
         img, shape = self._model(p, R0)
-        from ._losses import profile_scale
-
         scale = profile_scale("poisson", img, data, mask)
         # Fisher information of z = (log axes, rotation vector, log scale) for Poisson counts
         z0 = jnp.concatenate([p[0], p[1], jnp.log(scale)[None]])

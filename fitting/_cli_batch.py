@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tomllib
 
 import numpy as np
 
@@ -92,16 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_batch_config(path, overrides=()) -> dict:
     """Read and validate a batch-fit config; unknown sections/keys and wrong types are errors naming them."""
-    from diffscat.io import ConfigError, apply_overrides
+    from diffscat.io import ConfigError, read_toml
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such config file: {path}")
-    with open(path, "rb") as f:
-        try:
-            cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    cfg = apply_overrides(cfg, overrides)
+    cfg = read_toml(path, overrides)
     for sec, keys in cfg.items():
         if sec not in SECTIONS:
             raise ConfigError(f"unknown section [{sec}]; valid: {sorted(SECTIONS)}")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tomllib
 
 import numpy as np
 
@@ -74,16 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from diffscat.io import apply_overrides
+    from diffscat.io import read_toml
 
-    if not os.path.exists(args.config):
-        raise FileNotFoundError(f"no such config file: {args.config}")
-    with open(args.config, "rb") as f:
-        try:
-            cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{args.config}: not valid TOML: {e}") from None
-    cfg = apply_overrides(cfg, args.set)
+    cfg = read_toml(args.config, args.set)
     if args.data:
         cfg.setdefault("data", {})["path"] = args.data
     result = run_config(cfg, args.out)

@@ -8,6 +8,7 @@ from ._config import (
     build_shape as build_shape,
     load_config as load_config,
     parse_config as parse_config,
+    read_toml as read_toml,
 )
 from ._cxi import (
     CXIData as CXIData,

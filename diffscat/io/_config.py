@@ -383,8 +383,10 @@ def apply_overrides(cfg: dict, overrides) -> dict:
     return cfg
 
 
-def load_config(path, overrides=()) -> dict:
-    """Read a TOML config, apply `--set` overrides, validate. Raises FileNotFoundError / ConfigError."""
+def read_toml(path, overrides=()) -> dict:
+    """Read a TOML file and apply `--set` overrides, without validation (every CLI's config starts here).
+
+    Raises FileNotFoundError, or ConfigError for invalid TOML or a malformed override."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such config file: {path}")
@@ -393,7 +395,12 @@ def load_config(path, overrides=()) -> dict:
             cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(apply_overrides(cfg, overrides))
+    return apply_overrides(cfg, overrides)
+
+
+def load_config(path, overrides=()) -> dict:
+    """Read a TOML config, apply `--set` overrides, validate. Raises FileNotFoundError / ConfigError."""
+    return parse_config(read_toml(path, overrides))
 
 
 # ----------------------------------------------------------------------------------------------- builders
