@@ -218,11 +218,11 @@ def far_field(
         qy = (k0 * pix.sy).astype(rdt).reshape(-1)
         psi = direct_far_field(U, grid, qx, qy, qz.reshape(-1)).reshape(qz.shape)
 
-    sigma = shape.smoothing_sigma(grid)
-    if sigma > 0:
-        # Undo the Gaussian blur of the soft indicator: its Fourier transform is exp(-sigma^2 |q|^2 / 2),
-        # |q|^2 = k0^2 (sx^2 + sy^2 + omc^2) = 2 k0^2 omc.
-        psi = psi * jnp.exp(sigma**2 * k0**2 * pix.omc).astype(cdt)
+    # Undo the smoothing of the partial-volume renderer: divide by its kernel's Fourier transform at q.
+    q = k0 * jnp.stack([pix.sx, pix.sy, -pix.omc], axis=-1).astype(rdt)
+    transfer = shape.blur_transfer(grid, q)
+    if transfer is not None:
+        psi = psi / transfer.astype(cdt)
     return jnp.where(pix.valid, psi, 0)
 
 
@@ -253,8 +253,9 @@ def simulate(
       from an oversampled uniform q grid, error ~1e-8 of max |Psi|; docs/performance.md),
       "separable" (per-slice separable DFT, QGrid only) or "direct" (per-slice sum at every pixel).
 
-    Parametric shapes render as Gaussian-smoothed (soft-indicator) voxels; the blur is divided out of the far
-    field exactly, so the default is accurate to ~0.5 % vs Mie (docs/accuracy.md). Invalid pixels are 0.
+    Parametric shapes render as partial-volume voxels (each voxel's filled fraction, smooth in the
+    parameters); the Fourier transform of that voxel kernel is divided out of the far field, so the default is
+    accurate to ~0.5 % vs Mie (docs/accuracy.md). Invalid pixels are 0.
     dtype: complex64 unless the shape or wavelength is float64 (x64 enabled). Matmuls use HIGHEST precision.
     """
     psi = far_field(shape, experiment, method=method, grid=grid, pitch=pitch, transform=transform)

@@ -96,6 +96,7 @@ class SphereBatchFitter:
         x, _, z = grid.axes(jnp.result_type(float))
         Ex = jnp.exp(-1j * k0 * fan_pix.sx[:, None] * x[None, :])  # (n_theta, nx)
         Ez = jnp.exp(1j * k0 * fan_pix.omc[:, None] * z[None, :])  # (n_theta, nz)
+        q_fan = k0 * jnp.stack([fan_pix.sx, fan_pix.sy, -fan_pix.omc], axis=-1)
 
         def profile(r):
             # Exact eq. 9 at phi = 0: with qy = 0 the y-sum is a projection, so the transform is 2-D (x, z).
@@ -103,15 +104,21 @@ class SphereBatchFitter:
             U = ds.engines.slice_sources(shape.render(grid), grid, k0, "msft")
             V = jnp.sum(U, axis=1)  # (nx, nz)
             psi = jnp.sum(jnp.matmul(Ex, V, precision=jax.lax.Precision.HIGHEST) * Ez, axis=1)
-            # undo the soft-indicator blur exactly as diffscat.far_field does (|q|^2 = 2 k0^2 (1 - cos theta))
-            psi = psi * jnp.exp(shape.smoothing_sigma(grid) ** 2 * k0**2 * fan_pix.omc)
+            # undo the renderer's voxel kernel exactly as diffscat.far_field does
+            psi = psi / shape.blur_transfer(grid, q_fan)
             return jnp.abs(psi) ** 2
 
         self._profile = profile
         cands = np.geomspace(rmin, rmax, n_candidates)
         self._cand_r = jnp.asarray(cands)
-        self._cand_profiles = jax.lax.map(profile, self._cand_r)
+        self._profiles = None  # computed on first use: a finished job re-run needs no simulation
         self._call = jax.jit(jax.vmap(self._fit_one))
+
+    @property
+    def _cand_profiles(self):
+        if self._profiles is None:
+            self._profiles = jax.lax.map(self._profile, self._cand_r)
+        return self._profiles
 
     def _image(self, prof):
         return jnp.interp(self._theta, self._fan_theta, prof) * self._weight
@@ -164,6 +171,7 @@ class SphereBatchFitter:
         }
 
     def __call__(self, data, mask):
+        _ = self._cand_profiles  # computed (concrete) before tracing, then a constant of the fit
         return self._call(data, mask)
 
     def model_image(self, radius) -> jax.Array:
@@ -296,4 +304,5 @@ class EllipsoidBatchFitter:
         }
 
     def __call__(self, data, mask):
+        _ = self.sphere._cand_profiles  # computed (concrete) before tracing
         return self._call(data, mask)

@@ -99,6 +99,68 @@ def test_shape_constructor_error_is_reported_with_section():
         ds.io.build_shape(cfg["shape"])
 
 
+def test_nested_shape_tables_build_core_shell_and_composite():
+    cfg = base()
+    cfg["shape"] = {
+        "type": "CoreShell",
+        "core": {"type": "Sphere", "radius": 1.0, "delta": 0.003, "beta": 0.001},
+        "shell": {"type": "Sphere", "radius": 2.0, "delta": 0.001, "beta": 0.0005},
+        "centre": [0.5, 0.0, 0.0],
+    }
+    cs = ds.io.build_shape(parse_config(cfg)["shape"])
+    ref = ds.CoreShell.spheres(1.0, 2.0, 0.003, 0.001, 0.001, 0.0005, centre=(0.5, 0.0, 0.0))
+    exp = ds.io.build_experiment(cfg)
+    np.testing.assert_allclose(ds.simulate(cs, exp), ds.simulate(ref, exp), rtol=1e-6)
+    cfg["shape"] = {
+        "type": "Composite",
+        "euler_deg": [0.0, 30.0, 0.0],
+        "parts": [
+            {"type": "Sphere", "radius": 1.0, "delta": 0.001, "centre": [0.0, 0.0, -1.0]},
+            {
+                "type": "Cube",
+                "edge": 1.5,
+                "delta": 0.002,
+                "euler_deg": [10.0, 0.0, 0.0],
+                "centre": [0.0, 0.0, 1.0],
+            },
+        ],
+    }
+    comp = ds.io.build_shape(parse_config(cfg)["shape"])
+    assert isinstance(comp, ds.Composite) and [type(p).__name__ for p in comp.parts] == ["Sphere", "Cube"]
+    R = np.asarray(ds.rotation_from_euler(np.radians([10.0, 0.0, 0.0]), "ZYZ"))
+    np.testing.assert_allclose(comp.parts[1].rotation, R, atol=1e-6)
+    np.testing.assert_allclose(comp.rotation, ds.rotation_from_euler(np.radians([0.0, 30.0, 0.0])), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        (
+            {"type": "CoreShell", "core": 1.0, "shell": {"type": "Sphere", "radius": 2.0}},
+            r"shape\.core must be a shape table",
+        ),
+        (
+            {"type": "CoreShell", "core": {"type": "Sphere"}, "shell": {"type": "Sphere", "radius": 2.0}},
+            r"missing key shape\.core\.radius",
+        ),
+        ({"type": "Composite", "parts": []}, r"shape\.parts must be a non-empty array"),
+        (
+            {"type": "Composite", "parts": [{"type": "Sphere", "radius": 1.0, "colour": 3}]},
+            r"unknown key.*shape\.parts\[0\]",
+        ),
+        (
+            {"type": "Composite", "parts": [{"type": "Blob", "radius": 1.0}]},
+            r"shape\.parts\[0\]\.type = 'Blob'",
+        ),
+    ],
+)
+def test_nested_shape_errors_name_the_key(shape, match):
+    cfg = base()
+    cfg["shape"] = shape
+    with pytest.raises(ConfigError, match=match):
+        parse_config(cfg)
+
+
 def test_overrides_parse_toml_values():
     cfg = apply_overrides(
         base(),

@@ -186,30 +186,49 @@ def _shape_params(cls) -> tuple[set[str], set[str]]:
     return names, required
 
 
-def _check_shape(s: dict) -> None:
+# Constructor arguments that hold other shapes: a nested table, or an array of tables ([[shape.parts]]).
+NESTED_SHAPES = {"core": "table", "shell": "table", "parts": "tables"}
+
+
+def _check_shape(s: dict, path: str = "shape") -> None:
     if not isinstance(s, dict):
-        raise ConfigError(f"[shape] must be a table, got {_fmt(s)}")
-    t = _get(s, "type", "shape", "str", required=True)
+        raise ConfigError(f"[{path}] must be a table, got {_fmt(s)}")
+    t = _get(s, "type", path, "str", required=True)
     try:
         cls = shape_class(t)
     except ValueError as e:
-        raise ConfigError(f"shape.type = {t!r}: {e}") from None
+        raise ConfigError(f"{path}.type = {t!r}: {e}") from None
     names, required = _shape_params(cls)
-    _check_keys(s, names | SHAPE_EXTRA, f"shape ({cls.__name__})")
+    _check_keys(s, names | SHAPE_EXTRA, f"{path} ({cls.__name__})")
     for r in sorted(required):
         if r not in s:
-            raise ConfigError(f"missing key shape.{r} (required by {cls.__name__})")
+            raise ConfigError(f"missing key {path}.{r} (required by {cls.__name__})")
     for k, v in s.items():
         if k in ("type", "euler_seq"):
             continue
+        if k in NESTED_SHAPES:
+            if NESTED_SHAPES[k] == "table":
+                if not isinstance(v, dict):
+                    raise ConfigError(
+                        f"{path}.{k} must be a shape table ([{path}.{k}] with a type), got {_fmt(v)}"
+                    )
+                _check_shape(v, f"{path}.{k}")
+            else:
+                if not isinstance(v, list) or not v or not all(isinstance(x, dict) for x in v):
+                    raise ConfigError(
+                        f"{path}.{k} must be a non-empty array of shape tables ([[{path}.{k}]]), got {_fmt(v)}"
+                    )
+                for i, x in enumerate(v):
+                    _check_shape(x, f"{path}.{k}[{i}]")
+            continue
         if isinstance(v, str | dict) or isinstance(v, bool):
             raise ConfigError(
-                f"shape.{k} = {_fmt(v)} has the wrong type: expected a number or a list of numbers"
+                f"{path}.{k} = {_fmt(v)} has the wrong type: expected a number or a list of numbers"
             )
     if "euler_deg" in s:
         if "rotation" in s:
-            raise ConfigError("give shape.rotation or shape.euler_deg, not both")
-        _numbers(s["euler_deg"], "shape.euler_deg", 3)
+            raise ConfigError(f"give {path}.rotation or {path}.euler_deg, not both")
+        _numbers(s["euler_deg"], f"{path}.euler_deg", 3)
 
 
 def _check_detector_model(m: dict) -> None:
@@ -439,6 +458,9 @@ def shape_kwargs(section: dict) -> tuple[type, dict[str, Any]]:
     for k, v in section.items():
         if k in SHAPE_EXTRA:
             continue
+        if k in NESTED_SHAPES:  # parts of a CoreShell or Composite
+            kw[k] = build_shape(v) if isinstance(v, dict) else [build_shape(x) for x in v]
+            continue
         kw[k] = np.asarray(v, float) if isinstance(v, list) else float(v) if _is_num(v) else v
     if "euler_deg" in section:
         seq = section.get("euler_seq", "ZYZ")
@@ -449,7 +471,8 @@ def shape_kwargs(section: dict) -> tuple[type, dict[str, Any]]:
 
 
 def build_shape(section: dict):
-    """The shape of a validated [shape] table; a constructor error is reported with the section's values."""
+    """The shape of a validated [shape] table (nested tables for the parts of a CoreShell or Composite); a
+    constructor error is reported with the section's type."""
     cls, kw = shape_kwargs(section)
     try:
         return cls(**kw)

@@ -10,7 +10,15 @@ from jaxtyping import Array, Complex, Float
 
 from .._custom_types import complex_dtype, is_concrete
 from .._grid import VoxelGrid
-from ._base import AbstractShape, AbstractSolid, extent_hint, placement, smooth_fill, soft_width
+from ._base import (
+    AbstractShape,
+    AbstractSolid,
+    extent_hint,
+    placement,
+    smooth_fill,
+    soft_width,
+    voxel_transfer,
+)
 from ._sphere import Sphere
 
 __all__ = ["CoreShell", "Composite"]
@@ -37,8 +45,8 @@ class CoreShell(AbstractShape):
     """A core inside a shell, each a solid with its own material (delta, beta): n = n_core inside the core,
     n_shell between the core and the shell's surface.
 
-    dn = fill_shell dn_shell + fill_core (dn_core - dn_shell), linear in the soft fills, so the blur is still
-    one Gaussian of width `soft_width(pitch)` (reported by `smoothing_sigma`) and divided out exactly.
+    dn = fill_shell dn_shell + fill_core (dn_core - dn_shell), linear in the partial-volume fills, so the
+    smoothing is still one kernel (`blur_transfer`) and is divided out as for a single solid.
     The core must lie inside the shell (checked for concentric spheres).
 
     **Arguments:**
@@ -96,16 +104,13 @@ class CoreShell(AbstractShape):
         return self.shell.occupancy(_to_local(jnp.asarray(points), self.rotation, self.centre), width)
 
     def render(self, grid: VoxelGrid) -> Complex[Array, "nx ny nz"]:
-        dt = self.dtype
-        cdt = complex_dtype(dt)
-        pts = _to_local(grid.points(dt), self.rotation, self.centre)
-        w = soft_width(grid.pitch)
-        fs = smooth_fill(self.shell.sdf(pts), w).astype(cdt)
-        fc = smooth_fill(self.core.sdf(pts), w).astype(cdt)
+        cdt = complex_dtype(self.dtype)
+        fs = self.shell.grid_fill(grid, self.rotation, self.centre).astype(cdt)
+        fc = self.core.grid_fill(grid, self.rotation, self.centre).astype(cdt)
         return fs * self.shell.dn.astype(cdt) + fc * (self.core.dn - self.shell.dn).astype(cdt)
 
-    def smoothing_sigma(self, grid: VoxelGrid) -> float:
-        return soft_width(grid.pitch)
+    def blur_transfer(self, grid: VoxelGrid, q: Float[Array, "*pix 3"]) -> Float[Array, "*pix"]:
+        return voxel_transfer(grid.pitch, q)
 
     def bounding_radius(self) -> Float[Array, ""]:
         return jnp.linalg.norm(self.centre) + jnp.maximum(
@@ -125,8 +130,8 @@ class Composite(AbstractShape):
 
         dn = (...((f_1 dn_1) (1 - f_2) + f_2 dn_2) (1 - f_3) + f_3 dn_3 ...),
 
-    exact for hard fills; with soft fills the blur is undone exactly where parts do not overlap (and to
-    first order where they do). The union's fill is 1 - prod_k (1 - f_k).
+    exact for hard fills; with partial-volume fills the smoothing is undone exactly where parts do not overlap
+    (and to first order where they do). The union's fill is 1 - prod_k (1 - f_k).
 
     **Arguments:**
     - `parts`: a non-empty sequence of solids (any `AbstractSolid`); positions and rotations relative to the
@@ -160,17 +165,15 @@ class Composite(AbstractShape):
         return 1 - empty
 
     def render(self, grid: VoxelGrid) -> Complex[Array, "nx ny nz"]:
-        dt = self.dtype
-        cdt = complex_dtype(dt)
-        fills = self._fills(grid.points(dt), soft_width(grid.pitch))
+        cdt = complex_dtype(self.dtype)
         dn = jnp.zeros(grid.shape, cdt)
-        for p, f in zip(self.parts, fills, strict=True):
-            f = f.astype(cdt)
+        for p in self.parts:
+            f = p.grid_fill(grid, self.rotation, self.centre).astype(cdt)
             dn = dn * (1 - f) + f * p.dn.astype(cdt)
         return dn
 
-    def smoothing_sigma(self, grid: VoxelGrid) -> float:
-        return soft_width(grid.pitch)
+    def blur_transfer(self, grid: VoxelGrid, q: Float[Array, "*pix 3"]) -> Float[Array, "*pix"]:
+        return voxel_transfer(grid.pitch, q)
 
     def bounding_radius(self) -> Float[Array, ""]:
         return jnp.linalg.norm(self.centre) + jnp.max(
