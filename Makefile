@@ -7,6 +7,8 @@ PYTHON_BOOT ?= $(shell for c in python3.12 "$$(pyenv root 2>/dev/null)/versions/
 	  if [ -n "$$c" ] && "$$c" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then \
 	    command -v "$$c" 2>/dev/null || echo "$$c"; break; fi; done)
 OUT ?= out
+# pytest workers (pytest-xdist); files stay on one worker so module fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-slow lint format bench clean
 
@@ -25,10 +27,10 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	$(PY) benchmarks/bench_forward.py

@@ -58,7 +58,7 @@ def plot_shape(
     else:
         absd = np.abs(dn)
         occ = absd / max(absd.max(), np.finfo(float).tiny)
-    x, y, z = (np.asarray(a) for a in grid.axes(np.float64))
+    x, y, z = (np.asarray(a) for a in grid.axes())
     cx, cy, cz = (len(a) // 2 for a in (x, y, z))
 
     fig = plt.figure(figsize=(15.0, 4.0), dpi=110, layout="constrained")

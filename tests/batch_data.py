@@ -36,9 +36,10 @@ def make_dataset(path, n=12, seed=0, bad=()):
     pix = exp.pixels()
     w = np.asarray(pix.solid_angle * polarisation_factor(pix, "unpolarised"))
     radii = rng.uniform(2.5, 4.5, n)
+    grid = ds.VoxelGrid.around(4.6, 0.2)  # one grid for every radius: one compilation
     imgs = []
     for r in radii:
-        I = np.asarray(ds.simulate(ds.Sphere(float(r), 0.0, 0.001), exp, pitch=0.2))
+        I = np.asarray(ds.simulate(ds.Sphere(float(r), 0.0, 0.001), exp, grid=grid))
         mu = I * w
         imgs.append(rng.poisson(mu / mu.sum() * 2e5).astype(float))
     data = np.stack(imgs)
