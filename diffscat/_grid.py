@@ -75,7 +75,7 @@ def default_pitch(wavelength: float, theta_max: float) -> float:
     """Default isotropic voxel pitch: lambda/4 at theta_max = 30 deg, scaled so that |q|_max * pitch stays
     constant (pitch = lambda/4 * sin(15 deg) / sin(theta_max / 2)), at most lambda/2.
 
-    At lambda/4 with soft-indicator voxels the sphere pattern is within ~0.5 % (rel-L2) of Mie over 10-30 deg
+    At lambda/4 with partial-volume voxels the sphere pattern is within ~0.5 % (rel-L2) of Mie over 10-30 deg
     (docs/accuracy.md).
     """
     p = wavelength / 4.0 * math.sin(math.radians(15.0)) / math.sin(max(theta_max, 1e-3) / 2.0)
