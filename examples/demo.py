@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--out", default="out", help="output folder (created)")
     ap.add_argument("--n", type=int, default=48, help="detector pixels per side")
     ap.add_argument("--theta-max", type=float, default=30.0, help="largest angle along the axes, deg")
-    ap.add_argument("--starts", type=int, default=4, help="orientations tried at once (multi-start)")
+    ap.add_argument("--starts", type=int, default=8, help="orientations tried at once (multi-start)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
