@@ -66,18 +66,18 @@ def main(argv=None):
     )
     data = np.random.default_rng(4).poisson(mean / mean.sum() * 1e7).astype(float)
     mask = np.asarray(exp.theta) > np.radians(2.5)
-    for label in ("first (incl. compile)", "again (compiled)"):
+    for label in ("first (incl. compile)", "again (compiled)")[: max(1, min(2, args.repeat))]:
         t = time.perf_counter()
         res = fitting.fit_spherical_harmonics(data, exp, lmax, mask, delta=-0.01, beta=0.001)
         tot = time.perf_counter() - t
-        stages = ", ".join(f"{s.time_s:.1f}" for s in res.stages)
+        stages = ", ".join(f"{s.time_s:.1f} s/{s.n_steps} steps" for s in res.stages)
         pts = ds.VoxelGrid.around(1.3 * float(truth.bounding_radius()), 0.15).points()
         A = np.asarray(truth.occupancy(pts)) > 0.5
         iou = max(
             float((A & (B := np.asarray(res.model.occupancy(p)) > 0.5)).sum() / (A | B).sum())
             for p in (pts, -pts)
         )
-        print(f"SH lmax {lmax} at {n}^2, {label}: {tot:.1f} s (stages {stages} s), IoU {iou:.3f}")
+        print(f"SH lmax {lmax} at {n}^2, {label}: {tot:.1f} s (stages {stages}), IoU {iou:.3f}")
 
 
 if __name__ == "__main__":
