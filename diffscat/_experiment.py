@@ -54,6 +54,10 @@ class PixelDirections(eqx.Module):
     def phi(self) -> Float[Array, "*pix"]:
         return jnp.arctan2(self.sy, self.sx)
 
+    def q(self, k0) -> Float[Array, "*pix 3"]:
+        """Physical momentum transfer q = k_out - k_in = k0 (sx, sy, -omc), inverse length (k0 = 2 pi / lambda)."""
+        return k0 * jnp.stack([self.sx, self.sy, -self.omc], axis=-1)
+
 
 class AbstractDetector(eqx.Module):
     """A set of pixel directions. Subclasses are final; see QGrid, AngleGrid, FlatDetector, Directions."""
@@ -382,8 +386,7 @@ class Experiment(eqx.Module):
     @property
     def q(self) -> Float[Array, "*image 3"]:
         """Physical momentum transfer q = k_out - k_in = (qx, qy, -qz), inverse length."""
-        p = self.pixels()
-        return self.k0 * jnp.stack([p.sx, p.sy, -p.omc], axis=-1)
+        return self.pixels().q(self.k0)
 
     @property
     def theta_max(self) -> float:

@@ -219,7 +219,7 @@ def far_field(
         psi = direct_far_field(U, grid, qx, qy, qz.reshape(-1)).reshape(qz.shape)
 
     # Undo the smoothing of the partial-volume renderer: divide by its kernel's Fourier transform at q.
-    q = k0 * jnp.stack([pix.sx, pix.sy, -pix.omc], axis=-1).astype(rdt)
+    q = pix.q(k0).astype(rdt)
     transfer = shape.blur_transfer(grid, q)
     if transfer is not None:
         psi = psi / transfer.astype(cdt)

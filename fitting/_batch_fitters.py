@@ -96,7 +96,7 @@ class SphereBatchFitter:
         x, _, z = grid.axes(jnp.result_type(float))
         Ex = jnp.exp(-1j * k0 * fan_pix.sx[:, None] * x[None, :])  # (n_theta, nx)
         Ez = jnp.exp(1j * k0 * fan_pix.omc[:, None] * z[None, :])  # (n_theta, nz)
-        q_fan = k0 * jnp.stack([fan_pix.sx, fan_pix.sy, -fan_pix.omc], axis=-1)
+        q_fan = fan_pix.q(k0)
 
         def profile(r):
             # Exact eq. 9 at phi = 0: with qy = 0 the y-sum is a projection, so the transform is 2-D (x, z).
