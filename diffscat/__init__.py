@@ -55,4 +55,9 @@ from .shapes import (
     VolumeMap as VolumeMap,
 )
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, read from the installed metadata
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("diffscat")
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"

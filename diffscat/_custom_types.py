@@ -1,21 +1,16 @@
-"""Shared jaxtyping aliases and small dtype helpers."""
+"""Small dtype helpers shared by the package.
+
+Array shapes are written inline in each signature (`Float[Array, "ny nx"]`), where the reader needs them.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Complex, Float
+from jaxtyping import Array
 
-Scalar = Float[Array, ""]
-ScalarLike = float | Float[ArrayLike, ""]
-Vec3 = Float[Array, "3"]
-Matrix3 = Float[Array, "3 3"]
-Image = Float[Array, "*pixels"]
-ComplexImage = Complex[Array, "*pixels"]
-Volume = Complex[Array, "nx ny nz"]
-
-__all__ = ["Scalar", "ScalarLike", "Vec3", "Matrix3", "Image", "ComplexImage", "Volume"]
+__all__ = ["default_float", "as_float", "is_concrete", "complex_dtype"]
 
 
 def default_float() -> jnp.dtype:

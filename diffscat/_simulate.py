@@ -161,7 +161,7 @@ def far_field(
 ) -> Complex[Array, "*image"]:
     """Complex scattering amplitude Psi at every pixel, image-shaped [iy, ix] (length units).
 
-    |Psi|^2 = dsigma/dOmega. Conventions: docs/physics.md; see `simulate` for the arguments.
+    |Psi|^2 = dsigma/dOmega. Conventions: docs/conventions.md; see `simulate` for the arguments.
     """
     if not isinstance(shape, AbstractShape):
         raise TypeError(f"shape must be a diffscat shape, got {type(shape).__name__}")

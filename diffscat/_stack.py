@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from .shapes import AbstractShape
+from .shapes._base import with_extent_hint
 
 __all__ = ["stack"]
 
@@ -27,12 +27,5 @@ def stack(shapes: Sequence[AbstractShape]) -> AbstractShape:
         raise TypeError(f"shapes must all be of one class, got {sorted(k.__name__ for k in kinds)}")
     hints = [s.extent_hint for s in shapes]
     hint = None if any(h is None for h in hints) else max(hints)
-    shapes = [_with_hint(s, hint) for s in shapes]
+    shapes = [with_extent_hint(s, hint) for s in shapes]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *shapes)
-
-
-def _with_hint(shape: AbstractShape, hint: float | None) -> AbstractShape:
-    """A copy of `shape` with another static grid-size hint (static fields are not pytree leaves)."""
-    new = copy.copy(shape)
-    object.__setattr__(new, "extent_hint", hint)
-    return new

@@ -1,5 +1,5 @@
 """Independent reference computations for tests: discrete eq. 9 in float64 NumPy, analytic Born form
-factors on the Ewald sphere, and Mie profiles (miepython). Written from docs/physics.md, not from diffscat.
+factors on the Ewald sphere, and Mie profiles (miepython). Written from docs/conventions.md, not from diffscat.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def sphere_amplitude(u):
 def born_ellipsoid(semi_axes, R, dn, wavelength, theta, phi, mirror=False):
     """Analytic first-Born dsigma/dOmega of a uniform ellipsoid on the Ewald sphere.
 
-    q = (qx, qy, -qz) (physics.md); u = |diag(a, b, c) R^T q|. `mirror=True` uses +qz (the wrong sign).
+    q = (qx, qy, -qz) (docs/conventions.md); u = |diag(a, b, c) R^T q|. `mirror=True` uses +qz (the wrong sign).
     """
     k0 = 2 * np.pi / wavelength
     theta = np.asarray(theta, float)

@@ -18,7 +18,7 @@ from diffscat import detectors as dt
 
 
 def born_sphere_dcs(radius, delta, beta, wavelength, theta):
-    """Analytic first-Born dsigma/dOmega of a uniform sphere (docs/physics.md), NumPy."""
+    """Analytic first-Born dsigma/dOmega of a uniform sphere (docs/conventions.md), NumPy."""
     k0 = 2 * np.pi / wavelength
     dn = complex(-delta, beta)
     q = 2 * k0 * np.sin(np.asarray(theta) / 2)

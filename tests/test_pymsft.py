@@ -13,7 +13,7 @@ pymsft = pytest.importorskip("pyMSFT.simulation")
 
 def test_weak_tilted_volume_matches_pymsft_msft():
     # pymsft's MSFT source k0/(2 pi i) (exp(i k0 dz dn) - 1) equals eq. 9 to first order in dn, and its
-    # 'Ewald' image is dsigma/d(qx qy) = dsigma/dOmega / (k0^2 cos theta) (physics.md): for |dn| ~ 1e-4 the
+    # 'Ewald' image is dsigma/d(qx qy) = dsigma/dOmega / (k0^2 cos theta) (docs/conventions.md): for |dn| ~ 1e-4 the
     # two must agree to ~1e-4 at every pixel, including the asymmetry of a tilted body (axis conventions).
     lam, pitch, m, nfft = 1.0, 0.25, 16, 48
     k0 = 2 * math.pi / lam

@@ -1,4 +1,4 @@
-"""Slice sources of the discrete eq. 9 (docs/physics.md)."""
+"""Slice sources of the discrete eq. 9 (docs/conventions.md)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
+from .._simulate import TRANSFORMS
+from ..detectors import POLARISATIONS
+from ..engines import METHODS
 from ._shape_io import shape_class
 from ._units import LENGTH_UNITS
 
@@ -245,8 +248,8 @@ def _check_detector_model(m: dict) -> None:
         raise ConfigError("missing key detector_model.fluence (or pulse_energy + focus_area)")
     _get(m, "transmission", p, "number", min_=0)
     pol = _get(m, "polarisation", p, "str", default="none")
-    if pol not in ("x", "y", "unpolarised", "none"):
-        raise ConfigError(f"{p}.polarisation = {pol!r} must be one of x, y, unpolarised, none")
+    if pol not in POLARISATIONS:
+        raise ConfigError(f"{p}.polarisation = {pol!r} must be one of {', '.join(POLARISATIONS)}")
     _get(m, "efficiency", p, "number", min_=0)
     noise = _get(m, "noise", p, "str", default="poisson")
     if noise not in ("poisson", "none"):
@@ -299,12 +302,12 @@ def _check_output(o: dict) -> None:
 def _check_simulation(s: dict) -> None:
     _check_keys(s, SIMULATION, "simulation")
     m = _get(s, "method", "simulation", "str", default="msft")
-    if m not in ("msft", "born"):
-        raise ConfigError(f"simulation.method = {m!r} must be 'msft' or 'born'")
+    if m not in METHODS:
+        raise ConfigError(f"simulation.method = {m!r} must be one of {', '.join(METHODS)}")
     _get(s, "pitch", "simulation", "number", positive=True)
     t = _get(s, "transform", "simulation", "str", default="auto")
-    if t not in ("auto", "separable", "direct"):
-        raise ConfigError(f"simulation.transform = {t!r} must be auto, separable or direct")
+    if t not in TRANSFORMS:
+        raise ConfigError(f"simulation.transform = {t!r} must be one of {', '.join(TRANSFORMS)}")
 
 
 def _check_dataset(d: dict, cfg: dict) -> None:

@@ -8,6 +8,7 @@ Rendering, occupancy, orientation and the default voxel grid come from here (doc
 from __future__ import annotations
 
 import abc
+import copy
 import math
 
 import equinox as eqx
@@ -25,6 +26,7 @@ __all__ = [
     "AbstractShape",
     "AbstractSolid",
     "extent_hint",
+    "with_extent_hint",
     "soft_width",
     "smooth_fill",
     "partial_volume_fill",
@@ -43,6 +45,22 @@ def extent_hint(radius) -> float | None:
     if not math.isfinite(r) or r <= 0:
         return None
     return float(_LADDER ** math.ceil(math.log(r) / math.log(_LADDER) - 1e-9))
+
+
+def with_extent_hint(shape: AbstractShape, hint: float | None) -> AbstractShape:
+    """A copy of `shape` with another static grid-size hint (the one place that replaces it).
+
+    `extent_hint` is a static field (not a pytree leaf, so `eqx.tree_at` cannot set it): batches of shapes
+    (`ds.stack`), fits that bring their own voxel grid (hint None, so every start shares one tree structure)
+    and composites' parts all go through here. A shape without the field is returned unchanged.
+    """
+    if hint is not None and not (isinstance(hint, float) and math.isfinite(hint) and hint > 0):
+        raise ValueError(f"hint must be None or a positive finite float, got {hint!r}")
+    if not hasattr(shape, "extent_hint"):
+        return shape
+    new = copy.copy(shape)
+    object.__setattr__(new, "extent_hint", hint)
+    return new
 
 
 def soft_width(pitch) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
@@ -18,6 +16,7 @@ from ._base import (
     smooth_fill,
     soft_width,
     voxel_transfer,
+    with_extent_hint,
 )
 from ._sphere import Sphere
 
@@ -28,9 +27,7 @@ def _strip_hint(s: AbstractSolid) -> AbstractSolid:
     """A copy without its static size hint, so that batches of composites share one tree structure."""
     if not isinstance(s, AbstractSolid):
         raise TypeError(f"parts must be diffscat solids (Sphere, Ellipsoid, ...), got {type(s).__name__}")
-    new = copy.copy(s)
-    object.__setattr__(new, "extent_hint", None)
-    return new
+    return with_extent_hint(s, None)
 
 
 def _to_local(points, rotation, centre):

@@ -21,7 +21,7 @@ class VolumeMap(AbstractShape):
 
     The array is centred on the origin with axes (x, y, z) and the beam along +z (the last axis): voxel
     (i, j, s) sits at ((i - (nx-1)/2) dx, (j - (ny-1)/2) dy, (s - (nz-1)/2) dz). Anisotropic pitch is allowed.
-    Simulated on its own grid (the default) it is exactly the discrete eq. 9 of docs/physics.md. On another
+    Simulated on its own grid (the default) it is exactly the discrete eq. 9 of docs/conventions.md. On another
     grid (`simulate(..., grid=)` or `pitch=`) each voxel is taken as a uniform box and averaged over the new
     voxels (`resample`): the integral of dn is conserved exactly, and the low-q pattern is unchanged.
 
