@@ -16,7 +16,8 @@ Limits (docs/materials.md):
   keV). Below about 30 eV, and within a few tens of eV of an absorption edge, tabulated independent-atom
   values can be wrong by tens of percent: they have no chemical shifts, near-edge or excitonic structure
   (liquid helium absorbs strongly at 21 eV, below its 24.6 eV ionisation threshold, which the tables miss),
-  and tables disagree (Henke vs Chantler beta differ by 20-60 % at 90 eV for heavy elements).
+  and tables disagree (at 90 eV Henke's and Chantler's beta differ by up to a factor 3 for Xe, Ag, Au;
+  for liquid helium Chantler's beta is ~30 % below Henke's and the measured cross-section).
 - delta and beta scale linearly with density: a preset's density is a typical value (source in `PRESETS`);
   pass `density=` to change it.
 """
