@@ -1,6 +1,6 @@
 """diffscat: differentiable multi-slice Fourier transform (MSFT) simulator of wide-angle diffraction."""
 
-from . import detectors as detectors, io as io, plot as plot, shapes as shapes
+from . import detectors as detectors, io as io, materials as materials, plot as plot, shapes as shapes
 from ._experiment import (
     AbstractDetector as AbstractDetector,
     AngleGrid as AngleGrid,
@@ -31,6 +31,7 @@ from ._simulate import (
     simulate as simulate,
 )
 from ._stack import stack as stack
+from .materials import Material as Material, material as material
 from .shapes import (
     AbstractPolyhedron as AbstractPolyhedron,
     AbstractShape as AbstractShape,

@@ -35,9 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = (
-        "sections: [experiment] wavelength, length_unit, [experiment.detector] type = qgrid|anglegrid|flat;\n"
-        "[shape] type + fields; [simulation] method, pitch, transform; [detector_model] fluence, polarisation,\n"
-        "noise, mcp, mask, ...; [output] path, png, dtype; [dataset] count, seed, chunk, [dataset.vary.<field>]."
+        "sections: [experiment] wavelength or photon_energy_eV, length_unit,\n"
+        '[experiment.detector] type = qgrid|anglegrid|flat; [shape] type + fields (material = "He" in place\n'
+        "of delta, beta); [simulation] method, pitch, transform; [detector_model] fluence, polarisation, noise,\n"
+        "mcp, mask, ...; [output] path, png, dtype; [dataset] count, seed, chunk, [dataset.vary.<field>]."
     )
 
 
@@ -96,7 +97,13 @@ def simulate_config(
     import jax
 
     import diffscat as ds
-    from diffscat.io import build_detector_model, build_experiment, write_cxi
+    from diffscat.io import (
+        build_detector_model,
+        build_experiment,
+        config_photon_energy_eV,
+        material_records,
+        write_cxi,
+    )
 
     exp = build_experiment(cfg)
     unit = cfg["experiment"]["length_unit"]
@@ -109,13 +116,18 @@ def simulate_config(
     exp_out = _binned_experiment(exp, binning)
     quantity = _quantity(model)
     attrs = {"config_json": json.dumps(cfg), "command": "diffscat simulate"}
+    energy = config_photon_energy_eV(cfg)
+    attrs["photon_energy_eV"] = energy
+    records = material_records(cfg)
+    if records:  # what each material resolved to: name, formula, density, energy, delta, beta
+        attrs["materials_json"] = json.dumps(records)
     if config_path:
         attrs["config_path"] = os.path.abspath(config_path)
     protect = [config_path] if config_path else []
     if "dataset" not in cfg:
         from diffscat.io import build_shape
 
-        shape = build_shape(cfg["shape"])
+        shape = build_shape(cfg["shape"], energy)
         I = ds.simulate(shape, exp, pitch=sim.get("pitch"), **kw)
         if model is not None:
             attrs["seed"] = seed

@@ -35,7 +35,7 @@ def test_example_configs_validate_and_build():
     for p in CONFIGS:
         cfg = load_config(p)
         exp = ds.io.build_experiment(cfg)
-        shape = ds.io.build_shape(cfg["shape"])
+        shape = ds.io.build_shape(cfg["shape"], ds.io.config_photon_energy_eV(cfg))
         assert isinstance(exp, ds.Experiment) and isinstance(shape, ds.AbstractShape)
         if "detector_model" in cfg:
             model, seed = ds.io.build_detector_model(cfg, exp)

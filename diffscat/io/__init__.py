@@ -6,7 +6,10 @@ from ._config import (
     build_detector_model as build_detector_model,
     build_experiment as build_experiment,
     build_shape as build_shape,
+    config_photon_energy_eV as config_photon_energy_eV,
+    config_wavelength as config_wavelength,
     load_config as load_config,
+    material_records as material_records,
     parse_config as parse_config,
     read_toml as read_toml,
 )

@@ -3,6 +3,10 @@
 Sections (docs/cli.md lists every key): `[experiment]` (+ `[experiment.detector]`), `[shape]`,
 `[simulation]`, `[detector_model]` (+ `.mcp`, `.mask`), `[output]`, `[dataset]` (+ `.vary.<name>`).
 Every error is a `ConfigError` (a ValueError) naming the offending key and value; unknown keys are rejected.
+
+The beam is `experiment.wavelength` (in `length_unit`) or `experiment.photon_energy_eV`, exactly one. A shape
+table (also a nested part) may give `material` (a preset such as "He" or a formula, + `density` in g/cm^3)
+instead of `delta`, `beta`: they are looked up at the config's photon energy (`diffscat.materials`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
 from .._simulate import TRANSFORMS
 from ..detectors import POLARISATIONS
 from ..engines import METHODS
+from ..materials import HC_EV_NM, get_material
 from ._shape_io import shape_class
-from ._units import LENGTH_UNITS
+from ._units import LENGTH_UNITS, length_unit_m
 
 __all__ = [
     "ConfigError",
@@ -30,6 +35,9 @@ __all__ = [
     "build_experiment",
     "build_shape",
     "shape_kwargs",
+    "config_wavelength",
+    "config_photon_energy_eV",
+    "material_records",
     "build_detector_model",
     "DISTRIBUTIONS",
 ]
@@ -101,7 +109,7 @@ def _numbers(v, full: str, length: int | None = None, positive=False) -> list[fl
 # ----------------------------------------------------------------------------------------------- schema
 
 TOP = {"experiment", "shape", "simulation", "detector_model", "output", "dataset"}
-EXPERIMENT = {"wavelength", "length_unit", "detector"}
+EXPERIMENT = {"wavelength", "photon_energy_eV", "length_unit", "detector"}
 DETECTORS = {
     "qgrid": {"type", "n", "theta_max_deg"},
     "anglegrid": {"type", "n", "theta_max_deg"},
@@ -141,12 +149,23 @@ MASK = {
 OUTPUT = {"path", "png", "dtype", "overwrite", "store_expected"}
 DATASET = {"count", "seed", "chunk", "vary"}
 SHAPE_EXTRA = {"type", "euler_deg", "euler_seq"}
+SHAPE_MATERIAL = {"material", "density"}  # in place of delta, beta (shapes that have them)
 VARY = {"dist", "low", "high", "mean", "std", "values", "value", "mode"}
 
 
 def _check_experiment(e: dict) -> None:
     _check_keys(e, EXPERIMENT, "experiment")
-    _get(e, "wavelength", "experiment", "number", required=True, positive=True)
+    if "wavelength" in e and "photon_energy_eV" in e:
+        raise ConfigError(
+            f"give experiment.wavelength = {e['wavelength']!r} or experiment.photon_energy_eV = "
+            f"{e['photon_energy_eV']!r}, not both"
+        )
+    if "photon_energy_eV" in e:
+        _get(e, "photon_energy_eV", "experiment", "number", positive=True)
+    elif "wavelength" not in e:
+        raise ConfigError("missing key experiment.wavelength (or experiment.photon_energy_eV)")
+    else:
+        _get(e, "wavelength", "experiment", "number", positive=True)
     unit = _get(e, "length_unit", "experiment", "str", required=True)
     if unit not in LENGTH_UNITS:
         raise ConfigError(f"experiment.length_unit = {unit!r} is not one of {sorted(LENGTH_UNITS)}")
@@ -202,12 +221,27 @@ def _check_shape(s: dict, path: str = "shape") -> None:
     except ValueError as e:
         raise ConfigError(f"{path}.type = {t!r}: {e}") from None
     names, required = _shape_params(cls)
-    _check_keys(s, names | SHAPE_EXTRA, f"{path} ({cls.__name__})")
+    has_index = "delta" in names
+    _check_keys(s, names | SHAPE_EXTRA | (SHAPE_MATERIAL if has_index else set()), f"{path} ({cls.__name__})")
+    if "material" in s:
+        given = [k for k in ("delta", "beta") if k in s]
+        if given:
+            raise ConfigError(
+                f"give {path}.material = {_fmt(s['material'])} or {path}.{' and '.join(given)}, not both"
+            )
+        m = _get(s, "material", path, "str")
+        dens = _get(s, "density", path, "number", positive=True)
+        try:
+            get_material(m, dens)
+        except ValueError as e:
+            raise ConfigError(f"{path}.material = {m!r}: {e}") from None
+    elif "density" in s:
+        raise ConfigError(f"{path}.density = {_fmt(s['density'])} needs {path}.material")
     for r in sorted(required):
         if r not in s:
             raise ConfigError(f"missing key {path}.{r} (required by {cls.__name__})")
     for k, v in s.items():
-        if k in ("type", "euler_seq"):
+        if k in ("type", "euler_seq", "material"):
             continue
         if k in NESTED_SHAPES:
             if NESTED_SHAPES[k] == "table":
@@ -369,6 +403,7 @@ def parse_config(cfg: dict) -> dict:
             raise ConfigError(f"missing section [{sec}]")
     _check_experiment(cfg["experiment"])
     _check_shape(cfg["shape"])
+    material_records(cfg)  # looks the materials up: an energy outside the tables fails here
     if "simulation" in cfg:
         _check_simulation(cfg["simulation"])
     if "detector_model" in cfg:
@@ -387,8 +422,21 @@ def _parse_value(text: str):
         return text  # a bare word: a string (e.g. --set shape.type=Ellipsoid)
 
 
+# Setting one key of an alternative removes the others from the same table, so that e.g.
+# `--set experiment.photon_energy_eV=90` works on a config that gives a wavelength, and
+# `--set shape.material=Ag` on one that gives delta and beta (or another material and its density).
+_REPLACES = {
+    "photon_energy_eV": ("wavelength",),
+    "wavelength": ("photon_energy_eV",),
+    "material": ("delta", "beta", "density"),
+}
+
+
 def apply_overrides(cfg: dict, overrides) -> dict:
-    """Apply `key.path=value` overrides (values parsed as TOML, bare words as strings) to a config dict."""
+    """Apply `key.path=value` overrides (values parsed as TOML, bare words as strings) to a config dict.
+
+    Setting `experiment.photon_energy_eV` drops `experiment.wavelength` (and the reverse); setting a shape's
+    `material` drops its `delta`, `beta` and `density` (give `density` after it to set one)."""
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. shape.radius=7.5")
@@ -401,6 +449,8 @@ def apply_overrides(cfg: dict, overrides) -> dict:
             d = d.setdefault(p, {})
             if not isinstance(d, dict):
                 raise ConfigError(f"--set {item!r}: {p} is not a table")
+        for k in _REPLACES.get(parts[-1], ()):
+            d.pop(k, None)
         d[parts[-1]] = _parse_value(text.strip())
     return cfg
 
@@ -435,6 +485,74 @@ def _arr(v):
     return jnp.asarray(np.asarray(v, float))
 
 
+def config_wavelength(cfg: dict) -> float:
+    """The wavelength of a validated config in `experiment.length_unit`: `experiment.wavelength`, or
+    h c / `experiment.photon_energy_eV` converted to the length unit."""
+    e = cfg["experiment"]
+    if "wavelength" in e:
+        return float(e["wavelength"])
+    nm = HC_EV_NM / float(e["photon_energy_eV"])
+    return nm * 1e-9 / length_unit_m(e["length_unit"])
+
+
+def config_photon_energy_eV(cfg: dict) -> float:
+    """The photon energy in eV of a validated config: `experiment.photon_energy_eV`, or h c / wavelength
+    (the wavelength converted from `experiment.length_unit` to nm)."""
+    e = cfg["experiment"]
+    if "photon_energy_eV" in e:
+        return float(e["photon_energy_eV"])
+    nm = float(e["wavelength"]) * length_unit_m(e["length_unit"]) / 1e-9
+    return HC_EV_NM / nm
+
+
+def _material_tables(section: dict, path: str = "shape"):
+    """(path, table) of every shape table in `section` (nested parts included) that names a material."""
+    if "material" in section:
+        yield path, section
+    for k in NESTED_SHAPES:
+        v = section.get(k)
+        if isinstance(v, dict):
+            yield from _material_tables(v, f"{path}.{k}")
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                if isinstance(x, dict):
+                    yield from _material_tables(x, f"{path}.{k}[{i}]")
+
+
+def _lookup(section: dict, photon_energy_eV: float, path: str) -> tuple[float, float]:
+    try:
+        return get_material(section["material"], section.get("density")).delta_beta(photon_energy_eV)
+    except ValueError as e:
+        raise ConfigError(f"{path}.material = {section['material']!r}: {e}") from None
+
+
+def material_records(cfg: dict) -> list[dict[str, Any]]:
+    """What each `material` of a config's [shape] (and nested parts) resolves to, for files to record:
+    a list of {"path", "name", "formula", "density" [g/cm^3], "density_source", "photon_energy_eV",
+    "delta", "beta"}; empty when no shape names a material. Raises `ConfigError` naming the key."""
+    tables = list(_material_tables(cfg["shape"]))
+    if not tables:
+        return []
+    energy = config_photon_energy_eV(cfg)
+    out = []
+    for path, t in tables:
+        delta, beta = _lookup(t, energy, path)
+        m = get_material(t["material"], t.get("density"))
+        out.append(
+            {
+                "path": path,
+                "name": m.name,
+                "formula": m.formula,
+                "density": m.density,
+                "density_source": m.source,
+                "photon_energy_eV": energy,
+                "delta": delta,
+                "beta": beta,
+            }
+        )
+    return out
+
+
 def build_experiment(cfg: dict) -> Experiment:
     """The `Experiment` of a validated config (lengths in `experiment.length_unit`)."""
     e = cfg["experiment"]
@@ -449,22 +567,35 @@ def build_experiment(cfg: dict) -> Experiment:
         det = FlatDetector(
             float(d["distance"]), np.asarray(d["pixel_size"], float), tuple(d["shape"]), center, tilt
         )
-    return Experiment(float(e["wavelength"]), det)
+    return Experiment(config_wavelength(cfg), det)
 
 
-def shape_kwargs(section: dict) -> tuple[type, dict[str, Any]]:
-    """(class, constructor kwargs) of a validated [shape] table: lists become arrays, euler_deg a rotation."""
+def shape_kwargs(section: dict, photon_energy_eV: float | None = None) -> tuple[type, dict[str, Any]]:
+    """(class, constructor kwargs) of a validated [shape] table: lists become arrays, euler_deg a rotation,
+    `material` (+ `density`) the delta and beta at `photon_energy_eV` (eV; needed only when a table names a
+    material: `config_photon_energy_eV(cfg)`)."""
     from .._rotation import rotation_from_euler
 
     cls = shape_class(section["type"])
     kw = {}
     for k, v in section.items():
-        if k in SHAPE_EXTRA:
+        if k in SHAPE_EXTRA or k in SHAPE_MATERIAL:
             continue
         if k in NESTED_SHAPES:  # parts of a CoreShell or Composite
-            kw[k] = build_shape(v) if isinstance(v, dict) else [build_shape(x) for x in v]
+            kw[k] = (
+                build_shape(v, photon_energy_eV)
+                if isinstance(v, dict)
+                else [build_shape(x, photon_energy_eV) for x in v]
+            )
             continue
         kw[k] = np.asarray(v, float) if isinstance(v, list) else float(v) if _is_num(v) else v
+    if "material" in section:
+        if photon_energy_eV is None:
+            raise ConfigError(
+                f"[shape] material = {section['material']!r} needs the photon energy: pass photon_energy_eV "
+                "(diffscat.io.config_photon_energy_eV(cfg))"
+            )
+        kw["delta"], kw["beta"] = _lookup(section, float(photon_energy_eV), "shape")
     if "euler_deg" in section:
         seq = section.get("euler_seq", "ZYZ")
         kw["rotation"] = np.asarray(
@@ -473,10 +604,11 @@ def shape_kwargs(section: dict) -> tuple[type, dict[str, Any]]:
     return cls, kw
 
 
-def build_shape(section: dict):
+def build_shape(section: dict, photon_energy_eV: float | None = None):
     """The shape of a validated [shape] table (nested tables for the parts of a CoreShell or Composite); a
-    constructor error is reported with the section's type."""
-    cls, kw = shape_kwargs(section)
+    constructor error is reported with the section's type. `photon_energy_eV` (eV) is needed when a table
+    names a `material` (`config_photon_energy_eV(cfg)`)."""
+    cls, kw = shape_kwargs(section, photon_energy_eV)
     try:
         return cls(**kw)
     except (ValueError, TypeError) as e:
@@ -499,9 +631,7 @@ def build_detector_model(cfg: dict, experiment: Experiment):
     if "fluence" in m:
         fluence = float(m["fluence"])
     else:
-        hv = dt.photon_energy(
-            cfg["experiment"]["wavelength"], length_unit_m(cfg["experiment"]["length_unit"])
-        )
+        hv = dt.photon_energy(config_wavelength(cfg), length_unit_m(cfg["experiment"]["length_unit"]))
         fluence = float(
             dt.fluence_from_pulse(m["pulse_energy"], hv, m["focus_area"], m.get("transmission", 1.0))
         )

@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ._config import shape_kwargs
+from ._config import config_photon_energy_eV, shape_kwargs
 
 __all__ = ["sample_parameters", "random_rotations"]
 
@@ -63,7 +63,7 @@ def sample_parameters(cfg: dict, n: int, seed: int) -> tuple[type, list[dict[str
     `mode` "set" replaces the base value, "add" adds to it, "scale" multiplies it. `size` + `axis_ratios`
     (2 entries: b/a, c/a) set semi_axes = size * (1, r1, r2) / (r1 r2)^(1/3) (size = equal-volume radius).
     """
-    cls, base_kw = shape_kwargs(cfg["shape"])
+    cls, base_kw = shape_kwargs(cfg["shape"], config_photon_energy_eV(cfg))
     base = cls(**base_kw)
     vary = cfg.get("dataset", {}).get("vary", {})
     rng = np.random.default_rng(seed)
