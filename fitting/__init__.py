@@ -32,7 +32,12 @@ from ._init import (
 )
 from ._losses import (
     LOSSES as LOSSES,
+    AbstractLoss as AbstractLoss,
+    Anscombe as Anscombe,
+    LogIntensity as LogIntensity,
+    Poisson as Poisson,
     anscombe_nll as anscombe_nll,
+    as_loss as as_loss,
     check_data as check_data,
     log_intensity_nll as log_intensity_nll,
     poisson_nll as poisson_nll,

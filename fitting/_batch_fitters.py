@@ -7,7 +7,8 @@ fixed number of steps, so a whole chunk is one `jit(vmap(...))` call whose batch
 `SphereBatchFitter`: a sphere's MSFT pattern is symmetric about the beam axis (so is the propagation through it),
 so the model is the exact eq. 9 evaluated on a fine 1-D fan of angles and interpolated to the pixels' theta; the
 radius is initialised by a scan over precomputed candidate profiles (shared by all patterns), then refined by
-damped Newton steps on log(radius) with the Poisson likelihood and the fluence profiled out; sigma from the curvature.
+damped Newton steps on log(radius) with the configured likelihood (Poisson by default) and the fluence profiled
+out; sigma from the curvature.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import optax
 
 import diffscat as ds
 
-from ._losses import LOSSES, profile_scale
+from ._losses import AbstractLoss, as_loss
 
 __all__ = ["SphereBatchFitter"]
 
@@ -38,7 +39,7 @@ class SphereBatchFitter:
     - `n_steps`: Newton steps of the refinement (each clipped to 2 % of the radius).
     - `n_theta`: angles of the 1-D fan (linear interpolation to the pixels; 512 over 30 deg resolves fringes
       of spheres up to ~40 wavelengths).
-    - `loss`: "poisson" (photon counts), "anscombe" or "log" (see `fitting.losses`).
+    - `loss`: a loss name ("poisson" for photon counts, "anscombe", "log") or a `fitting.AbstractLoss` instance.
     - `polarisation`: "unpolarised", "x", "y" or "none", applied to the model with the pixels' solid angle.
     - `pitch`: voxel pitch (default: diffscat's accurate default for the detector).
 
@@ -58,23 +59,22 @@ class SphereBatchFitter:
         n_candidates: int = 64,
         n_steps: int = 8,
         n_theta: int = 512,
-        loss: str = "poisson",
+        loss: str | AbstractLoss = "poisson",
         polarisation: str = "unpolarised",
         pitch: float | None = None,
     ):
         rmin, rmax = (float(v) for v in radius_range)
         if not (0 < rmin < rmax):
             raise ValueError(f"radius_range must be 0 < min < max, got {radius_range}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+        loss = as_loss(loss)
         from diffscat.detectors import polarisation_factor
 
         pix = experiment.pixels()
         theta = np.asarray(pix.theta)
         valid = np.asarray(pix.valid)
         tmax = float(theta[valid].max()) * 1.0005
-        self.loss_name = loss
-        self._loss = LOSSES[loss]
+        self.loss = loss
+        self.loss_name = loss.name
         self.n_steps = int(n_steps)
         fan = ds.Experiment(
             experiment.wavelength, ds.Directions(np.linspace(0.0, tmax, n_theta), np.zeros(n_theta))
@@ -124,7 +124,7 @@ class SphereBatchFitter:
         return jnp.interp(self._theta, self._fan_theta, prof) * self._weight
 
     def _nll(self, prof, data, mask):
-        return self._loss(self._image(prof), data, mask)
+        return self.loss.value(self._image(prof), data, mask)
 
     def _fit_one(self, data, mask):
         mask = mask & self._valid
@@ -155,11 +155,11 @@ class SphereBatchFitter:
         u, steps = jax.lax.scan(step, jnp.zeros((), self._cand_r.dtype), None, length=self.n_steps)
         radius = radius_of(u)
         value = f(u)
-        # 3. uncertainty: curvature of the profile likelihood in r (observed Fisher information for Poisson)
+        # 3. uncertainty: curvature of the profile likelihood in r (observed Fisher information)
         h = jax.grad(jax.grad(lambda r: self._nll(self._profile(r), data, mask)))(radius)
         sigma = jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.nan)
         n_used = jnp.maximum(jnp.sum(mask), 1)
-        scale = profile_scale(self.loss_name, self._image(self._profile(radius)), data, mask)
+        scale = self.loss.profile_scale(self._image(self._profile(radius)), data, mask)
         converged = (steps[-1] < 1e-5) & (h > 0)
         return {
             "radius": radius,
@@ -191,7 +191,8 @@ class EllipsoidBatchFitter:
     Initialisation: the equivalent-sphere radius r0 from `SphereBatchFitter`'s scan; then `n_starts`
     orientations (the body axes along the lab axes and along diagonals), axes (0.85, 1, 1.15) r0, optimised
     together (vmapped) with Adam on (log axes, rotation vector) for `n_steps`; the start with the lowest loss wins.
-    Uncertainties of the semi-axes from the Fisher information (Poisson) of (log axes, rotation, log scale).
+    Uncertainties of the semi-axes from the expected Fisher information of (log axes, rotation, log scale) with
+    the configured loss's per-pixel weights (`AbstractLoss.fisher_weight`; 1 / mu for Poisson).
     Output: semi_axes (3,) ascending, semi_axes_sigma (3,), quaternion (4, w >= 0, r_lab = R r_body, body axes
     labelled so that a <= b <= c), scale, loss,
     n_steps, converged. The twin ambiguity (a mirror-related orientation with nearly the same pattern) is not
@@ -212,7 +213,7 @@ class EllipsoidBatchFitter:
         n_starts: int = 4,
         n_steps: int = 200,
         learning_rate: float = 0.03,
-        loss: str = "poisson",
+        loss: str | AbstractLoss = "poisson",
         polarisation: str = "unpolarised",
         pitch: float | None = None,
         n_candidates: int = 64,
@@ -222,7 +223,7 @@ class EllipsoidBatchFitter:
             n_steps=3, loss=loss, polarisation=polarisation, pitch=pitch,
         )  # fmt: skip
         self.experiment = experiment
-        self._loss = LOSSES[loss]
+        self.loss = self.sphere.loss
         if pitch is None:
             pitch = self.sphere.grid.pitch[0]
         self.grid = ds.VoxelGrid.around(float(radius_range[1]) * max_aspect ** (2 / 3) * 1.05, pitch)
@@ -253,7 +254,7 @@ class EllipsoidBatchFitter:
         ax0 = jnp.log(r0 * jnp.array([0.85, 1.0, 1.15], r0.dtype))
 
         def f(params, R0):
-            return self._loss(self._model(params, R0)[0], data, mask) / norm
+            return self.loss.value(self._model(params, R0)[0], data, mask) / norm
 
         def run(R0):
             p = (ax0, jnp.zeros(3, r0.dtype))
@@ -275,13 +276,13 @@ class EllipsoidBatchFitter:
         p = jax.tree.map(lambda x: x[ib], ps)
         R0 = self._R0[ib]
         img, shape = self._model(p, R0)
-        scale = profile_scale("poisson", img, data, mask)
-        # Fisher information of z = (log axes, rotation vector, log scale) for Poisson counts
+        scale = self.loss.profile_scale(img, data, mask)
+        # expected Fisher information of z = (log axes, rotation vector, log scale) for the configured loss
         z0 = jnp.concatenate([p[0], p[1], jnp.log(scale)[None]])
         mu_of = lambda z: jnp.exp(z[6]) * self._model((z[:3], z[3:6]), R0)[0]
         mu = mu_of(z0)
         J = jax.jacfwd(mu_of)(z0).reshape(-1, 7)
-        wgt = (mask / jnp.maximum(mu, 1e-30)).reshape(-1)
+        wgt = self.loss.fisher_weight(mu, data, mask).reshape(-1)
         F = (J * wgt[:, None]).T @ J
         cov = jnp.linalg.pinv(F)
         axes = jnp.exp(p[0])

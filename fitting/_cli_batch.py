@@ -15,7 +15,7 @@ Config (TOML; see configs/batch-sphere.toml):
     radius_max = 200.0
 
     [fit]
-    loss = "poisson"          # poisson | anscombe | log
+    loss = "poisson"          # a name in fitting.LOSSES: poisson | anscombe | log
     polarisation = "unpolarised"
     beamstop_deg = 2.5        # pixels below this angle are not used (combined with the file's mask)
     n_steps = 8
@@ -93,6 +93,8 @@ def load_batch_config(path, overrides=()) -> dict:
     """Read and validate a batch-fit config; unknown sections/keys and wrong types are errors naming them."""
     from diffscat.io import ConfigError, read_toml
 
+    from ._losses import as_loss
+
     cfg = read_toml(path, overrides)
     for sec, keys in cfg.items():
         if sec not in SECTIONS:
@@ -115,6 +117,10 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"model.{k} must be a positive number, got {m[k]!r}")
     if m["radius_min"] >= m["radius_max"]:
         raise ConfigError("model.radius_min must be below model.radius_max")
+    try:
+        as_loss(out["fit"]["loss"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"fit.loss = {out['fit']['loss']!r}: {e}") from None
     out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
     for k in ("n_steps", "n_candidates", "n_theta"):
         if not isinstance(out["fit"][k], int) or out["fit"][k] < 1:

@@ -24,7 +24,7 @@ Config (TOML):
     lmax = 3                    # SphericalHarmonics with coefficients = "auto"
 
     [fit]
-    loss = "poisson"            # poisson | anscombe | log
+    loss = "poisson"            # a name in fitting.LOSSES: poisson | anscombe | log
     optimizer = "lbfgs"         # lbfgs | lbfgs-zoom | adam
     max_steps = 200
     polarisation = "none"       # none | x | y | unpolarised
@@ -140,6 +140,7 @@ def run_config(cfg: dict, out: str):
         fit_sphere_auto,
         fit_spherical_harmonics,
     )
+    from ._losses import as_loss
     from ._report import plot_report
 
     for sec in cfg:
@@ -152,6 +153,11 @@ def run_config(cfg: dict, out: str):
     unknown = set(fsec) - _FIT_KEYS
     if unknown:
         raise ValueError(f"[fit]: unknown key(s) {sorted(unknown)}; valid: {sorted(_FIT_KEYS)}")
+    if "loss" in fsec:
+        try:
+            as_loss(fsec["loss"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"[fit] loss = {fsec['loss']!r}: {e}") from None
     if "type" not in msec:
         raise ValueError("[model]: missing key 'type'")
     cls = shape_class(msec["type"])

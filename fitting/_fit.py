@@ -22,7 +22,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 import diffscat as ds
 from diffscat.detectors import polarisation_factor
 
-from ._losses import LOSSES, check_data, profile_scale
+from ._losses import AbstractLoss, as_loss, check_data
 from ._params import Parametrisation, stack_parametrisations
 from ._result import Alternative, FitResult
 from ._uncertainty import laplace_sigmas
@@ -67,11 +67,10 @@ def _check_polarisation(polarisation):
 class _Static(eqx.Module):
     """Hashable settings of a fit (static under jit)."""
 
-    loss: str = eqx.field(static=True)
+    loss: AbstractLoss  # a pytree: array fields (if any) are traced, Python numbers static
     method: str = eqx.field(static=True)
     solid_angle: bool = eqx.field(static=True)
     polarisation: str = eqx.field(static=True)
-    floor: float = eqx.field(static=True)
     grid: ds.VoxelGrid = eqx.field(static=True)
     regularizer: Callable | None = eqx.field(static=True)
 
@@ -84,9 +83,8 @@ def _nll(u, prob: Parametrisation, data, mask, st: _Static):
     )
     sig = sig.astype(data.dtype)
     bg = bg.astype(data.dtype)
-    scale = profile_scale(st.loss, sig, data, mask, bg, floor=st.floor)
-    kw = {"floor": st.floor} if st.loss == "log" else {}
-    val = LOSSES[st.loss](sig, data, mask, scale=scale, background=bg, **kw)
+    scale = st.loss.profile_scale(sig, data, mask, bg)
+    val = st.loss.value(sig, data, mask, scale=scale, background=bg)
     if st.regularizer is not None:
         val = val + st.regularizer(shape)
     return val, scale
@@ -163,8 +161,8 @@ def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
     and (optionally) the Fisher information of (u, log scale). One compilation.
 
     Fisher information (expected curvature of the NLL), J^T diag(w) J with J = d mu / d(u, log s) over used
-    pixels: Poisson w = 1 / mu; Anscombe w = 1 / (mu + 3/8) (its Gauss-Newton curvature); log intensity
-    w = 1 / ((mu + floor)^2 var) with var the fitted residual variance. Forward-mode only (n + 1 JVPs).
+    pixels, w = `st.loss.fisher_weight` (Poisson 1 / mu; Anscombe 1 / (mu + 3/8), its Gauss-Newton curvature;
+    log intensity 1 / ((mu + floor)^2 var), var the fitted residual variance). Forward-mode only (n + 1 JVPs).
     """
     nll, scales = jax.vmap(lambda v, p: _nll(v, p, data, mask, st))(u, prob)
     ib = jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))
@@ -177,16 +175,7 @@ def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
         z0 = jnp.concatenate([x0, t[None]])
         J = jax.jacfwd(lambda z: _counts(unravel(z[:-1]), z[-1], p_b, st)[0])(z0)  # (*image, n + 1)
         J = J.reshape(-1, z0.shape[0])
-        w = mask.reshape(-1).astype(J.dtype)
-        muf = jnp.maximum(mu.reshape(-1), 1e-30)
-        if st.loss == "poisson":
-            w = w / muf
-        elif st.loss == "anscombe":
-            w = w / (muf + 0.375)
-        else:
-            r = jnp.log(jnp.maximum(data.reshape(-1), 0.0) + st.floor) - jnp.log(muf + st.floor)
-            var = jnp.sum(w * r**2) / jnp.sum(w)
-            w = w / ((muf + st.floor) ** 2 * var)
+        w = st.loss.fisher_weight(mu, data, mask).reshape(-1).astype(J.dtype)
         F = (J * w[:, None]).T @ J
         if st.regularizer is not None:
             Hr = jax.hessian(lambda x: st.regularizer(p_b.build(unravel(x))[0]))(x0)
@@ -209,7 +198,7 @@ def fit(
     model: ds.AbstractShape | Sequence[ds.AbstractShape],
     mask: Bool[ArrayLike, "*image"] | None = None,
     free: Sequence[str] | None = None,
-    loss: str = "poisson",
+    loss: str | AbstractLoss = "poisson",
     *,
     background: float = 0.0,
     optimizer: str = "lbfgs",
@@ -221,7 +210,7 @@ def fit(
     method: str = "msft",
     solid_angle: bool = True,
     polarisation: str = "none",
-    floor: float = 1.0,
+    floor: float | None = None,
     pitch: float | None = None,
     grid: ds.VoxelGrid | None = None,
     grid_margin: float = 1.3,
@@ -237,7 +226,9 @@ def fit(
     - `model`: initial shape(s); the result's `.model` has the same type.
     - `mask`: boolean, True = use the pixel (beamstop, gaps: False). Default all pixels.
     - `free`: parameter names (`fitting.valid_parameter_names`); default `fitting.default_free(model)`.
-    - `loss`: "poisson" (counts), "anscombe" or "log" (see `fitting.poisson_nll` etc.).
+    - `loss`: a name in `fitting.LOSSES` ("poisson" for counts, "anscombe", "log") or an instance of any
+      `fitting.AbstractLoss` subclass (e.g. `fitting.LogIntensity(floor=10.0)`, or your own).
+    - `floor`: shorthand for `loss="log"`'s floor (data units; same as `loss=fitting.LogIntensity(floor)`).
     - `background`: flat background, counts per pixel; fixed unless "background" is in `free`.
     - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom" or "adam"; `learning_rate` (Adam, default 0.1; L-BFGS: line search).
     - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when the loss per pixel changed by
@@ -263,14 +254,13 @@ def fit(
             raise TypeError(f"model must be a diffscat shape, got {type(m).__name__}")
     if len({type(m) for m in models}) != 1:
         raise TypeError("all starting models must be of one class")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+    loss = as_loss(loss) if floor is None else as_loss(loss, floor=float(floor))
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     polarisation = _check_polarisation(polarisation)
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    d, m = check_data(data, mask, tuple(experiment.shape), nonnegative=loss != "log")
+    d, m = check_data(data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative)
     dt = models[0].dtype
     d = d.astype(dt)
     n_used = int(np.sum(np.asarray(m)))
@@ -282,7 +272,7 @@ def fit(
         raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
     probs = [Parametrisation.create(s, experiment, free, background, max(level, 1e-12)) for s in models]
     prob = stack_parametrisations(probs)
-    st = _Static(loss, method, bool(solid_angle), polarisation, float(floor), grid, regularizer)
+    st = _Static(loss, method, bool(solid_angle), polarisation, grid, regularizer)
     opt = make_optimizer(optimizer, learning_rate, int(max_steps))
     is_lbfgs = optimizer.startswith("lbfgs")
     u = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
@@ -355,7 +345,8 @@ def fit(
         scale=float(scales[ib]),
         background=float(bg_b),
         loss=float(nll[ib]),
-        loss_kind=loss,
+        loss_kind=loss.name,
+        loss_function=loss,
         loss_history=np.asarray(hist, float),
         free=p_b.names,
         values=values,

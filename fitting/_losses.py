@@ -1,4 +1,10 @@
-"""Losses: negative log-likelihoods of a measured pattern given a model pattern, as pure functions.
+"""Losses: negative log-likelihoods of a measured pattern given a model pattern, one class per loss.
+
+A loss is a final subclass of `AbstractLoss` (equinox's abstract/final pattern): `Poisson()`, `Anscombe()`,
+`LogIntensity(floor=1.0)`. Everything a fit needs from a loss is a method, so a new loss is one class (no
+other file changes; docs/fitting.md shows one). `as_loss(loss)` turns a registry name ("poisson", "anscombe",
+"log"; see `LOSSES`) or an instance into an instance; the functions `poisson_nll`, `anscombe_nll`,
+`log_intensity_nll`, `profile_scale(kind, ...)` and `residuals(kind, ...)` are thin wrappers kept for callers.
 
 Every loss takes `(model, data, mask)` of exactly equal shapes, where `model` is the expected signal up to an
 unknown positive `scale` (fluence x efficiency) and `data` are the measured values (photon counts). The
@@ -10,16 +16,20 @@ likelihood and its curvature gives correct uncertainties for the other parameter
 All losses return the **sum** over used pixels of a negative log-likelihood (up to a data-only constant), so
 that its Hessian is the observed Fisher information. Which to use (docs/fitting.md):
 
-- `poisson_nll`: photon counts (any level, including many zeros). The default and the right one for counting
-  detectors; it is the deviance sum(mu - d + d log(d / mu)), >= 0 and about the number of pixels at a good fit.
-- `anscombe_nll`: 0.5 sum r^2 with r = 2 (sqrt(d + 3/8) - sqrt(mu + 3/8)), unit-variance for Poisson counts
-  above a few photons; less sensitive to a few wrong bright pixels than Poisson (e.g. detector non-linearity
-  near the centre).
-- `log_intensity_nll`: Gaussian on log(d + floor) with an unknown variance profiled out; for integrating
+- `Poisson` ("poisson"): photon counts (any level, including many zeros). The default and the right one for
+  counting detectors; it is the deviance sum(mu - d + d log(d / mu)), >= 0 and about the number of pixels at a
+  good fit.
+- `Anscombe` ("anscombe"): 0.5 sum r^2 with r = 2 (sqrt(d + 3/8) - sqrt(mu + 3/8)), unit-variance for Poisson
+  counts above a few photons; less sensitive to a few wrong bright pixels than Poisson (e.g. detector
+  non-linearity near the centre).
+- `LogIntensity` ("log"): Gaussian on log(d + floor) with an unknown variance profiled out; for integrating
   detectors with unknown or multiplicative noise (MCP + phosphor), where only relative intensities are trusted.
 """
 
 from __future__ import annotations
+
+import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -28,7 +38,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 __all__ = [
+    "AbstractLoss",
+    "Poisson",
+    "Anscombe",
+    "LogIntensity",
     "LOSSES",
+    "as_loss",
     "check_data",
     "poisson_nll",
     "anscombe_nll",
@@ -108,6 +123,153 @@ def _check_shapes(model, data, mask):
     return model, data, mask
 
 
+def _masked(model, data, mask):
+    """Weights (1 used / 0 masked) and model, data with masked pixels set to 0."""
+    return mask.astype(model.dtype), jnp.where(mask, model, 0.0), jnp.where(mask, data, 0.0)
+
+
+class AbstractLoss(eqx.Module):
+    """A negative log-likelihood of measured `data` given an expected signal mu = scale * model + background.
+
+    Subclass it (final classes only; never override a concrete method) to add a loss. A subclass sets the
+    class attributes `name` (str: how result files and reports call it) and `nonnegative` (bool: the data must
+    be >= 0, e.g. photon counts; `fitting.fit` then refuses negative used pixels) and implements:
+
+    - `terms(mu, data)`: per-pixel NLL contributions (what the scale's Newton refinement minimises);
+    - `value(model, data, mask, *, scale=None, background=0.0)`: the total over used pixels (a scalar whose
+      curvature is the Fisher information);
+    - `initial_scale(model, data, mask, background)`: a closed-form estimate of the maximum-likelihood scale;
+    - `profile_scale(model, data, mask, background, *, newton_steps)`: the maximum-likelihood scale
+      (differentiable);
+    - `fisher_weight(mu, data, mask)`: per-pixel weight w of the expected Fisher information J^T diag(w) J,
+      J = d mu / d parameters (0 at masked pixels);
+    - `residuals(model, data, mask, *, scale=None, background=0.0)`: signed residuals of about unit variance
+      at a good fit (NaN at masked pixels).
+
+    Concrete helpers for implementations: `expected_counts` (shape checks, masking, profiling: returns mu,
+    data, mask) and `newton_scale` (Newton steps on log scale over `terms`). Calling a loss calls `value`.
+    Fields (hyper-parameters, e.g. `LogIntensity.floor`) should be Python numbers, so a loss is hashable and
+    static under `jax.jit`.
+    """
+
+    name: eqx.AbstractClassVar[str]
+    nonnegative: eqx.AbstractClassVar[bool]
+
+    @abc.abstractmethod
+    def terms(self, mu: Float[Array, "*image"], data: Float[Array, "*image"]) -> Float[Array, "*image"]:
+        """Per-pixel negative log-likelihood (data-only constants dropped); mu, data in counts per pixel."""
+
+    @abc.abstractmethod
+    def value(
+        self,
+        model: Float[ArrayLike, "*image"],
+        data: Float[ArrayLike, "*image"],
+        mask: Bool[ArrayLike, "*image"] | None = None,
+        *,
+        scale: Float[ArrayLike, ""] | None = None,
+        background: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, ""]:
+        """Total NLL over used pixels at mu = scale * model + background (`scale=None`: profiled)."""
+
+    @abc.abstractmethod
+    def initial_scale(
+        self,
+        model: Float[Array, "*image"],
+        data: Float[Array, "*image"],
+        mask: Bool[Array, "*image"],
+        background: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, ""]:
+        """Closed-form estimate (> 0) of the maximum-likelihood scale; data units per model unit."""
+
+    @abc.abstractmethod
+    def profile_scale(
+        self,
+        model: Float[Array, "*image"],
+        data: Float[Array, "*image"],
+        mask: Bool[Array, "*image"],
+        background: Float[ArrayLike, ""] = 0.0,
+        *,
+        newton_steps: int = 6,
+    ) -> Float[Array, ""]:
+        """Maximum-likelihood scale s of mu = s * model + background over used pixels (differentiable)."""
+
+    @abc.abstractmethod
+    def fisher_weight(
+        self, mu: Float[Array, "*image"], data: Float[Array, "*image"], mask: Bool[Array, "*image"]
+    ) -> Float[Array, "*image"]:
+        """Per-pixel weight w (0 at masked pixels) of the expected Fisher information J^T diag(w) J."""
+
+    @abc.abstractmethod
+    def residuals(
+        self,
+        model: Float[ArrayLike, "*image"],
+        data: Float[ArrayLike, "*image"],
+        mask: Bool[ArrayLike, "*image"] | None = None,
+        *,
+        scale: Float[ArrayLike, ""] | None = None,
+        background: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, "*image"]:
+        """Signed, normalised residual map (about unit variance at a good fit; NaN at masked pixels)."""
+
+    def __call__(
+        self,
+        model: Float[ArrayLike, "*image"],
+        data: Float[ArrayLike, "*image"],
+        mask: Bool[ArrayLike, "*image"] | None = None,
+        *,
+        scale: Float[ArrayLike, ""] | None = None,
+        background: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, ""]:
+        """Same as `value`."""
+        return self.value(model, data, mask, scale=scale, background=background)
+
+    def expected_counts(
+        self,
+        model: Float[ArrayLike, "*image"],
+        data: Float[ArrayLike, "*image"],
+        mask: Bool[ArrayLike, "*image"] | None = None,
+        *,
+        scale: Float[ArrayLike, ""] | None = None,
+        background: Float[ArrayLike, ""] = 0.0,
+    ) -> tuple[Float[Array, "*image"], Float[Array, "*image"], Bool[Array, "*image"]]:
+        """(mu, data, mask) as arrays: shapes checked (`ValueError`/`TypeError` naming the argument), masked
+        pixels of model and data set to 0, mu = scale * model + background with `scale=None` profiled by
+        `profile_scale`."""
+        model, data, mask = _check_shapes(model, data, mask)
+        background = jnp.asarray(background, model.dtype)
+        data = jnp.where(mask, data, 0.0)
+        model = jnp.where(mask, model, 0.0)
+        if scale is None:
+            scale = self.profile_scale(model, data, mask, background)
+        return scale * model + background, data, mask
+
+    def newton_scale(
+        self,
+        model: Float[Array, "*image"],
+        data: Float[Array, "*image"],
+        mask: Bool[Array, "*image"],
+        background: Float[ArrayLike, ""],
+        s0: Float[Array, ""],
+        *,
+        newton_steps: int = 6,
+    ) -> Float[Array, ""]:
+        """Refine a scale s0 > 0 by `newton_steps` Newton steps on t = log s of sum(mask * terms(mu, data))
+        (steps clipped to +-2 in t; skipped where the curvature is not positive). Differentiable."""
+        w, model, data = _masked(model, data, mask)
+
+        def f(t):
+            return jnp.sum(w * self.terms(jnp.exp(t) * model + background, data))
+
+        g1 = jax.grad(f)
+        g2 = jax.grad(g1)
+        t = jnp.log(s0)
+        for _ in range(newton_steps):
+            h = g2(t)
+            step = g1(t) / jnp.where(h > 0, h, 1.0)
+            t = t - jnp.where(h > 0, jnp.clip(step, -2.0, 2.0), 0.0)
+        return jnp.exp(t)
+
+
 def _poisson_terms(mu, d):
     """Per-pixel Poisson deviance mu - d + d log(d / mu) (0 log 0 = 0)."""
     mu = jnp.maximum(mu, _TINY)
@@ -117,17 +279,184 @@ def _poisson_terms(mu, d):
     return mu - d + dlog
 
 
-def _anscombe_terms(mu, d):
-    r = 2.0 * (jnp.sqrt(jnp.maximum(d, 0.0) + 0.375) - jnp.sqrt(jnp.maximum(mu, 0.0) + 0.375))
-    return 0.5 * r**2
+def _anscombe_residual(mu, d):
+    return 2.0 * (jnp.sqrt(jnp.maximum(d, 0.0) + 0.375) - jnp.sqrt(jnp.maximum(mu, 0.0) + 0.375))
 
 
 def _log_residual(mu, d, floor):
     return jnp.log(jnp.maximum(d, 0.0) + floor) - jnp.log(jnp.maximum(mu, 0.0) + floor)
 
 
+class Poisson(AbstractLoss):
+    """Poisson negative log-likelihood (deviance form): sum over used pixels of mu - d + d log(d / mu).
+
+    Equals -log L + const; >= 0; about the number of used pixels at a correct model (a chi-square-like
+    goodness of fit). Data are photon counts (>= 0). Profiled scale: sum (d - background) / sum model (exact
+    without background, then refined by Newton steps). Fisher weight 1 / mu; residuals are deviance residuals
+    sign(d - mu) sqrt(2 (mu - d + d log(d / mu))).
+    """
+
+    name: ClassVar[str] = "poisson"
+    nonnegative: ClassVar[bool] = True
+
+    def terms(self, mu, data):
+        return _poisson_terms(mu, data)
+
+    def value(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        return jnp.sum(jnp.where(m, self.terms(mu, d), 0.0))
+
+    def initial_scale(self, model, data, mask, background=0.0):
+        w, model, data = _masked(model, data, mask)
+        msum = jnp.maximum(jnp.sum(w * model), _TINY)
+        return jnp.maximum(jnp.maximum(jnp.sum(w * (data - background)), _TINY) / msum, _TINY)
+
+    def profile_scale(self, model, data, mask, background=0.0, *, newton_steps=6):
+        s0 = self.initial_scale(model, data, mask, background)
+        if _is_concrete(background) and float(np.asarray(background)) == 0.0:
+            return s0  # exact: d/ds sum(s m - d log(s m)) = 0 at s = sum d / sum m
+        return self.newton_scale(model, data, mask, background, s0, newton_steps=newton_steps)
+
+    def fisher_weight(self, mu, data, mask):
+        return mask.astype(mu.dtype) / jnp.maximum(mu, _TINY)
+
+    def residuals(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        r = jnp.sign(d - mu) * jnp.sqrt(2.0 * jnp.maximum(self.terms(mu, d), 0.0))
+        return jnp.where(m, r, jnp.nan)
+
+
+class Anscombe(AbstractLoss):
+    """Gaussian likelihood on Anscombe-transformed counts: 0.5 sum r^2, r = 2 (sqrt(d + 3/8) - sqrt(mu + 3/8)).
+
+    For Poisson counts r has unit variance once mu exceeds a few photons. Profiled scale: the least-squares fit
+    of sqrt(d) by sqrt(s model), refined by Newton steps. Fisher weight 1 / (mu + 3/8) (the Gauss-Newton
+    curvature); residuals are r.
+    """
+
+    name: ClassVar[str] = "anscombe"
+    nonnegative: ClassVar[bool] = True
+
+    def terms(self, mu, data):
+        return 0.5 * _anscombe_residual(mu, data) ** 2
+
+    def value(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        return jnp.sum(jnp.where(m, self.terms(mu, d), 0.0))
+
+    def initial_scale(self, model, data, mask, background=0.0):
+        del background
+        w, model, data = _masked(model, data, mask)
+        msum = jnp.maximum(jnp.sum(w * model), _TINY)
+        return jnp.maximum((jnp.sum(w * jnp.sqrt(jnp.maximum(model * data, 0.0))) / msum) ** 2, _TINY)
+
+    def profile_scale(self, model, data, mask, background=0.0, *, newton_steps=6):
+        s0 = self.initial_scale(model, data, mask, background)
+        return self.newton_scale(model, data, mask, background, s0, newton_steps=newton_steps)
+
+    def fisher_weight(self, mu, data, mask):
+        return mask.astype(mu.dtype) / (jnp.maximum(mu, _TINY) + 0.375)
+
+    def residuals(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        return jnp.where(m, _anscombe_residual(mu, d), jnp.nan)
+
+
+class LogIntensity(AbstractLoss):
+    """Gaussian likelihood on log intensity with its variance profiled out: (n / 2) log(sum r^2 / n),
+    r = log(d + floor) - log(mu + floor), n = number of used pixels.
+
+    `floor` (data units, default 1 count, > 0) keeps empty pixels finite. Suits data whose noise is
+    multiplicative or unknown (data may be negative after background subtraction); the profiled variance makes
+    its curvature give honest uncertainties. `terms` are 0.5 r^2 (the scale minimising their sum minimises
+    `value`); profiled scale: the mean log ratio, refined by Newton steps. Fisher weight
+    1 / ((mu + floor)^2 var), var the fitted residual variance; residuals are r / rms(r).
+    """
+
+    floor: float = eqx.field(default=1.0, converter=float)
+    name: ClassVar[str] = "log"
+    nonnegative: ClassVar[bool] = False
+
+    def __check_init__(self):
+        if not (np.isfinite(self.floor) and self.floor > 0):
+            raise ValueError(f"floor must be a positive number (data units), got {self.floor!r}")
+
+    def terms(self, mu, data):
+        return 0.5 * _log_residual(mu, data, self.floor) ** 2
+
+    def value(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        n = jnp.sum(m)
+        ss = jnp.sum(jnp.where(m, _log_residual(mu, d, self.floor) ** 2, 0.0))
+        return 0.5 * n * jnp.log(jnp.maximum(ss / n, _TINY))
+
+    def initial_scale(self, model, data, mask, background=0.0):
+        del background
+        w, model, data = _masked(model, data, mask)
+        lr = jnp.log(jnp.maximum(data, 0.0) + self.floor) - jnp.log(jnp.maximum(model, _TINY))
+        return jnp.maximum(jnp.exp(jnp.sum(w * lr) / jnp.maximum(jnp.sum(w), 1.0)), _TINY)
+
+    def profile_scale(self, model, data, mask, background=0.0, *, newton_steps=6):
+        s0 = self.initial_scale(model, data, mask, background)
+        return self.newton_scale(model, data, mask, background, s0, newton_steps=newton_steps)
+
+    def fisher_weight(self, mu, data, mask):
+        w = mask.astype(mu.dtype)
+        muf = jnp.maximum(mu, _TINY)
+        r = jnp.log(jnp.maximum(data, 0.0) + self.floor) - jnp.log(muf + self.floor)
+        r = jnp.where(mask, r, 0.0)  # masked data may hold anything (NaN)
+        var = jnp.sum(w * r**2) / jnp.sum(w)
+        return w / ((muf + self.floor) ** 2 * var)
+
+    def residuals(self, model, data, mask=None, *, scale=None, background=0.0):
+        mu, d, m = self.expected_counts(model, data, mask, scale=scale, background=background)
+        r = _log_residual(mu, d, self.floor)
+        r = r / jnp.sqrt(jnp.maximum(jnp.sum(jnp.where(m, r**2, 0.0)) / jnp.sum(m), _TINY))
+        return jnp.where(m, r, jnp.nan)
+
+
+LOSSES: dict[str, type[AbstractLoss]] = {cls.name: cls for cls in (Poisson, Anscombe, LogIntensity)}
+
+
+def as_loss(loss: str | AbstractLoss | type[AbstractLoss], **options) -> AbstractLoss:
+    """The loss instance for `loss`: a name in `LOSSES` ("poisson", "anscombe", "log"), an `AbstractLoss`
+    subclass (built with `options`) or an instance (returned as is). `options` are the class's fields, e.g.
+    `as_loss("log", floor=10.0)`.
+
+    Raises `ValueError` naming `loss` and listing the valid names for an unknown name or options the class does
+    not take; `TypeError` for anything else.
+    """
+    if isinstance(loss, AbstractLoss):
+        if options:
+            raise ValueError(f"loss is already an instance ({loss!r}); options {sorted(options)} not allowed")
+        return loss
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(
+                f"unknown loss {loss!r}: loss must be one of {tuple(LOSSES)} or an AbstractLoss instance"
+            )
+        cls = LOSSES[loss]
+    elif isinstance(loss, type) and issubclass(loss, AbstractLoss):
+        cls = loss
+    else:
+        raise TypeError(
+            f"loss must be a name in {tuple(LOSSES)} or an AbstractLoss instance, got {type(loss).__name__}"
+        )
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ValueError(f"loss {loss!r} does not take options {sorted(options)}: {e}") from None
+
+
+def _legacy(kind, floor):
+    """A loss from the old `(kind, floor=)` calling style: `floor` applies to names only (LogIntensity)."""
+    if isinstance(kind, str) and kind in LOSSES and "floor" in LOSSES[kind].__dataclass_fields__:
+        return as_loss(kind, floor=floor)
+    return as_loss(kind)
+
+
 def profile_scale(
-    kind: str,
+    kind: str | AbstractLoss,
     model: Float[Array, "*image"],
     data: Float[Array, "*image"],
     mask: Bool[Array, "*image"],
@@ -138,53 +467,13 @@ def profile_scale(
 ) -> Float[Array, ""]:
     """Maximum-likelihood scale s of mu = s * model + background over used pixels (differentiable).
 
-    Starts from a closed form (Poisson: sum d / sum model, exact when background = 0; Anscombe: the
-    least-squares fit of sqrt(d) by sqrt(s model); log: the mean log ratio) and refines log s by Newton steps on
-    the exact loss (skipped for Poisson without background). Dimensionless model -> scale in data units per
-    model unit.
+    `kind`: a loss name or instance (`as_loss`); `floor` applies to the name "log" only. Starts from the loss's
+    closed form (Poisson: sum d / sum model, exact when background = 0; Anscombe: the least-squares fit of
+    sqrt(d) by sqrt(s model); log: the mean log ratio) and refines log s by Newton steps on the exact loss
+    (skipped for Poisson without background). Dimensionless model -> scale in data units per model unit.
     """
-    w = mask.astype(model.dtype)
-    model = jnp.where(mask, model, 0.0)
-    data = jnp.where(mask, data, 0.0)
-    msum = jnp.maximum(jnp.sum(w * model), _TINY)
-    if kind == "poisson":
-        s0 = jnp.maximum(jnp.sum(w * (data - background)), _TINY) / msum
-        terms = _poisson_terms
-    elif kind == "anscombe":
-        s0 = (jnp.sum(w * jnp.sqrt(jnp.maximum(model * data, 0.0))) / msum) ** 2
-        terms = _anscombe_terms
-    elif kind == "log":
-        lr = jnp.log(jnp.maximum(data, 0.0) + floor) - jnp.log(jnp.maximum(model, _TINY))
-        s0 = jnp.exp(jnp.sum(w * lr) / jnp.maximum(jnp.sum(w), 1.0))
-        terms = lambda mu, d: 0.5 * _log_residual(mu, d, floor) ** 2
-    else:
-        raise ValueError(f"unknown loss kind {kind!r}; valid: {tuple(LOSSES)}")
-    s0 = jnp.maximum(s0, _TINY)
-    if kind == "poisson" and _is_concrete(background) and float(np.asarray(background)) == 0.0:
-        return s0
-
-    def f(t):
-        return jnp.sum(w * terms(jnp.exp(t) * model + background, data))
-
-    g1 = jax.grad(f)
-    g2 = jax.grad(g1)
-    t = jnp.log(s0)
-    for _ in range(newton_steps):
-        h = g2(t)
-        step = g1(t) / jnp.where(h > 0, h, 1.0)
-        t = t - jnp.where(h > 0, jnp.clip(step, -2.0, 2.0), 0.0)
-    return jnp.exp(t)
-
-
-def _prepare(kind, model, data, mask, scale, background, floor):
-    model, data, mask = _check_shapes(model, data, mask)
-    background = jnp.asarray(background, model.dtype)
-    data = jnp.where(mask, data, 0.0)
-    model = jnp.where(mask, model, 0.0)
-    if scale is None:
-        scale = profile_scale(kind, model, data, mask, background, floor=floor)
-    mu = scale * model + background
-    return mu, data, mask
+    loss = _legacy(kind, floor)
+    return loss.profile_scale(model, data, mask, background, newton_steps=newton_steps)
 
 
 def poisson_nll(
@@ -195,14 +484,9 @@ def poisson_nll(
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,
 ) -> Float[Array, ""]:
-    """Poisson negative log-likelihood (deviance form), summed over used pixels.
-
-    sum over mask of mu - d + d log(d / mu), mu = scale * model + background (counts per pixel). Equals
-    -log L + const; >= 0; about the number of used pixels at a correct model (a chi-square-like goodness of fit).
-    `scale=None`: profiled (sum d / sum model without background). Data are photon counts (>= 0).
-    """
-    mu, d, m = _prepare("poisson", model, data, mask, scale, background, 1.0)
-    return jnp.sum(jnp.where(m, _poisson_terms(mu, d), 0.0))
+    """`Poisson().value(...)`: sum over mask of mu - d + d log(d / mu), mu = scale * model + background
+    (counts per pixel). `scale=None`: profiled (sum d / sum model without background)."""
+    return Poisson().value(model, data, mask, scale=scale, background=background)
 
 
 def anscombe_nll(
@@ -213,12 +497,8 @@ def anscombe_nll(
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,
 ) -> Float[Array, ""]:
-    """Gaussian likelihood on Anscombe-transformed counts: 0.5 sum r^2, r = 2 (sqrt(d + 3/8) - sqrt(mu + 3/8)).
-
-    For Poisson counts r has unit variance once mu exceeds a few photons. `scale=None`: profiled.
-    """
-    mu, d, m = _prepare("anscombe", model, data, mask, scale, background, 1.0)
-    return jnp.sum(jnp.where(m, _anscombe_terms(mu, d), 0.0))
+    """`Anscombe().value(...)`: 0.5 sum r^2, r = 2 (sqrt(d + 3/8) - sqrt(mu + 3/8)). `scale=None`: profiled."""
+    return Anscombe().value(model, data, mask, scale=scale, background=background)
 
 
 def log_intensity_nll(
@@ -230,23 +510,13 @@ def log_intensity_nll(
     background: Float[ArrayLike, ""] = 0.0,
     floor: float = 1.0,
 ) -> Float[Array, ""]:
-    """Gaussian likelihood on log intensity with its variance profiled out: (n / 2) log(sum r^2 / n),
-    r = log(d + floor) - log(mu + floor), n = number of used pixels.
-
-    `floor` (data units, default 1 count) keeps empty pixels finite. Suits data whose noise is multiplicative
-    or unknown; the profiled variance makes its curvature give honest uncertainties.
-    """
-    mu, d, m = _prepare("log", model, data, mask, scale, background, floor)
-    n = jnp.sum(m)
-    ss = jnp.sum(jnp.where(m, _log_residual(mu, d, floor) ** 2, 0.0))
-    return 0.5 * n * jnp.log(jnp.maximum(ss / n, _TINY))
-
-
-LOSSES = {"poisson": poisson_nll, "anscombe": anscombe_nll, "log": log_intensity_nll}
+    """`LogIntensity(floor).value(...)`: (n / 2) log(sum r^2 / n), r = log(d + floor) - log(mu + floor),
+    n = number of used pixels; `floor` in data units. `scale=None`: profiled."""
+    return LogIntensity(floor).value(model, data, mask, scale=scale, background=background)
 
 
 def residuals(
-    kind: str,
+    kind: str | AbstractLoss,
     model: Float[ArrayLike, "*image"],
     data: Float[ArrayLike, "*image"],
     mask: Bool[ArrayLike, "*image"] | None = None,
@@ -255,16 +525,7 @@ def residuals(
     background: Float[ArrayLike, ""] = 0.0,
     floor: float = 1.0,
 ) -> Float[Array, "*image"]:
-    """Signed, normalised residual map (NaN at masked pixels): Poisson deviance residuals
-    sign(d - mu) sqrt(2 deviance), Anscombe residuals, or log residuals divided by their rms."""
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; valid: {tuple(LOSSES)}")
-    mu, d, m = _prepare(kind, model, data, mask, scale, background, floor)
-    if kind == "poisson":
-        r = jnp.sign(d - mu) * jnp.sqrt(2.0 * jnp.maximum(_poisson_terms(mu, d), 0.0))
-    elif kind == "anscombe":
-        r = 2.0 * (jnp.sqrt(jnp.maximum(d, 0.0) + 0.375) - jnp.sqrt(jnp.maximum(mu, 0.0) + 0.375))
-    else:
-        r = _log_residual(mu, d, floor)
-        r = r / jnp.sqrt(jnp.maximum(jnp.sum(jnp.where(m, r**2, 0.0)) / jnp.sum(m), _TINY))
-    return jnp.where(m, r, jnp.nan)
+    """Signed, normalised residual map (NaN at masked pixels) of the loss `kind` (a name or an instance;
+    `floor` applies to the name "log" only): Poisson deviance residuals sign(d - mu) sqrt(2 deviance),
+    Anscombe residuals, or log residuals divided by their rms."""
+    return _legacy(kind, floor).residuals(model, data, mask, scale=scale, background=background)

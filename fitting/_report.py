@@ -25,7 +25,7 @@ def plot_report(result: FitResult, path: str | os.PathLike | None = None, *, tit
     """Figure with data, model (expected counts), residual map, loss history and a shape preview.
 
     Patterns use `diffscat.plot.plot_pattern` (log colour scale, physical axes; masked pixels blank); the
-    residuals are the loss's signed deviance residuals on a linear scale (about unit variance at a good fit).
+    residuals are the loss's signed normalised residuals (`AbstractLoss.residuals`) on a linear scale (about unit variance at a good fit).
     The preview is `diffscat.plot.plot_shape` when available, else projections of the rendered shape along
     the beam (z) and along x. Writes `path` atomically when given; returns the figure.
     """
@@ -43,7 +43,7 @@ def plot_report(result: FitResult, path: str | os.PathLike | None = None, *, tit
     res = result.residuals()
     lim = max(3.0, float(np.nanpercentile(np.abs(res), 99)))
     im = axes[0, 2].imshow(res, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    axes[0, 2].set_title(f"residuals ({result.loss_kind} deviance)")
+    axes[0, 2].set_title(f"residuals ({result.loss_kind})")
     fig.colorbar(im, ax=axes[0, 2])
     ax = axes[1, 0]
     h = np.asarray(result.loss_history, float)

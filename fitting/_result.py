@@ -43,7 +43,9 @@ class FitResult:
 
     - `model`: fitted shape, same type as the initial model; `experiment`: with fitted leaves (beam centre...).
     - `scale`: fitted fluence factor (counts per unit of `fitting.expected_signal`); `background`: counts/pixel.
-    - `loss`: final summed negative log-likelihood (`loss_kind`); `loss_history`: per optimiser step (best start).
+    - `loss`: final summed negative log-likelihood; `loss_kind`: the loss's `name` (stored in files);
+      `loss_function`: the `fitting.AbstractLoss` instance used (None when unknown: then `loss_kind` is looked
+      up in `fitting.LOSSES`); `loss_history`: per optimiser step (best start).
     - `free`, `values`, `sigmas`: free parameter names, fitted values and 1-sigma uncertainties in physical units
       (orientation: rotation matrix / degrees about the fitted body axes); `hessian_ok`: curvature positive.
     - `n_steps`, `converged`, `time_s` (wall, including compilation), `compile_s` (first step).
@@ -76,14 +78,14 @@ class FitResult:
     model_counts: np.ndarray = dataclasses.field(repr=False)
     grid: ds.VoxelGrid | None = dataclasses.field(repr=False, default=None)
     stages: list | None = dataclasses.field(repr=False, default=None)
+    loss_function: Any = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""
-        from ._losses import residuals
+        from ._losses import as_loss
 
-        return np.asarray(
-            residuals(self.loss_kind, self.model_counts, self.data, self.mask, scale=1.0, background=0.0)
-        )
+        loss = as_loss(self.loss_kind if self.loss_function is None else self.loss_function)
+        return np.asarray(loss.residuals(self.model_counts, self.data, self.mask, scale=1.0, background=0.0))
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary: parameters with sigmas, scale, loss, timing, alternatives."""
@@ -103,6 +105,7 @@ class FitResult:
             "background": self.background,
             "loss": self.loss,
             "loss_kind": self.loss_kind,
+            "loss_function": self.loss_kind if self.loss_function is None else repr(self.loss_function),
             "loss_per_pixel": self.loss / max(self.n_used, 1),
             "n_used_pixels": self.n_used,
             "n_steps": self.n_steps,
