@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Complex, Float
+from jaxtyping import Array, ArrayLike, Complex, Float
 
 from .._checks import check_positive
 from .._custom_types import as_float, complex_dtype, is_concrete
@@ -92,7 +92,7 @@ def grid_gradient(d: Float[Array, "nx ny nz"], pitch) -> Float[Array, "nx ny nz 
 
 
 def partial_volume_fill(
-    d: Float[Array, "*b"], grad: Float[Array, "*b 3"], pitch, softness: float = PV_SOFTNESS
+    d: Float[Array, "*b"], grad: Float[Array, "*#b 3"], pitch, softness: float = PV_SOFTNESS
 ) -> Float[Array, "*b"]:
     """Fraction of each voxel inside the surface d = 0, with d linearised about the voxel centre.
 
@@ -216,7 +216,7 @@ class AbstractSolid(AbstractShape):
         """Signed distance of lab-frame points (negative inside)."""
         return self.sdf_body(self.to_body(points))
 
-    def occupancy(self, points: Float[Array, "*b 3"], width: float = 0.0) -> Float[Array, "*b"]:
+    def occupancy(self, points: Float[ArrayLike, "*b 3"], width: float = 0.0) -> Float[Array, "*b"]:
         """Fill in [0, 1] at lab-frame points: a hard inside test for width 0, else the Gaussian-smoothed
         indicator Phi(-d / width) (width in length units)."""
         points = jnp.asarray(points)

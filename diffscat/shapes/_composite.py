@@ -23,7 +23,7 @@ from ._sphere import Sphere
 __all__ = ["CoreShell", "Composite"]
 
 
-def _strip_hint(s: AbstractSolid) -> AbstractSolid:
+def _strip_hint(s: AbstractShape) -> AbstractSolid:
     """A copy without its static size hint, so that batches of composites share one tree structure."""
     if not isinstance(s, AbstractSolid):
         raise TypeError(f"parts must be diffscat solids (Sphere, Ellipsoid, ...), got {type(s).__name__}")
