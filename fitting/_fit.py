@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 import diffscat as ds
-from diffscat.detectors import polarisation_factor
+from diffscat.detectors import POLARISATIONS, polarisation_factor
 
 from ._losses import AbstractLoss, as_loss, check_data
 from ._params import Parametrisation, stack_parametrisations
@@ -29,7 +29,6 @@ from ._uncertainty import laplace_sigmas
 
 __all__ = ["fit", "expected_signal", "make_optimizer", "POLARISATIONS"]
 
-POLARISATIONS = ("none", "x", "y", "unpolarised")
 OPTIMIZERS = ("lbfgs", "lbfgs-zoom", "adam")
 
 
@@ -386,12 +385,6 @@ def _bcast(flags, x):
 
 def _restore_hint(shape, like):
     """The fitted shape with a static grid-size hint matching its fitted size (as if built directly)."""
-    import copy
+    from diffscat.shapes._base import extent_hint, with_extent_hint
 
-    from diffscat.shapes._base import extent_hint
-
-    new = copy.copy(shape)
-    object.__setattr__(
-        new, "extent_hint", extent_hint(np.asarray(shape.bounding_radius())) or like.extent_hint
-    )
-    return new
+    return with_extent_hint(shape, extent_hint(np.asarray(shape.bounding_radius())) or like.extent_hint)
