@@ -11,6 +11,7 @@ from ._experiment import (
     QGrid as QGrid,
 )
 from ._grid import VoxelGrid as VoxelGrid, default_pitch as default_pitch
+from ._plan import plan_report as plan_report
 from ._plot_shape import plot_shape as plot_shape
 from ._rotation import (
     euler_from_rotation as euler_from_rotation,

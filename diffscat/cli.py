@@ -15,6 +15,7 @@ import sys
 # arguments via `<module>.add_arguments` and is called as `<function>(args) -> int`.
 SUBCOMMANDS = {
     "simulate": ("diffscat._cli_simulate", "Simulate pattern(s) from a TOML config and write CXI + PNG"),
+    "plan": ("diffscat._cli_plan", "Planning report of a config: transmission, photons, sampling, validity"),
     "info": ("diffscat._cli_info", "Summarise a CXI / HDF5 file"),
     "fit": ("fitting._cli_fit", "Fit a shape model to one measured pattern"),
     "batch-fit": ("fitting._cli_batch", "Fit every pattern of a dataset (sharded, resumable)"),
