@@ -120,7 +120,9 @@ def experiment_from_cxi(
     saved = f.get(f"{entry}/diffscat/detector")
     name = saved.attrs.get("type") if saved is not None else None
     name = name.decode() if isinstance(name, bytes) else name
-    cls = DETECTOR_TYPES.get(name, DETECTOR_TYPES[_FOREIGN_DETECTOR])
+    if name is not None and name not in DETECTOR_TYPES:  # e.g. "Directions": written without geometry
+        return None, (False, False)
+    cls = DETECTOR_TYPES[_FOREIGN_DETECTOR if name is None else name]
     det, flips = cls.from_cxi(_find(f, entry, DET, "detector", "detector_1"), saved, image_shape, u)
     if det is None:
         return None, (False, False)
