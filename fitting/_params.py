@@ -63,10 +63,8 @@ def _shape_fields(shape: ds.AbstractShape) -> dict[str, str]:
 
 def _experiment_fields(experiment: ds.Experiment) -> dict[str, tuple[str, ...]]:
     out = {"wavelength": ("wavelength",)}
-    for (
-        name,
-        path,
-    ) in experiment.detector.fittable_fields().items():  # FlatDetector: distance, pixel_size, centre
+    # The detector's fittable geometry leaves (FlatDetector: distance, pixel_size, beam_center).
+    for name, path in experiment.detector.fittable_fields().items():
         out[name] = ("detector", *path)
     return out
 
