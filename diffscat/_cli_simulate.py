@@ -50,21 +50,12 @@ def _label(quantity: str, unit: str) -> str:
 
 
 def _binned_experiment(exp, b: int):
-    """The experiment whose pixels are the b x b bins of `exp` (QGrid/AngleGrid/FlatDetector)."""
+    """The experiment whose pixels are the b x b bins of `exp` (`AbstractDetector.binned`)."""
     import diffscat as ds
 
     if b == 1:
         return exp
-    det = exp.detector
-    if isinstance(det, ds.QGrid | ds.AngleGrid):
-        return ds.Experiment(exp.wavelength, type(det)(det.n // b, det.theta_max_deg))
-    if isinstance(det, ds.FlatDetector):
-        ny, nx = det.shape
-        c = (np.asarray(det.center) + 0.5) / b - 0.5
-        return ds.Experiment(
-            exp.wavelength, ds.FlatDetector(det.distance, det.pixel_size * b, (ny // b, nx // b), c, det.tilt)
-        )
-    raise ValueError(f"binning is not supported for {type(det).__name__}")
+    return ds.Experiment(exp.wavelength, exp.detector.binned(b))
 
 
 def _quantity(model) -> str:

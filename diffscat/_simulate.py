@@ -36,18 +36,11 @@ _QZ_MARGIN = 1.05
 def _static_qz_range(experiment: Experiment) -> tuple[float, float] | None:
     """A static interval [0, hi] (inverse length) holding qz = k0 (1 - cos theta) of every valid pixel, from
     the experiment's concrete sampling hint; None when the geometry was traced at construction."""
-    from ._experiment import AngleGrid, QGrid
-
     if experiment.sampling_hint is None:
         return None
     lam, tmax = experiment.sampling_hint
-    det = experiment.detector
-    if isinstance(det, QGrid):  # the corners reach sin(theta) = sqrt(2) sin(theta_max)
-        s = min(1.0, math.sqrt(2.0) * math.sin(tmax))
-        omc = 1.0 - math.sqrt(1.0 - s * s)
-    else:
-        th = math.sqrt(2.0) * tmax if isinstance(det, AngleGrid) else tmax
-        omc = 1.0 - math.cos(min(th * _QZ_MARGIN, math.pi / 2))
+    th = experiment.detector.theta_bound(tmax, _QZ_MARGIN)  # grids: their corners reach beyond tmax
+    omc = 2.0 * math.sin(th / 2.0) ** 2
     return 0.0, 2 * math.pi / lam * omc * _QZ_MARGIN
 
 
@@ -124,11 +117,8 @@ def _check_validity(shape: AbstractShape) -> None:
 def _fast_nonseparable(U, grid, k0, pix, qz, qz_range, experiment, rdt):
     """Non-separable detectors: interpolation from an oversampled uniform q grid computed by the fast
     separable route (engines/_interp.py) when the detector stays below 64 deg, else the compressed direct sum."""
-    from ._experiment import AngleGrid
-
     lam, tmax = experiment.sampling_hint
-    th = math.sqrt(2.0) * tmax if isinstance(experiment.detector, AngleGrid) else tmax
-    smax = math.sin(min(th * _QZ_MARGIN, math.pi / 2))
+    smax = math.sin(experiment.detector.theta_bound(tmax, _QZ_MARGIN))
     sx = jnp.where(pix.valid, pix.sx, 0).astype(rdt).reshape(-1)
     sy = jnp.where(pix.valid, pix.sy, 0).astype(rdt).reshape(-1)
     if smax < 0.9:
@@ -194,8 +184,6 @@ def far_field(
             "compression); use transform='separable' or 'direct'"
         )
     if qz_range is not None:
-        from ._experiment import QGrid
-
         lo, hi = qz_range
         qz = jnp.where(pix.valid, qz, jnp.asarray(0.5 * (lo + hi), rdt))
         qz = eqx.error_if(
@@ -205,7 +193,7 @@ def far_field(
             "more than 5 % from construction): use transform='separable' or 'direct'",
         )
         if axes is not None:
-            layout = "symmetric" if isinstance(experiment.detector, QGrid) else "separable"
+            layout = experiment.detector.separable_layout()
             psi = compressed_far_field(
                 U, grid, k0 * axes[0].astype(rdt), k0 * axes[1].astype(rdt), qz, qz_range, layout=layout
             )

@@ -5,13 +5,12 @@ Matplotlib is imported lazily with the non-interactive Agg backend, so importing
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 
 import numpy as np
 
-from ._experiment import Experiment, FlatDetector, QGrid
+from ._experiment import Experiment
 
 __all__ = ["plot_pattern", "plot_shape", "save_figure"]
 
@@ -42,23 +41,9 @@ def save_figure(fig, path: str | os.PathLike) -> str:
     return path
 
 
-def _extent(experiment: Experiment):
-    det = experiment.detector
-    if isinstance(det, QGrid):
-        k0 = float(experiment.k0)
-        s = math.sin(math.radians(det.theta_max_deg))
-        return [-k0 * s, k0 * s, -k0 * s, k0 * s], "q_x", "q_y", "inverse length"
-    if isinstance(det, FlatDetector):
-        X, Y = (np.asarray(a) for a in det.plane_coordinates())
-        px, py = np.asarray(det.pixel_size)[::-1]
-        ext = [X.min() - px / 2, X.max() + px / 2, Y.min() - py / 2, Y.max() + py / 2]
-        return ext, "X", "Y", "detector plane, length"
-    th, ph = np.asarray(experiment.theta), np.asarray(experiment.phi)
-    if th.ndim == 2:
-        tx = np.degrees(th * np.cos(ph))
-        ty = np.degrees(th * np.sin(ph))
-        return [tx.min(), tx.max(), ty.min(), ty.max()], "theta_x", "theta_y", "deg"
-    return None, "column", "row", "pixels"
+def _extent(experiment: Experiment, length_unit: str | None = None):
+    """(extent, x label, y label, unit label) of the experiment's detector (`AbstractDetector.plot_axes`)."""
+    return experiment.detector.plot_axes(float(experiment.wavelength), length_unit)
 
 
 def plot_pattern(
@@ -70,11 +55,13 @@ def plot_pattern(
     ax=None,
     vmin_decades: float = 5.0,
     label: str = r"d$\sigma$/d$\Omega$",
+    length_unit: str | None = None,
 ):
     """Show an image-shaped pattern on a log colour scale with physical axes and a colour bar.
 
     Axes: (q_x, q_y) for a QGrid, plane coordinates for a FlatDetector, angles in degrees otherwise.
-    `vmin_decades`: dynamic range shown below the maximum. Writes `path` (PNG/PDF, atomically) when given.
+    `vmin_decades`: dynamic range shown below the maximum. `length_unit`: the experiment's length unit for the
+    axis labels (default: the words "length" / "inverse length"). Writes `path` (PNG/PDF, atomically) when given.
     Returns the matplotlib figure.
     """
     from matplotlib.colors import LogNorm
@@ -91,7 +78,7 @@ def plot_pattern(
     pos = img[np.isfinite(img) & (img > 0)]
     vmax = pos.max() if pos.size else 1.0
     norm = LogNorm(vmin=vmax * 10.0 ** (-vmin_decades), vmax=vmax)
-    extent, xl, yl, unit = _extent(experiment)
+    extent, xl, yl, unit = _extent(experiment, length_unit)
     shown = np.where(img > 0, img, np.nan)
     im = ax.imshow(shown, origin="lower", norm=norm, extent=extent, cmap="magma", interpolation="nearest")
     ax.set_xlabel(f"{xl} [{unit}]")

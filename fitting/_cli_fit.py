@@ -124,6 +124,24 @@ def _load_data(cfg: dict):
     return data, mask, exp
 
 
+def _with_beam_center(exp, center, data, mask):
+    """The experiment with the detector's beam centre set from [fit] beam_center: "auto" (estimated from the
+    pattern's symmetry) or (cy, cx) in fractional pixels. Every other detector field (tilt included) is kept."""
+    import diffscat as ds
+
+    from ._init import estimate_center
+
+    try:
+        exp.detector.with_beam_center(exp.detector.beam_center())  # fails early for fixed-centre detectors
+    except ValueError:
+        raise ValueError(
+            f"[fit] beam_center needs a detector with an adjustable beam centre (a flat detector), got "
+            f"{type(exp.detector).__name__}"
+        ) from None
+    c = estimate_center(data, mask) if center == "auto" else tuple(float(x) for x in center)
+    return ds.Experiment(exp.wavelength, exp.detector.with_beam_center(c))
+
+
 def run_config(cfg: dict, out: str):
     """Run a fit from a config dict (as loaded from TOML, overrides applied); write files into `out`.
     Returns the `FitResult`. Errors name the offending key."""
@@ -134,7 +152,6 @@ def run_config(cfg: dict, out: str):
 
     from ._fit import fit
     from ._init import (
-        estimate_center,
         estimate_radius,
         fit_ellipsoid_auto,
         fit_sphere_auto,
@@ -168,11 +185,7 @@ def run_config(cfg: dict, out: str):
         mask = mask & (np.asarray(exp.theta) > math.radians(float(beamstop)))
     center = fsec.pop("beam_center", None)
     if center is not None:
-        if not isinstance(exp.detector, ds.FlatDetector):
-            raise ValueError("[fit] beam_center needs a flat detector")
-        c = estimate_center(data, mask) if center == "auto" else tuple(float(x) for x in center)
-        det = exp.detector
-        exp = ds.Experiment(exp.wavelength, ds.FlatDetector(det.distance, det.pixel_size, det.shape, c))
+        exp = _with_beam_center(exp, center, data, mask)
     n_starts = int(fsec.pop("n_starts", 8))
     seed = int(fsec.pop("seed", 0))
     kw = {k: v for k, v in fsec.items()}

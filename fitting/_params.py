@@ -63,10 +63,9 @@ def _shape_fields(shape: ds.AbstractShape) -> dict[str, str]:
 
 def _experiment_fields(experiment: ds.Experiment) -> dict[str, tuple[str, ...]]:
     out = {"wavelength": ("wavelength",)}
-    if isinstance(experiment.detector, ds.FlatDetector):
-        out["distance"] = ("detector", "distance")
-        out["pixel_size"] = ("detector", "pixel_size")
-        out["beam_center"] = ("detector", "center")
+    # The detector's fittable geometry leaves (FlatDetector: distance, pixel_size, beam_center).
+    for name, path in experiment.detector.fittable_fields().items():
+        out[name] = ("detector", *path)
     return out
 
 

@@ -1,5 +1,16 @@
-"""Detectors: photons per pixel, polarisation, response models (noise, saturation, MCP, binning) and masks."""
+"""Detectors: pixel geometry (QGrid, AngleGrid, FlatDetector, Directions and their registry of config / CXI type
+names), photons per pixel, polarisation, response models (noise, saturation, MCP, binning) and masks."""
 
+from ._anglegrid import AngleGrid as AngleGrid
+from ._base import (
+    DETECTOR_TYPES as DETECTOR_TYPES,
+    AbstractDetector as AbstractDetector,
+    PixelDirections as PixelDirections,
+    detector_type as detector_type,
+    register_detector as register_detector,
+)
+from ._directions import Directions as Directions
+from ._flat import FlatDetector as FlatDetector
 from ._masks import (
     CXI_BAD as CXI_BAD,
     CXI_DEAD as CXI_DEAD,
@@ -26,6 +37,7 @@ from ._photons import (
     photon_energy as photon_energy,
 )
 from ._polarisation import POLARISATIONS as POLARISATIONS, polarisation_factor as polarisation_factor
+from ._qgrid import QGrid as QGrid
 from ._response import (
     AbstractResponse as AbstractResponse,
     Background as Background,

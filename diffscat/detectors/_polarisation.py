@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._experiment import Experiment, PixelDirections
+from .._experiment import Experiment
+from ._base import PixelDirections
 
 __all__ = ["POLARISATIONS", "polarisation_factor"]
 

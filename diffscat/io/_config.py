@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
+from .._experiment import Experiment
 from .._simulate import TRANSFORMS
 from ..detectors import POLARISATIONS
+from ..detectors._base import DETECTOR_TYPES
 from ..engines import METHODS
 from ..materials import HC_EV_NM, get_material
 from ._shape_io import shape_class
@@ -110,11 +111,6 @@ def _numbers(v, full: str, length: int | None = None, positive=False) -> list[fl
 
 TOP = {"experiment", "shape", "simulation", "detector_model", "output", "dataset"}
 EXPERIMENT = {"wavelength", "photon_energy_eV", "length_unit", "detector"}
-DETECTORS = {
-    "qgrid": {"type", "n", "theta_max_deg"},
-    "anglegrid": {"type", "n", "theta_max_deg"},
-    "flat": {"type", "distance", "pixel_size", "shape", "center", "tilt_deg"},
-}
 SIMULATION = {"method", "pitch", "transform"}
 DETECTOR_MODEL = {
     "fluence",
@@ -173,32 +169,26 @@ def _check_experiment(e: dict) -> None:
     if not isinstance(d, dict):
         raise ConfigError(f"experiment.detector must be a table, got {_fmt(d)}")
     t = _get(d, "type", "experiment.detector", "str", required=True)
-    if t not in DETECTORS:
-        raise ConfigError(f"experiment.detector.type = {t!r} is unknown; use one of {sorted(DETECTORS)}")
-    _check_keys(d, DETECTORS[t], f"experiment.detector ({t})")
-    p = "experiment.detector"
-    if t in ("qgrid", "anglegrid"):
-        _get(d, "n", p, "int", required=True, min_=2)
-        tm = _get(d, "theta_max_deg", p, "number", required=True, positive=True)
-        if tm >= 90:
-            raise ConfigError(f"{p}.theta_max_deg = {tm!r} must be < 90")
-    else:
-        _get(d, "distance", p, "number", required=True, positive=True)
-        ps = _get(d, "pixel_size", p, "any", required=True)
-        if _is_num(ps):
-            if ps <= 0:
-                raise ConfigError(f"{p}.pixel_size = {ps!r} must be positive")
-        else:
-            _numbers(ps, f"{p}.pixel_size", 2, positive=True)
-        sh = _get(d, "shape", p, "list", required=True)
-        if len(sh) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 2 for x in sh):
-            raise ConfigError(f"{p}.shape = {sh!r} must be [ny, nx], integers >= 2")
-        if "center" in d:
-            _numbers(d["center"], f"{p}.center", 2)
-        if "tilt_deg" in d:
-            tl = _numbers(d["tilt_deg"], f"{p}.tilt_deg", 2)
-            if any(abs(x) >= 60 for x in tl):
-                raise ConfigError(f"{p}.tilt_deg = {tl!r} must be within (-60, 60) degrees")
+    if t not in DETECTOR_TYPES:  # the registry, so detector types registered after import are known too
+        raise ConfigError(f"experiment.detector.type = {t!r} is unknown; use one of {sorted(DETECTOR_TYPES)}")
+    _check_keys(d, {"type", *DETECTOR_TYPES[t].config_keys}, f"experiment.detector ({t})")
+    DETECTOR_TYPES[t].check_config(_DetectorCheck(d, "experiment.detector"))
+
+
+class _DetectorCheck:
+    """The typed look-ups `AbstractDetector.check_config` validates a detector table with (ConfigError)."""
+
+    def __init__(self, d: dict, path: str):
+        self.d, self.path = d, path
+
+    def get(self, key: str, kind: str, *, required=False, positive=False, min_=None):
+        return _get(self.d, key, self.path, kind, required=required, positive=positive, min_=min_)
+
+    def numbers(self, key: str, length: int | None = None, positive=False) -> list[float]:
+        return _numbers(self.d[key], f"{self.path}.{key}", length, positive=positive)
+
+    def error(self, key: str, value, message: str):
+        raise ConfigError(f"{self.path}.{key} = {value!r} {message}")
 
 
 def _shape_params(cls) -> tuple[set[str], set[str]]:
@@ -557,16 +547,7 @@ def build_experiment(cfg: dict) -> Experiment:
     """The `Experiment` of a validated config (lengths in `experiment.length_unit`)."""
     e = cfg["experiment"]
     d = e["detector"]
-    if d["type"] == "qgrid":
-        det = QGrid(d["n"], float(d["theta_max_deg"]))
-    elif d["type"] == "anglegrid":
-        det = AngleGrid(d["n"], float(d["theta_max_deg"]))
-    else:
-        tilt = None if "tilt_deg" not in d else np.radians(np.asarray(d["tilt_deg"], float))
-        center = None if "center" not in d else np.asarray(d["center"], float)
-        det = FlatDetector(
-            float(d["distance"]), np.asarray(d["pixel_size"], float), tuple(d["shape"]), center, tilt
-        )
+    det = DETECTOR_TYPES[d["type"]].from_config(d)
     return Experiment(config_wavelength(cfg), det)
 
 
@@ -643,7 +624,8 @@ def build_detector_model(cfg: dict, experiment: Experiment):
     if "mcp" in m:
         mc = m["mcp"]
         det = experiment.detector
-        center = np.asarray(det.center) if isinstance(det, FlatDetector) else None
+        center = det.beam_center()
+        center = None if center is None else np.asarray(center)
         pieces.append(
             dt.MCPGain(
                 mc.get("gain", 1.0),
@@ -681,7 +663,8 @@ def _build_mask(mk: dict | None, experiment: Experiment, binning: int):
         return None
     shape = experiment.shape
     det = experiment.detector
-    c = np.asarray(det.center) if isinstance(det, FlatDetector) else ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+    c = det.beam_center()
+    c = ((shape[0] - 1) / 2, (shape[1] - 1) / 2) if c is None else np.asarray(c)
     masks = []
     for k in ("beamstop_radius", "hole_radius"):
         if mk.get(k):

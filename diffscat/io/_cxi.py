@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .._experiment import AngleGrid, Experiment, FlatDetector, QGrid
+from .._experiment import Experiment
+from ..detectors._base import DETECTOR_TYPES
 from ..detectors._masks import CXI_INVALID, from_cxi_bitmask
 from ..detectors._photons import PLANCK, SPEED_OF_LIGHT
 from ._shape_io import put_attr, read_shape_group, shape_to_dict, write_shape_group
-from ._units import length_unit_m
+from ._units import LENGTH_UNITS, length_unit_m
 
 __all__ = [
     "CXIData",
@@ -52,6 +53,8 @@ __all__ = [
 HC = PLANCK * SPEED_OF_LIGHT
 DET = "instrument_1/detector_1"
 SRC = "instrument_1/source_1"
+# Detector type of files without a diffscat detector group: the CXI flat-plane geometry.
+_FOREIGN_DETECTOR = "flat"
 QUANTITIES = {"dsigma_domega": ("m^2/sr", 2), "photons": ("photons", 0), "detector_units": ("adu", 0)}
 
 
@@ -74,41 +77,6 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- geometry
-
-
-def _geometry_datasets(det: FlatDetector, u: float) -> dict[str, np.ndarray]:
-    """CXI geometry of a FlatDetector, SI metres (u: metres per user unit)."""
-    D = float(det.distance)
-    py, px = (float(v) for v in np.asarray(det.pixel_size))
-    cy, cx = (float(v) for v in np.asarray(det.center))
-    R = np.asarray(det.tilt_matrix(), float)
-    e1, e2 = R[:, 0], R[:, 1]
-    corner = np.array([0.0, 0.0, D]) - (cx + 0.5) * px * e1 - (cy + 0.5) * py * e2
-    return {
-        "distance": np.float64(D * u),
-        "x_pixel_size": np.float64(px * u),
-        "y_pixel_size": np.float64(py * u),
-        "corner_position": corner * u,
-        "basis_vectors": np.stack([py * e2, px * e1]) * u,
-    }
-
-
-def _tilt_from_axes(e1, e2) -> np.ndarray | None:
-    """(tx, ty) with R_y(ty) R_x(tx) = [e1, e2, e1 x e2]; None when untilted; ValueError if not of that form."""
-    R = np.stack([e1, e2, np.cross(e1, e2)], axis=1)
-    if np.allclose(R, np.eye(3), atol=1e-12):
-        return None
-    ty = math.atan2(-R[2, 0], R[0, 0])
-    tx = math.atan2(R[2, 1], R[2, 2])
-    c, s = math.cos, math.sin
-    Rx = np.array([[1, 0, 0], [0, c(tx), -s(tx)], [0, s(tx), c(tx)]])
-    Ry = np.array([[c(ty), 0, s(ty)], [0, 1, 0], [-s(ty), 0, c(ty)]])
-    if not np.allclose(Ry @ Rx, R, atol=1e-6):
-        raise ValueError(
-            "basis_vectors describe an in-plane rotated detector, which FlatDetector does not support "
-            f"(row axis {e2}, column axis {e1})"
-        )
-    return np.array([tx, ty])
 
 
 def _read_scalar(g, name):
@@ -146,84 +114,25 @@ def experiment_from_cxi(
             if e <= 0:
                 raise ValueError(f"{src.name}/energy must be positive, got {e}")
             wavelength = HC / e / u
-    saved = f.get(f"{entry}/diffscat/detector")
-    if saved is not None and saved.attrs.get("type") in ("qgrid", "anglegrid"):
-        cls = QGrid if saved.attrs["type"] == "qgrid" else AngleGrid
-        det = cls(int(saved.attrs["n"]), float(saved.attrs["theta_max_deg"]))
-        lam = float(f[f"{entry}/diffscat"].attrs["wavelength_m"]) / u
-        return Experiment(lam, det), (False, False)
-    g = _find(f, entry, DET, "detector", "detector_1")
-    if g is None or wavelength is None:
+    if wavelength is None:
         return None, (False, False)
-    ny, nx = image_shape
-    flips = (False, False)
-    if "corner_position" in g:
-        corner = np.asarray(g["corner_position"][()], float).reshape(-1)
-        if corner.shape != (3,):
-            raise ValueError(f"{g.name}/corner_position must have 3 entries, got {corner.shape}")
-        if "basis_vectors" in g:
-            B = np.asarray(g["basis_vectors"][()], float)
-            if B.shape != (2, 3):
-                B = B.reshape(-1, 3)[-2:] if B.size >= 6 and B.size % 3 == 0 else None
-            if B is None:
-                raise ValueError(f"{g.name}/basis_vectors must have shape (2, 3)")
-        else:
-            px = _read_scalar(g, "x_pixel_size")
-            py = _read_scalar(g, "y_pixel_size")
-            B = np.array([[0.0, -py, 0.0], [-px, 0.0, 0.0]])  # the CXI default
-        b_row, b_col = B[0].copy(), B[1].copy()
-        flip_r, flip_c = bool(b_row[1] < 0), bool(b_col[0] < 0)
-        if flip_c:  # read the columns in reverse: the new first pixel is the old last one
-            corner = corner + nx * b_col
-            b_col = -b_col
-        if flip_r:
-            corner = corner + ny * b_row
-            b_row = -b_row
-        flips = (flip_r, flip_c)
-        py, px = float(np.linalg.norm(b_row)), float(np.linalg.norm(b_col))
-        tilt = _tilt_from_axes(b_col / px, b_row / py)
-        # Where does the beam (the z axis) cross the plane? corner + a b_row + b b_col = t z.
-        M = np.stack([b_row, b_col, -np.array([0.0, 0.0, 1.0])], axis=1)
-        a, b, t = np.linalg.solve(M, -corner)
-        center = (a - 0.5, b - 0.5)
-        D = t
-    else:
-        if "distance" not in g:
-            raise ValueError(f"{g.name} has neither corner_position nor distance: no geometry")
-        D = _read_scalar(g, "distance")
-        px = _read_scalar(g, "x_pixel_size")
-        py = _read_scalar(g, "y_pixel_size")
-        center, tilt = ((ny - 1) / 2.0, (nx - 1) / 2.0), None
-        warnings.warn(
-            f"{g.name} has no corner_position: beam centre assumed at the image centre", stacklevel=3
-        )
-    if D <= 0:
-        raise ValueError(f"{g.name}: detector distance must be positive, got {D} m")
-    geom = dict(distance=D / u, pixel_size=(py / u, px / u), center=center, tilt=tilt)
-    # Files written here also hold the exact user-unit values: use them when they agree (bit-exact round trip).
-    ex = f.get(f"{entry}/diffscat/detector")
-    if ex is not None and ex.attrs.get("type") == "flat" and not any(flips):
-        s = float(ex.attrs["length_unit_m"]) / u
-        exact = dict(
-            distance=float(ex.attrs["distance"]) * s,
-            pixel_size=tuple(float(v) * s for v in ex.attrs["pixel_size"]),
-            center=tuple(float(v) for v in ex.attrs["center"]),
-            tilt=None if "tilt" not in ex.attrs else tuple(float(v) for v in ex.attrs["tilt"]),
-        )
-        close = (
-            math.isclose(exact["distance"], geom["distance"], rel_tol=1e-9)
-            and np.allclose(exact["pixel_size"], geom["pixel_size"], rtol=1e-9, atol=0)
-            and np.allclose(exact["center"], geom["center"], rtol=0, atol=1e-6)
-        )
-        if close and s == 1.0:
-            geom = exact
-        if "wavelength_m" in f[f"{entry}/diffscat"].attrs and s == 1.0:
-            wl = float(f[f"{entry}/diffscat"].attrs["wavelength_user"])
+    # The detector type written by CXIWriter (registry name); files from elsewhere hold CXI flat-plane geometry.
+    saved = f.get(f"{entry}/diffscat/detector")
+    name = saved.attrs.get("type") if saved is not None else None
+    name = name.decode() if isinstance(name, bytes) else name
+    if name is not None and name not in DETECTOR_TYPES:  # e.g. "Directions": written without geometry
+        return None, (False, False)
+    cls = DETECTOR_TYPES[_FOREIGN_DETECTOR if name is None else name]
+    det, flips = cls.from_cxi(_find(f, entry, DET, "detector", "detector_1"), saved, image_shape, u)
+    if det is None:
+        return None, (False, False)
+    # Files written here also hold the exact user-unit wavelength: use it when it agrees (bit-exact round trip).
+    dg = f.get(f"{entry}/diffscat")
+    if dg is not None and "wavelength_user" in dg.attrs and dg.attrs.get("length_unit") in LENGTH_UNITS:
+        if length_unit_m(dg.attrs["length_unit"]) == u:
+            wl = float(dg.attrs["wavelength_user"])
             if math.isclose(wl, wavelength, rel_tol=1e-9):
                 wavelength = wl
-    det = FlatDetector(
-        geom["distance"], np.asarray(geom["pixel_size"]), (ny, nx), geom["center"], geom["tilt"]
-    )
     return Experiment(wavelength, det), flips
 
 
@@ -571,23 +480,8 @@ class CXIWriter:
             dg.attrs["wavelength_user"] = lam
             det = exp.detector
             sd = dg.create_group("detector")
-            if isinstance(det, FlatDetector):
-                for k, v in _geometry_datasets(det, u).items():
-                    g.create_dataset(k, data=v)
-                    g[k].attrs["units"] = "m"
-                sd.attrs["type"] = "flat"
-                sd.attrs["length_unit_m"] = u
-                sd.attrs["distance"] = float(det.distance)
-                sd.attrs["pixel_size"] = np.asarray(det.pixel_size, float)
-                sd.attrs["center"] = np.asarray(det.center, float)
-                if det.tilt is not None:
-                    sd.attrs["tilt"] = np.asarray(det.tilt, float)
-            elif isinstance(det, QGrid | AngleGrid):
-                sd.attrs["type"] = "qgrid" if isinstance(det, QGrid) else "anglegrid"
-                sd.attrs["n"] = det.n
-                sd.attrs["theta_max_deg"] = det.theta_max_deg
-            else:
-                sd.attrs["type"] = type(det).__name__
+            sd.attrs["type"] = det.type_name or type(det).__name__
+            if not det.to_cxi(g, sd, u):
                 warnings.warn(f"{type(det).__name__} geometry is not stored in CXI files", stacklevel=3)
 
     def append(self, images, shapes=None, **per_image) -> None:
