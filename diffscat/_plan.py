@@ -787,8 +787,8 @@ def plan_report(
     **Raises:** `ValueError` when `out_path` is the config file; `ConfigError` / `FileNotFoundError` for
     the config.
     """
+    from ._figures import _plt
     from .io import load_config, parse_config
-    from .plot import _plt
 
     out_path = os.fspath(out_path)
     if isinstance(config, dict):
@@ -821,7 +821,7 @@ def plan_report(
             if os.path.exists(tmp):
                 os.remove(tmp)
         if png:
-            from .plot import save_figure
+            from ._figures import save_figure
 
             stem = os.path.splitext(out_path)[0]
             for k, f in enumerate(figs, 1):

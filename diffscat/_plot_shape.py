@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
+from ._figures import _plt, save_figure
 from ._grid import VoxelGrid
-from .plot import _plt, save_figure
 from .shapes import AbstractShape, VolumeMap
 from .shapes._base import soft_width
 

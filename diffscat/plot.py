@@ -6,39 +6,14 @@ Matplotlib is imported lazily with the non-interactive Agg backend, so importing
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from ._experiment import Experiment
+from ._figures import _plt, pyplot, save_figure
+from ._plot_shape import plot_shape
 
-__all__ = ["plot_pattern", "plot_shape", "save_figure"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | os.PathLike) -> str:
-    """Write a matplotlib figure atomically (temporary file + rename); creates the folder. Returns the path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+__all__ = ["plot_pattern", "plot_shape", "pyplot", "save_figure"]
 
 
 def _extent(experiment: Experiment, length_unit: str | None = None):
@@ -89,7 +64,3 @@ def plot_pattern(
     if path is not None:
         save_figure(fig, path)
     return fig
-
-
-# The shape preview lives in its own file; re-exported here so `diffscat.plot.plot_shape` works too.
-from ._plot_shape import plot_shape as plot_shape  # noqa: E402

@@ -67,7 +67,7 @@ class SphereBatchFitter:
         if not (0 < rmin < rmax):
             raise ValueError(f"radius_range must be 0 < min < max, got {radius_range}")
         loss = as_loss(loss)
-        from diffscat.detectors import polarisation_factor
+        from diffscat.detectors import pixel_weight
 
         pix = experiment.pixels()
         theta = np.asarray(pix.theta)
@@ -83,7 +83,7 @@ class SphereBatchFitter:
             pitch = ds.default_pitch(float(experiment.wavelength), min(tmax, math.pi / 2 * 0.99))
         grid = ds.VoxelGrid.around(rmax * 1.05, pitch)
         self.grid = grid
-        weight = np.asarray(pix.solid_angle) * np.asarray(polarisation_factor(pix, polarisation))
+        weight = np.asarray(pixel_weight(pix, polarisation))
         weight = np.where(valid, weight, 0.0)
         # Normalise the pixel weights so the profiled scale is O(1) photons per unit model.
         self._weight = jnp.asarray(weight / weight[valid].mean())

@@ -271,7 +271,7 @@ def run(args) -> int:
 
 def _histograms(out: str) -> None:
     """Parameter histograms of the finished job next to the results file (PNG)."""
-    from diffscat.plot import _plt, save_figure
+    from diffscat.plot import pyplot as _plt, save_figure
 
     from ._batch import read_results
 

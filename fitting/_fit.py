@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 import diffscat as ds
-from diffscat.detectors import POLARISATIONS, polarisation_factor
+from diffscat.detectors import POLARISATIONS, pixel_weight
 
 from ._losses import AbstractLoss, as_loss, check_data
 from ._params import Parametrisation, stack_parametrisations
@@ -47,11 +47,8 @@ def expected_signal(
     `diffscat.detectors.expected_photons` with fluence 1), or length^2/sr without the solid angle."""
     polarisation = _check_polarisation(polarisation)
     img = ds.simulate(shape, experiment, grid=grid, method=method)
-    pix = experiment.pixels()
-    if solid_angle:
-        img = img * pix.solid_angle.astype(img.dtype)
-    if polarisation != "none":
-        img = img * polarisation_factor(pix, polarisation).astype(img.dtype)
+    if solid_angle or polarisation != "none":
+        img = img * pixel_weight(experiment, polarisation, solid_angle=solid_angle).astype(img.dtype)
     return img
 
 

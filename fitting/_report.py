@@ -29,7 +29,7 @@ def plot_report(result: FitResult, path: str | os.PathLike | None = None, *, tit
     The preview is `diffscat.plot.plot_shape` when available, else projections of the rendered shape along
     the beam (z) and along x. Writes `path` atomically when given; returns the figure.
     """
-    from diffscat.plot import _plt, plot_pattern, save_figure
+    from diffscat.plot import plot_pattern, pyplot as _plt, save_figure
 
     plt = _plt()
     exp = result.experiment

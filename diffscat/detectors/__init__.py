@@ -36,7 +36,11 @@ from ._photons import (
     fluence_from_pulse as fluence_from_pulse,
     photon_energy as photon_energy,
 )
-from ._polarisation import POLARISATIONS as POLARISATIONS, polarisation_factor as polarisation_factor
+from ._polarisation import (
+    POLARISATIONS as POLARISATIONS,
+    pixel_weight as pixel_weight,
+    polarisation_factor as polarisation_factor,
+)
 from ._qgrid import QGrid as QGrid
 from ._response import (
     AbstractResponse as AbstractResponse,

@@ -8,7 +8,7 @@ from jaxtyping import Array, Float
 from .._checks import check_positive
 from .._custom_types import as_float
 from .._experiment import Experiment
-from ._polarisation import polarisation_factor
+from ._polarisation import pixel_weight
 
 __all__ = ["PLANCK", "SPEED_OF_LIGHT", "photon_energy", "fluence_from_pulse", "expected_photons"]
 
@@ -75,6 +75,5 @@ def expected_photons(
     eff = check_positive(as_float(efficiency, "efficiency"), "efficiency", allow_zero=True)
     if eff.shape not in ((), intensity.shape):
         raise ValueError(f"efficiency must be a scalar or image-shaped {intensity.shape}, got {eff.shape}")
-    pol = polarisation_factor(pix, polarisation)
-    out = f * intensity * pix.solid_angle * pol * eff
+    out = f * intensity * pixel_weight(pix, polarisation) * eff
     return jnp.where(pix.valid, out, 0.0)

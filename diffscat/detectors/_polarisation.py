@@ -8,7 +8,7 @@ from jaxtyping import Array, Float
 from .._experiment import Experiment
 from ._base import PixelDirections
 
-__all__ = ["POLARISATIONS", "polarisation_factor"]
+__all__ = ["POLARISATIONS", "pixel_weight", "polarisation_factor"]
 
 POLARISATIONS = ("x", "y", "unpolarised", "none")
 
@@ -39,3 +39,15 @@ def polarisation_factor(pixels: Experiment | PixelDirections, kind: str) -> Floa
     if kind == "none":
         return jnp.ones_like(pixels.sx)
     raise ValueError(f"polarisation must be one of {POLARISATIONS}, got {kind!r}")
+
+
+def pixel_weight(
+    pixels: Experiment | PixelDirections, polarisation: str = "none", *, solid_angle: bool = True
+) -> Float[Array, "*image"]:
+    """What turns dsigma/dOmega [length^2/sr] into photons per unit fluence in each pixel: the pixel's solid
+    angle [sr] (when `solid_angle`) times the polarisation factor (dimensionless). The one place this product
+    is formed (`expected_photons`, `fitting.expected_signal`, the batch fitters)."""
+    if isinstance(pixels, Experiment):
+        pixels = pixels.pixels()
+    w = polarisation_factor(pixels, polarisation)
+    return w * pixels.solid_angle if solid_angle else w

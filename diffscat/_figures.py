@@ -1,0 +1,42 @@
+"""Figure plumbing shared by every plot module: matplotlib on the Agg backend, atomic writes.
+
+Matplotlib is imported lazily, so importing diffscat never needs a display. `plot.py` (patterns) and
+`_plot_shape.py` (shape previews) both build on this module and not on each other.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+__all__ = ["pyplot", "save_figure"]
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> str:
+    """Write a matplotlib figure atomically (temporary file + rename); creates the folder. Returns the path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+_plt = pyplot  # the short name used inside diffscat
