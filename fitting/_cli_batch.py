@@ -39,39 +39,60 @@ import os
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "load_batch_config", "CXISource"]
+__all__ = ["add_arguments", "run", "load_batch_config", "config_keys", "CXISource"]
 
-SECTIONS = {
-    "data": {"length_unit", "entry"},
-    "model": {"type", "delta", "beta", "radius_min", "radius_max", "max_aspect"},
-    "fit": {
-        "loss",
-        "polarisation",
-        "beamstop_deg",
-        "n_steps",
-        "n_candidates",
-        "n_theta",
-        "pitch",
-        "n_starts",
-        "learning_rate",
-    },
-    "batch": {"chunk_size"},
-}
-DEFAULTS = {
-    "data": {"entry": 1},
-    "model": {"type": "Sphere", "delta": 0.0, "beta": 0.0},
-    "fit": {
-        "loss": "poisson",
-        "polarisation": "unpolarised",
-        "beamstop_deg": 0.0,
-        "n_candidates": 64,
-        "n_theta": 512,
-    },
-    "batch": {"chunk_size": 16},
-}
+
+def _schemas() -> dict:
+    """The batch-fit config schema (`diffscat.io.Key`s): the one source of the checks and of `--help`."""
+    from diffscat.detectors import POLARISATIONS
+    from diffscat.io import Key
+
+    from ._losses import LOSSES
+
+    return {
+        "data": {
+            "length_unit": Key("str", "unit of every length in the config and the results", required=True),
+            "entry": Key(
+                ("int", "str"), 'CXI entry holding a stack, or "all" (one image per entry)', default=1
+            ),
+        },
+        "model": {
+            "type": Key("str", "model class", default="Sphere", choices=("Sphere", "Ellipsoid")),
+            "delta": Key("number", "n = 1 - delta + i beta", default=0.0),
+            "beta": Key("number", "absorption (>= 0)", default=0.0, min=0.0),
+            "radius_min": Key("number", "smallest size searched (length unit)", required=True, positive=True),
+            "radius_max": Key("number", "largest size searched (length unit)", required=True, positive=True),
+            "max_aspect": Key("number", "Ellipsoid: largest axis ratio searched", positive=True),
+        },
+        "fit": {
+            "loss": Key("str", "negative log-likelihood", default="poisson", choices=tuple(LOSSES)),
+            "polarisation": Key("str", "beam polarisation", default="unpolarised", choices=POLARISATIONS),
+            "beamstop_deg": Key("number", "pixels below this angle are not used", default=0.0, min=0.0),
+            "n_steps": Key("int", "optimiser steps (default 8 for spheres, 200 for ellipsoids)", min=1),
+            "n_candidates": Key("int", "sizes in the initial scan", default=64, min=1),
+            "n_theta": Key("int", "Sphere: samples of the radial profile", default=512, min=1),
+            "pitch": Key("number", "voxel pitch (length unit); default from the q range", positive=True),
+            "n_starts": Key("int", "Ellipsoid: orientation starts", min=1),
+            "learning_rate": Key("number", "Ellipsoid: Adam learning rate", positive=True),
+        },
+        "batch": {
+            "chunk_size": Key(
+                "int", "patterns per vmapped call (rounded up to the devices)", default=16, min=1
+            ),
+        },
+    }
+
+
+def config_keys() -> str:
+    """Every batch-fit config key with its type, default and meaning (the text of `--help`)."""
+    from diffscat.io import describe_sections
+
+    return describe_sections(_schemas())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys:\n" + config_keys()
     parser.add_argument("config", help="TOML config with [data], [model], [fit], [batch] sections")
     parser.add_argument("--data", required=True, help="CXI / HDF5 file with the patterns")
     parser.add_argument("-o", "--out", required=True, help="results file (HDF5); parts go to OUT.parts/")
@@ -91,43 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_batch_config(path, overrides=()) -> dict:
     """Read and validate a batch-fit config; unknown sections/keys and wrong types are errors naming them."""
-    from diffscat.io import ConfigError, read_toml
-
-    from ._losses import as_loss
+    from diffscat.io import ConfigError, check_section, read_toml
 
     cfg = read_toml(path, overrides)
-    for sec, keys in cfg.items():
-        if sec not in SECTIONS:
-            raise ConfigError(f"unknown section [{sec}]; valid: {sorted(SECTIONS)}")
-        if not isinstance(keys, dict):
-            raise ConfigError(f"[{sec}] must be a table")
-        for k in keys:
-            if k not in SECTIONS[sec]:
-                raise ConfigError(f"unknown key {sec}.{k}; valid: {sorted(SECTIONS[sec])}")
-    out = {s: {**DEFAULTS.get(s, {}), **cfg.get(s, {})} for s in SECTIONS}
-    if "length_unit" not in out["data"]:
-        raise ConfigError("missing key data.length_unit (the unit of lengths in the config and results)")
+    schemas = _schemas()
+    for sec in cfg:
+        if sec not in schemas:
+            raise ConfigError(f"unknown section [{sec}]; valid: {sorted(schemas)}")
+    out = {sec: check_section(cfg.get(sec), schema, sec) for sec, schema in schemas.items()}
     m = out["model"]
-    if m["type"] not in ("Sphere", "Ellipsoid"):
-        raise ConfigError(f"model.type = {m['type']!r}: batch-fit supports 'Sphere' and 'Ellipsoid'")
-    for k in ("radius_min", "radius_max"):
-        if k not in m:
-            raise ConfigError(f"missing key model.{k}")
-        if not isinstance(m[k], int | float) or m[k] <= 0:
-            raise ConfigError(f"model.{k} must be a positive number, got {m[k]!r}")
     if m["radius_min"] >= m["radius_max"]:
         raise ConfigError("model.radius_min must be below model.radius_max")
-    try:
-        as_loss(out["fit"]["loss"])
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"fit.loss = {out['fit']['loss']!r}: {e}") from None
     out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
-    for k in ("n_steps", "n_candidates", "n_theta"):
-        if not isinstance(out["fit"][k], int) or out["fit"][k] < 1:
-            raise ConfigError(f"fit.{k} must be a positive integer, got {out['fit'][k]!r}")
-    cs = out["batch"]["chunk_size"]
-    if not isinstance(cs, int) or cs < 1:
-        raise ConfigError(f"batch.chunk_size must be a positive integer, got {cs!r}")
     return out
 
 

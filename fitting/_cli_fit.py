@@ -45,25 +45,65 @@ import numpy as np
 
 __all__ = ["add_arguments", "run", "run_config"]
 
-_MODEL_EXTRA = ("type", "free", "lmax")
-_FIT_KEYS = {
-    "loss",
-    "optimizer",
-    "learning_rate",
-    "max_steps",
-    "polarisation",
-    "beamstop_deg",
-    "beam_center",
-    "n_starts",
-    "method",
-    "background",
-    "solid_angle",
-    "pitch",
-    "seed",
-}
+
+def _schemas() -> dict:
+    """The fit config schema (`diffscat.io.Key`s) for [data], [model] (keys beyond the shape's own parameters,
+    which are checked by the shape class) and [fit]: the one source of the checks and of `--help`."""
+    from diffscat.detectors import POLARISATIONS
+    from diffscat.engines import METHODS
+    from diffscat.io import Key
+
+    from ._fit import OPTIMIZERS
+    from ._losses import LOSSES
+
+    return {
+        "data": {
+            "path": Key("str", "pattern file (CXI / HDF5); --data wins"),
+            "length_unit": Key("str", "unit of every length in the config and the results", default="nm"),
+            "entry": Key("int", "CXI entry", min=1),
+            "frame": Key("int", "image of a stack", default=0, min=0),
+        },
+        "model": {
+            "type": Key(
+                "str", "shape class: Sphere, Ellipsoid, SphericalHarmonics, any diffscat shape", required=True
+            ),
+            "free": Key("list", "free parameter names; default the shape's geometric parameters"),
+            "lmax": Key("int", 'SphericalHarmonics with coefficients = "auto": highest degree', min=0),
+        },
+        "fit": {
+            "loss": Key("str", "negative log-likelihood", default="poisson", choices=tuple(LOSSES)),
+            "optimizer": Key("str", "optimiser", default="lbfgs", choices=OPTIMIZERS),
+            "learning_rate": Key("number", "Adam learning rate; L-BFGS: line search", positive=True),
+            "max_steps": Key("int", "optimiser steps at most", default=200, min=1),
+            "polarisation": Key("str", "beam polarisation", default="none", choices=POLARISATIONS),
+            "beamstop_deg": Key("number", "pixels below this angle are not used", min=0.0),
+            "beam_center": Key(("str", "list"), 'flat detector: "auto" or [cy, cx] (pixels)'),
+            "n_starts": Key("int", 'multi-start size for "auto" ellipsoids / harmonics', default=8, min=1),
+            "method": Key("str", "forward model", default="msft", choices=METHODS),
+            "background": Key("number", "flat background, counts per pixel", default=0.0, min=0.0),
+            "solid_angle": Key("bool", "data are counts per pixel (false: dsigma/dOmega)", default=True),
+            "pitch": Key("number", "voxel pitch (length unit); default from the q range", positive=True),
+            "seed": Key("int", "seed of the random starts", default=0),
+        },
+    }
+
+
+def config_keys() -> str:
+    """Every fit config key with its type, default and meaning (the text of `--help`)."""
+    from diffscat.io import describe_sections
+
+    text = describe_sections(_schemas())
+    return text.replace(
+        "[model]\n", '[model]\n  <shape parameter> = value | "auto"  # the class\'s own fields\n', 1
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "config keys ([experiment] as in `diffscat simulate`, only for files without geometry):\n"
+        + (config_keys())
+    )
     parser.add_argument("config", help="TOML config with [model] and [fit] sections")
     parser.add_argument("--data", help="pattern file (CXI / HDF5); overrides [data] path")
     parser.add_argument("-o", "--out", default="fit_out", help="output folder (created)")
@@ -92,19 +132,16 @@ def run(args) -> int:
 
 
 def _load_data(cfg: dict):
-    from diffscat.io import build_experiment, read_cxi
+    from diffscat.io import build_experiment, check_section, read_cxi
 
-    dsec = cfg.get("data", {})
-    unknown = set(dsec) - {"path", "length_unit", "entry", "frame"}
-    if unknown:
-        raise ValueError(f"[data]: unknown key(s) {sorted(unknown)}")
+    dsec = check_section(cfg.get("data"), _schemas()["data"], "data")
     if "path" not in dsec:
         raise ValueError("no data: give --data FILE or [data] path")
-    cx = read_cxi(dsec["path"], length_unit=dsec.get("length_unit", "nm"), entry=dsec.get("entry"))
+    cx = read_cxi(dsec["path"], length_unit=dsec["length_unit"], entry=dsec.get("entry"))
     data = cx.data
     mask = cx.mask
     if not (isinstance(data, np.ndarray) and data.ndim == 2):
-        i = int(dsec.get("frame", 0))
+        i = int(dsec["frame"])
         data = np.asarray(data[i])
         mask = data_mask = None
         if hasattr(cx.data, "masks_for"):
@@ -148,7 +185,7 @@ def run_config(cfg: dict, out: str):
     import matplotlib.pyplot as plt
 
     import diffscat as ds
-    from diffscat.io import shape_class
+    from diffscat.io import check_section, shape_class
 
     from ._fit import fit
     from ._init import (
@@ -157,7 +194,6 @@ def run_config(cfg: dict, out: str):
         fit_sphere_auto,
         fit_spherical_harmonics,
     )
-    from ._losses import as_loss
     from ._report import plot_report
 
     for sec in cfg:
@@ -165,18 +201,17 @@ def run_config(cfg: dict, out: str):
             raise ValueError(f"unknown section [{sec}]; valid: [data], [experiment], [model], [fit]")
     if "model" not in cfg:
         raise ValueError("missing section [model]")
+    schemas = _schemas()
     msec = dict(cfg["model"])
-    fsec = dict(cfg.get("fit", {}))
-    unknown = set(fsec) - _FIT_KEYS
-    if unknown:
-        raise ValueError(f"[fit]: unknown key(s) {sorted(unknown)}; valid: {sorted(_FIT_KEYS)}")
-    if "loss" in fsec:
-        try:
-            as_loss(fsec["loss"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"[fit] loss = {fsec['loss']!r}: {e}") from None
-    if "type" not in msec:
-        raise ValueError("[model]: missing key 'type'")
+    if not isinstance(msec, dict):
+        raise ValueError("[model] must be a table")
+    extras = check_section(
+        {k: v for k, v in msec.items() if k in schemas["model"]}, schemas["model"], "model"
+    )
+    msec.update({k: v for k, v in extras.items() if v is not None})
+    # only the keys the user gave go to the drivers (the ladders choose their own steps per stage)
+    given = set(cfg.get("fit") or {})
+    fsec = {k: v for k, v in check_section(cfg.get("fit"), schemas["fit"], "fit").items() if k in given}
     cls = shape_class(msec["type"])
     data, mask, exp = _load_data(cfg)
 

@@ -22,6 +22,7 @@ from ._cxi import (
     read_cxi as read_cxi,
     write_cxi as write_cxi,
 )
+from ._schema import Key as Key, check_section as check_section, describe_sections as describe_sections
 from ._shape_io import (
     shape_class as shape_class,
     shape_from_dict as shape_from_dict,

@@ -12,7 +12,6 @@ instead of `delta`, `beta`: they are looked up at the config's photon energy (`d
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import tomllib
 from typing import Any
@@ -25,6 +24,7 @@ from ..detectors import POLARISATIONS
 from ..detectors._base import DETECTOR_TYPES
 from ..engines import METHODS
 from ..materials import HC_EV_NM, get_material
+from ._schema import ConfigError, Key, _fmt, _is_num, check_keys, check_section, get, numbers
 from ._shape_io import shape_class
 from ._units import LENGTH_UNITS, length_unit_m
 
@@ -44,74 +44,16 @@ __all__ = [
 ]
 
 DISTRIBUTIONS = ("fixed", "uniform", "loguniform", "normal", "choice", "uniform_so3")
-_NUM = (int, float)
 
 
-class ConfigError(ValueError):
-    """A config key is missing, unknown, of the wrong type or out of range (the message names it)."""
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, _NUM) and not isinstance(v, bool)
-
-
-def _fmt(v) -> str:
-    return repr(v) if not isinstance(v, dict) else "{...}"
-
-
-def _check_keys(d: dict, allowed, path: str) -> None:
-    if not isinstance(d, dict):
-        raise ConfigError(f"[{path}] must be a table, got {_fmt(d)}")
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [{path}]: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
-def _get(d: dict, key: str, path: str, kind: str, *, required=False, default=None, positive=False, min_=None):
-    """Fetch and type-check d[key]; kind in number | int | str | bool | list | any."""
-    full = f"{path}.{key}"
-    if key not in d:
-        if required:
-            raise ConfigError(f"missing key {full}")
-        return default
-    v = d[key]
-    ok = {
-        "number": _is_num(v),
-        "int": isinstance(v, int) and not isinstance(v, bool),
-        "str": isinstance(v, str),
-        "bool": isinstance(v, bool),
-        "list": isinstance(v, list),
-        "any": True,
-    }[kind]
-    if not ok:
-        raise ConfigError(f"{full} = {_fmt(v)} has the wrong type: expected {kind}")
-    if kind in ("number", "int"):
-        if not math.isfinite(v):
-            raise ConfigError(f"{full} = {v!r} must be finite")
-        if positive and v <= 0:
-            raise ConfigError(f"{full} = {v!r} must be positive")
-        if min_ is not None and v < min_:
-            raise ConfigError(f"{full} = {v!r} must be >= {min_}")
-    return v
-
-
-def _numbers(v, full: str, length: int | None = None, positive=False) -> list[float]:
-    if not isinstance(v, list) or not all(_is_num(x) for x in v):
-        raise ConfigError(f"{full} = {_fmt(v)} has the wrong type: expected a list of numbers")
-    if length is not None and len(v) != length:
-        raise ConfigError(f"{full} = {v!r} must have {length} entries")
-    if positive and any(x <= 0 for x in v):
-        raise ConfigError(f"{full} = {v!r} must be positive")
-    return [float(x) for x in v]
+# the primitives live in _schema.py (shared with the fit and batch-fit configs); short names kept here
+_check_keys, _get, _numbers = check_keys, get, numbers
 
 
 # ----------------------------------------------------------------------------------------------- schema
 
 TOP = {"experiment", "shape", "simulation", "detector_model", "output", "dataset"}
 EXPERIMENT = {"wavelength", "photon_energy_eV", "length_unit", "detector"}
-SIMULATION = {"method", "pitch", "transform"}
 DETECTOR_MODEL = {
     "fluence",
     "pulse_energy",
@@ -142,7 +84,6 @@ MASK = {
     "theta_min_deg",
     "theta_max_deg",
 }
-OUTPUT = {"path", "png", "dtype", "overwrite", "store_expected"}
 DATASET = {"count", "seed", "chunk", "vary"}
 SHAPE_EXTRA = {"type", "euler_deg", "euler_seq"}
 SHAPE_MATERIAL = {"material", "density"}  # in place of delta, beta (shapes that have them)
@@ -310,28 +251,26 @@ def _check_detector_model(m: dict) -> None:
                 raise ConfigError(f"{q}.{k} = {v!r} must be a list of [{', '.join(['int'] * n)}] entries")
 
 
+OUTPUT_SCHEMA = {
+    "path": Key("str", "output file (CXI); the CLI's -o wins"),
+    "png": Key(("bool", "str"), "write a PNG preview (true, false or a file name)", default=True),
+    "dtype": Key("str", "stored image dtype", default="float32", choices=("float32", "float64")),
+    "overwrite": Key("bool", "replace an existing output file"),
+    "store_expected": Key("bool", "also store the noise-free expected photons"),
+}
+SIMULATION_SCHEMA = {
+    "method": Key("str", "slice drive: eq. 9 (msft) or first Born", default="msft", choices=METHODS),
+    "pitch": Key("number", "voxel pitch (length unit); default from the detector's q range", positive=True),
+    "transform": Key("str", "far-field transform", default="auto", choices=TRANSFORMS),
+}
+
+
 def _check_output(o: dict) -> None:
-    _check_keys(o, OUTPUT, "output")
-    _get(o, "path", "output", "str")
-    png = _get(o, "png", "output", "any", default=True)
-    if not isinstance(png, bool | str):
-        raise ConfigError(f"output.png = {png!r} must be true, false or a file name")
-    dt = _get(o, "dtype", "output", "str", default="float32")
-    if dt not in ("float32", "float64"):
-        raise ConfigError(f"output.dtype = {dt!r} must be 'float32' or 'float64'")
-    _get(o, "overwrite", "output", "bool")
-    _get(o, "store_expected", "output", "bool")
+    check_section(o, OUTPUT_SCHEMA, "output")
 
 
 def _check_simulation(s: dict) -> None:
-    _check_keys(s, SIMULATION, "simulation")
-    m = _get(s, "method", "simulation", "str", default="msft")
-    if m not in METHODS:
-        raise ConfigError(f"simulation.method = {m!r} must be one of {', '.join(METHODS)}")
-    _get(s, "pitch", "simulation", "number", positive=True)
-    t = _get(s, "transform", "simulation", "str", default="auto")
-    if t not in TRANSFORMS:
-        raise ConfigError(f"simulation.transform = {t!r} must be one of {', '.join(TRANSFORMS)}")
+    check_section(s, SIMULATION_SCHEMA, "simulation")
 
 
 def _check_dataset(d: dict, cfg: dict) -> None:
