@@ -3,7 +3,7 @@ every pixel).
 
 The detector classes live in `diffscat.detectors` (`_base.py`, `_qgrid.py`, `_anglegrid.py`, `_flat.py`,
 `_directions.py`); they are re-exported here so `from diffscat._experiment import QGrid` keeps working.
-Conventions (docs/physics.md): beam along +z; images are indexed [row, col] = [iy, ix];
+Conventions (docs/conventions.md): beam along +z; images are indexed [row, col] = [iy, ix];
 q = k_out - k_in = (qx, qy, -qz).
 """
 

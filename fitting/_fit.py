@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 import diffscat as ds
 from diffscat.detectors import POLARISATIONS, pixel_weight
@@ -189,10 +189,10 @@ def _fit_grid(models, experiment, pitch, margin):
 
 
 def fit(
-    data: Float[ArrayLike, "*image"],
+    data: Real[ArrayLike, "*data"],
     experiment: ds.Experiment,
-    model: ds.AbstractShape | Sequence[ds.AbstractShape],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    model: object,  # AbstractShape | Sequence[AbstractShape]: checked below with a message naming `model`
+    mask: ArrayLike | None = None,
     free: Sequence[str] | None = None,
     loss: str | AbstractLoss = "poisson",
     *,

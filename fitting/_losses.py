@@ -35,7 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 __all__ = [
     "AbstractLoss",
@@ -60,8 +60,8 @@ def _is_concrete(x) -> bool:
 
 
 def check_data(
-    data: Float[ArrayLike, "*image"],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    data: Real[ArrayLike, "*data"],
+    mask: ArrayLike | None = None,
     image_shape: tuple[int, ...] | None = None,
     *,
     nonnegative: bool = True,
@@ -162,9 +162,9 @@ class AbstractLoss(eqx.Module):
     @abc.abstractmethod
     def value(
         self,
-        model: Float[ArrayLike, "*image"],
-        data: Float[ArrayLike, "*image"],
-        mask: Bool[ArrayLike, "*image"] | None = None,
+        model: Real[ArrayLike, "*model"],
+        data: Real[ArrayLike, "*data"],
+        mask: ArrayLike | None = None,
         *,
         scale: Float[ArrayLike, ""] | None = None,
         background: Float[ArrayLike, ""] = 0.0,
@@ -202,9 +202,9 @@ class AbstractLoss(eqx.Module):
     @abc.abstractmethod
     def residuals(
         self,
-        model: Float[ArrayLike, "*image"],
-        data: Float[ArrayLike, "*image"],
-        mask: Bool[ArrayLike, "*image"] | None = None,
+        model: Real[ArrayLike, "*model"],
+        data: Real[ArrayLike, "*data"],
+        mask: ArrayLike | None = None,
         *,
         scale: Float[ArrayLike, ""] | None = None,
         background: Float[ArrayLike, ""] = 0.0,
@@ -213,9 +213,9 @@ class AbstractLoss(eqx.Module):
 
     def __call__(
         self,
-        model: Float[ArrayLike, "*image"],
-        data: Float[ArrayLike, "*image"],
-        mask: Bool[ArrayLike, "*image"] | None = None,
+        model: Real[ArrayLike, "*model"],
+        data: Real[ArrayLike, "*data"],
+        mask: ArrayLike | None = None,
         *,
         scale: Float[ArrayLike, ""] | None = None,
         background: Float[ArrayLike, ""] = 0.0,
@@ -225,9 +225,9 @@ class AbstractLoss(eqx.Module):
 
     def expected_counts(
         self,
-        model: Float[ArrayLike, "*image"],
-        data: Float[ArrayLike, "*image"],
-        mask: Bool[ArrayLike, "*image"] | None = None,
+        model: Real[ArrayLike, "*model"],
+        data: Real[ArrayLike, "*data"],
+        mask: ArrayLike | None = None,
         *,
         scale: Float[ArrayLike, ""] | None = None,
         background: Float[ArrayLike, ""] = 0.0,
@@ -418,7 +418,7 @@ class LogIntensity(AbstractLoss):
 LOSSES: dict[str, type[AbstractLoss]] = {cls.name: cls for cls in (Poisson, Anscombe, LogIntensity)}
 
 
-def as_loss(loss: str | AbstractLoss | type[AbstractLoss], **options) -> AbstractLoss:
+def as_loss(loss: object, **options) -> AbstractLoss:  # str | AbstractLoss | type: checked below, by name
     """The loss instance for `loss`: a name in `LOSSES` ("poisson", "anscombe", "log"), an `AbstractLoss`
     subclass (built with `options`) or an instance (returned as is). `options` are the class's fields, e.g.
     `as_loss("log", floor=10.0)`.
@@ -477,9 +477,9 @@ def profile_scale(
 
 
 def poisson_nll(
-    model: Float[ArrayLike, "*image"],
-    data: Float[ArrayLike, "*image"],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    model: Real[ArrayLike, "*model"],
+    data: Real[ArrayLike, "*data"],
+    mask: ArrayLike | None = None,
     *,
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,
@@ -490,9 +490,9 @@ def poisson_nll(
 
 
 def anscombe_nll(
-    model: Float[ArrayLike, "*image"],
-    data: Float[ArrayLike, "*image"],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    model: Real[ArrayLike, "*model"],
+    data: Real[ArrayLike, "*data"],
+    mask: ArrayLike | None = None,
     *,
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,
@@ -502,9 +502,9 @@ def anscombe_nll(
 
 
 def log_intensity_nll(
-    model: Float[ArrayLike, "*image"],
-    data: Float[ArrayLike, "*image"],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    model: Real[ArrayLike, "*model"],
+    data: Real[ArrayLike, "*data"],
+    mask: ArrayLike | None = None,
     *,
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,
@@ -517,9 +517,9 @@ def log_intensity_nll(
 
 def residuals(
     kind: str | AbstractLoss,
-    model: Float[ArrayLike, "*image"],
-    data: Float[ArrayLike, "*image"],
-    mask: Bool[ArrayLike, "*image"] | None = None,
+    model: Real[ArrayLike, "*model"],
+    data: Real[ArrayLike, "*data"],
+    mask: ArrayLike | None = None,
     *,
     scale: Float[ArrayLike, ""] | None = None,
     background: Float[ArrayLike, ""] = 0.0,

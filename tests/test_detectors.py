@@ -1,6 +1,6 @@
 """The detector interface (diffscat/detectors/_base.py): static angular bounds, separable layout, beam centre and
 with_beam_center, binning, plot axes, fittable leaves, the type registry, and round trips of every registered
-type through the config dict and CXI files. Expected values come from the geometry (docs/physics.md)."""
+type through the config dict and CXI files. Expected values come from the geometry (docs/conventions.md)."""
 
 import math
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import ClassVar
 
 import equinox as eqx
@@ -33,7 +34,7 @@ class AngleGrid(AbstractDetector):
     n: int = eqx.field(static=True)
     theta_max_deg: float = eqx.field(static=True)
 
-    def __init__(self, n: int, theta_max_deg: float):
+    def __init__(self, n: numbers.Real, theta_max_deg: numbers.Real):
         self.n = check_n(n)
         self.theta_max_deg = check_theta_max(theta_max_deg)
 

@@ -1,6 +1,6 @@
 """Pixel directions, the detector interface and the registry of detector types (config / CXI type names).
 
-Conventions (docs/physics.md): beam along +z; a pixel is a direction (theta, phi), theta from +z, phi from +x
+Conventions (docs/conventions.md): beam along +z; a pixel is a direction (theta, phi), theta from +z, phi from +x
 towards +y; images are indexed [row, col] = [iy, ix]. Transverse qx = k0 sin(theta) cos(phi),
 qy = k0 sin(theta) sin(phi), axial qz = k0 (1 - cos(theta)) >= 0; the physical momentum transfer is
 q = k_out - k_in = (qx, qy, -qz).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -55,6 +55,7 @@ class PixelDirections(eqx.Module):
         return k0 * jnp.stack([self.sx, self.sy, -self.omc], axis=-1)
 
 
+@runtime_checkable
 class ConfigCheck(Protocol):
     """What `AbstractDetector.check_config` gets from the config reader: typed look-ups whose errors name the
     full key (`experiment.detector.<key>`), as `diffscat.io.ConfigError`."""

@@ -204,7 +204,7 @@ class FlatDetector(AbstractDetector):
 
     # ------------------------------------------------------------------------------------------- CXI
 
-    def cxi_geometry(self, metres_per_unit: float) -> dict[str, np.ndarray]:
+    def cxi_geometry(self, metres_per_unit: float) -> dict[str, np.ndarray | np.floating]:
         """CXI geometry datasets (distance, pixel sizes, corner_position, basis_vectors) in SI metres."""
         u = metres_per_unit
         D = float(self.distance)

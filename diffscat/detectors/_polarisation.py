@@ -1,4 +1,4 @@
-"""Polarisation factors of the scattered intensity (docs/physics.md)."""
+"""Polarisation factors of the scattered intensity (docs/conventions.md)."""
 
 from __future__ import annotations
 

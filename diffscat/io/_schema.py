@@ -104,7 +104,7 @@ class Key:
     required: bool = False
     choices: tuple | None = None
     positive: bool = False
-    min: float | None = None
+    min: int | float | None = None
 
     def __post_init__(self):
         kinds = (self.kind,) if isinstance(self.kind, str) else tuple(self.kind)
