@@ -3,6 +3,7 @@
 from ._auto import (
     CANDIDATES as CANDIDATES,
     bin_pattern as bin_pattern,
+    data_loss as data_loss,
     fit_auto as fit_auto,
     fit_oriented as fit_oriented,
     n_parameters as n_parameters,

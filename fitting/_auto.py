@@ -44,6 +44,18 @@ def n_parameters(result) -> int:
     return k
 
 
+def data_loss(result) -> float:
+    """The data term of a fit's loss (without its regulariser): for "poisson" the deviance
+    sum mu - d + d log(d / mu) over used pixels recomputed from `result.model_counts`; else `result.loss`."""
+    if result.loss_kind != "poisson":
+        return float(result.loss)
+    m = np.asarray(result.mask, bool)
+    d = np.asarray(result.data, float)[m]
+    mu = np.maximum(np.asarray(result.model_counts, float)[m], 1e-300)
+    dev = mu - d + np.where(d > 0, d * np.log(np.maximum(d, 1e-300) / mu), 0.0)
+    return float(np.sum(dev))
+
+
 def bin_pattern(data, mask, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Sum `data` over `factor` x `factor` pixel blocks; a block is used only if all its pixels are.
     (ny, nx) -> (ny / factor, nx / factor); both sides must be divisible by `factor`."""
@@ -249,7 +261,7 @@ def fit_auto(
     so the penalty matters only near the noise floor; the ranking is then decided by the misfit.
 
     Returns the best candidate's `FitResult` with `.ranking`: [(class name, loss, k, criterion value), ...],
-    best first, and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
+    best first (loss: the data term only, `data_loss`, so the harmonic stages' prior is not counted twice), and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
     """
     from ._init import fit_ellipsoid_auto, fit_sphere_auto, harmonics_ladder
 
@@ -317,7 +329,8 @@ def fit_auto(
     for name, r in results.items():
         k = n_parameters(r)
         pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
-        ranking.append((name, float(r.loss), k, float(r.loss) + pen))
+        nll = data_loss(r)
+        ranking.append((name, nll, k, nll + pen))
     ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
     best = results[ranking[0][0]]
     best.ranking = ranking
