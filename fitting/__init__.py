@@ -1,5 +1,14 @@
 """fitting: gradient-based shape retrieval on top of diffscat (losses, parametrisations, fits)."""
 
+from ._auto import (
+    CANDIDATES as CANDIDATES,
+    bin_pattern as bin_pattern,
+    data_loss as data_loss,
+    fit_auto as fit_auto,
+    fit_oriented as fit_oriented,
+    n_parameters as n_parameters,
+    orientation_search as orientation_search,
+)
 from ._batch import (
     STATUS as STATUS,
     ArraySource as ArraySource,
@@ -11,6 +20,14 @@ from ._batch import (
 from ._batch_fitters import (
     EllipsoidBatchFitter as EllipsoidBatchFitter,
     SphereBatchFitter as SphereBatchFitter,
+)
+from ._evalset import (
+    POLYHEDRA as POLYHEDRA,
+    EvalPattern as EvalPattern,
+    EvaluationSet as EvaluationSet,
+    evaluation_set as evaluation_set,
+    random_harmonics_coefficients as random_harmonics_coefficients,
+    simulate_reference as simulate_reference,
 )
 from ._fit import (
     POLARISATIONS as POLARISATIONS,
@@ -26,6 +43,8 @@ from ._init import (
     fit_sphere_auto as fit_sphere_auto,
     fit_spherical_harmonics as fit_spherical_harmonics,
     harmonics_from_ellipsoid as harmonics_from_ellipsoid,
+    harmonics_ladder as harmonics_ladder,
+    msft_sphere_intensity as msft_sphere_intensity,
     pad_harmonics as pad_harmonics,
     radial_profile as radial_profile,
     random_rotations as random_rotations,
@@ -44,6 +63,7 @@ from ._losses import (
     profile_scale as profile_scale,
     residuals as residuals,
 )
+from ._metrics import iou as iou
 from ._params import (
     Parametrisation as Parametrisation,
     default_free as default_free,

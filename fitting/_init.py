@@ -20,6 +20,7 @@ from ._losses import check_data
 __all__ = [
     "radial_profile",
     "estimate_radius",
+    "msft_sphere_intensity",
     "estimate_center",
     "random_rotations",
     "ellipsoid_starts",
@@ -28,6 +29,7 @@ __all__ = [
     "harmonics_from_ellipsoid",
     "pad_harmonics",
     "fit_spherical_harmonics",
+    "harmonics_ladder",
 ]
 
 
@@ -66,6 +68,68 @@ def _sphere_ff2(u):
     return out
 
 
+def _j0(x):
+    """Bessel J0 (Abramowitz & Stegun 9.4.1 / 9.4.3, absolute error < 5e-8), NumPy, any shape."""
+    x = np.abs(np.asarray(x, float))
+    small = x <= 3.0
+    t = np.where(small, x / 3.0, 0.0) ** 2
+    p_small = 1.0 + t * (
+        -2.2499997 + t * (1.2656208 + t * (-0.3163866 + t * (0.0444479 + t * (-0.0039444 + t * 0.00021))))
+    )
+    u = 3.0 / np.where(small, 3.0, x)
+    f0 = 0.79788456 + u * (
+        -0.00000077
+        + u * (-0.0055274 + u * (-0.00009512 + u * (0.00137237 + u * (-0.00072805 + u * 0.00014476))))
+    )
+    th = (
+        np.where(small, 3.0, x)
+        - 0.78539816
+        + u
+        * (
+            -0.04166397
+            + u * (-0.00003954 + u * (0.00262573 + u * (-0.00054125 + u * (-0.00029333 + u * 0.00013558))))
+        )
+    )
+    p_large = f0 * np.cos(th) / np.sqrt(np.where(small, 3.0, x))
+    return np.where(small, p_small, p_large)
+
+
+def msft_sphere_intensity(q, radii, wavelength: float, delta: float = 0.0, beta: float = 0.0, n_nodes=None):
+    """|Psi|^2 of a homogeneous sphere under the continuous MSFT (eq. 9 with slices of zero thickness), up to
+    a constant factor, at momentum transfers `q` (n_q,) [1/length] for `radii` (n_r,) [length]: (n_r, n_q).
+
+    Psi(q) ~ integral rho J0(q_perp rho) exp(i k dn h) 2 sin(a h) / a d rho over the disc rho < R,
+    h = sqrt(R^2 - rho^2), a = k dn + q_z, dn = -delta + i beta, with q_perp = k sin theta, q_z = k (1 - cos
+    theta) on the Ewald sphere (the envelope exp(i k dn (z + h)) of every slice, integrated over z in closed
+    form). Gauss-Legendre in rho = R sin(phi). For dn -> 0 this is the Born sphere form factor at |q|.
+    """
+    q = np.asarray(q, float)
+    radii = np.atleast_1d(np.asarray(radii, float))
+    k = 2 * math.pi / float(wavelength)
+    s_half = np.clip(q / (2 * k), 0.0, 1.0)
+    cos_t = 1.0 - 2.0 * s_half**2
+    qp = k * np.sqrt(np.maximum(1.0 - cos_t**2, 0.0))
+    qz = k * (1.0 - cos_t)
+    dn = complex(-float(delta), float(beta))
+    if n_nodes is None:
+        phase = radii.max() * (float(q.max()) + 2 * k * abs(dn))
+        n_nodes = int(0.8 * phase) + 24
+    x, w = np.polynomial.legendre.leggauss(int(n_nodes))
+    phi = 0.25 * math.pi * (x + 1.0)
+    w = 0.25 * math.pi * w
+    out = np.empty((radii.size, q.size))
+    a = k * dn + qz  # (n_q,)
+    for i, R in enumerate(radii):
+        rho = R * np.sin(phi)  # (n,)
+        h = R * np.cos(phi)
+        z = a[:, None] * h[None, :]  # (n_q, n)
+        sinc = np.where(np.abs(z) < 1e-6, 1.0 - z * z / 6.0, np.sin(z) / np.where(z == 0, 1.0, z))
+        f = rho * _j0(qp[:, None] * rho[None, :]) * np.exp(1j * k * dn * h)[None, :] * 2 * h * sinc
+        psi = (f * (w * R * np.cos(phi))[None, :]).sum(axis=1)
+        out[i] = np.abs(psi) ** 2
+    return out
+
+
 def estimate_radius(
     data: Float[ArrayLike, "*image"],
     experiment: ds.Experiment,
@@ -74,6 +138,8 @@ def estimate_radius(
     r_min: float | None = None,
     r_max: float | None = None,
     step: float = 0.002,
+    delta: float = 0.0,
+    beta: float = 0.0,
 ) -> float:
     """Radius of the sphere whose fringes best match the pattern (length unit of the experiment).
 
@@ -83,6 +149,10 @@ def estimate_radius(
     deviance, the scale profiled. For non-spherical particles it returns a volume-equivalent-like radius
     (the ring-averaged fringe spacing). The Guinier region is usually hidden by the beamstop, so the fringes,
     not the central slope, decide.
+
+    With `delta` or `beta` nonzero the profile is the MSFT sphere's (`msft_sphere_intensity`: refraction and
+    absorption shift and damp the fringes, and the Born profile then locks onto a wrong radius, e.g. 4.1 for
+    7 wavelengths at delta = 0.05): a scan on a 1 % ladder, then `step` around the best few minima.
     """
     d, m = check_data(data, mask, tuple(experiment.shape))
     m = np.asarray(m) & np.asarray(experiment.valid)
@@ -102,6 +172,8 @@ def estimate_radius(
     qc, c, w = radial_profile(d, experiment, m, n_bins)
     use = w > 0
     qc, c, w = qc[use], c[use], w[use]
+    if delta != 0.0 or beta != 0.0:
+        return _scan_msft(qc, c, w, r_min, r_max, step, float(np.asarray(experiment.wavelength)), delta, beta)
     radii = r_min * (1 + step) ** np.arange(int(math.log(r_max / r_min) / math.log1p(step)) + 1)
     best, best_r = np.inf, radii[0]
     for chunk in np.array_split(radii, max(1, len(radii) // 256)):
@@ -112,6 +184,36 @@ def estimate_radius(
         i = int(np.argmin(dev))
         if dev[i] < best:
             best, best_r = float(dev[i]), float(chunk[i])
+    return best_r
+
+
+def _profile_deviance(model, c):
+    """Poisson deviance of ring counts `c` (n_q,) against model rows (n_r, n_q), scale profiled."""
+    s = c.sum() / np.maximum(model.sum(axis=1), 1e-300)
+    mu = np.maximum(s[:, None] * model, 1e-300)
+    return np.sum(mu - c + np.where(c > 0, c * np.log(np.maximum(c, 1e-300) / mu), 0.0), axis=1)
+
+
+def _scan_msft(qc, c, w, r_min, r_max, step, wavelength, delta, beta, coarse=0.01, n_best=4):
+    radii = r_min * (1 + coarse) ** np.arange(int(math.log(r_max / r_min) / math.log1p(coarse)) + 1)
+    dev = np.concatenate(
+        [
+            _profile_deviance(w[None, :] * msft_sphere_intensity(qc, ch, wavelength, delta, beta), c)
+            for ch in np.array_split(radii, max(1, len(radii) // 32))
+        ]
+    )
+    # local minima of the coarse scan, best first; refine each on the fine ladder
+    loc = [
+        i for i in range(len(dev)) if dev[i] <= dev[max(i - 1, 0)] and dev[i] <= dev[min(i + 1, len(dev) - 1)]
+    ]
+    loc = sorted(loc, key=lambda i: dev[i])[:n_best]
+    best, best_r = np.inf, float(radii[int(np.argmin(dev))])
+    for i in loc:
+        fine = radii[i] * (1 + step) ** np.arange(-int(1.5 * coarse / step), int(1.5 * coarse / step) + 1)
+        dv = _profile_deviance(w[None, :] * msft_sphere_intensity(qc, fine, wavelength, delta, beta), c)
+        j = int(np.argmin(dv))
+        if dv[j] < best:
+            best, best_r = float(dv[j]), float(fine[j])
     return best_r
 
 
@@ -207,7 +309,7 @@ def fit_sphere_auto(
     sides of the estimate (fringe aliasing gives local minima near +- one fringe). Returns a `FitResult`."""
     from ._fit import fit
 
-    r0 = estimate_radius(data, experiment, mask)
+    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
     factors = [1.0] if n_starts <= 1 else list(np.linspace(0.97, 1.03, int(n_starts)))
     starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
     return fit(data, experiment, starts, mask, free=("radius",), **fit_kwargs)
@@ -242,7 +344,7 @@ def fit_ellipsoid_auto(
     from ._fit import fit
 
     if radius is None:
-        radius = estimate_radius(data, experiment, mask)
+        radius = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
     starts = ellipsoid_starts(radius, n_starts, delta=delta, beta=beta, seed=seed)
     kw = dict(fit_kwargs)
     pitch = kw.pop("pitch", None)
@@ -328,7 +430,6 @@ def fit_spherical_harmonics(
     `delta`, `beta`: the optical constants (fixed). Other keywords go to `fitting.fit`.
     """
     from ._fit import fit
-    from ._regularizers import SHDegreePrior
 
     if int(lmax) < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
@@ -363,9 +464,33 @@ def fit_spherical_harmonics(
     stages.append(ell)
     if verbose:
         print(f"ellipsoid: semi-axes {np.asarray(ell.model.semi_axes)}")
+    res, more = harmonics_ladder(
+        data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, verbose=verbose, **fit_kwargs
+    )
+    res.stages = stages + more
+    return res
+
+
+def harmonics_ladder(
+    data,
+    experiment: ds.Experiment,
+    ellipsoid: ds.Ellipsoid,
+    lmax: int,
+    mask=None,
+    *,
+    regularizer=None,
+    verbose: bool = False,
+    **fit_kwargs,
+):
+    """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`: its projection on Y_lm up
+    to l = 2, then fits with lmax = 2, 3, ..., `lmax` (coefficients free, orientation kept, `regularizer`
+    default `SHDegreePrior(0.15)`). Returns (last `FitResult`, list of every stage's result)."""
+    from ._fit import fit
+    from ._regularizers import SHDegreePrior
+
     reg = SHDegreePrior(0.15) if regularizer is None else regularizer
-    shape = harmonics_from_ellipsoid(ell.model, max(2, min(int(lmax), 2)))
-    res = ell
+    shape = harmonics_from_ellipsoid(ellipsoid, max(2, min(int(lmax), 2)))
+    stages, res = [], None
     for l in range(2, int(lmax) + 1) if int(lmax) >= 2 else [int(lmax)]:
         shape = pad_harmonics(shape, l)
         res = fit(data, experiment, shape, mask, free=("coefficients",), regularizer=reg, **fit_kwargs)
@@ -373,5 +498,4 @@ def fit_spherical_harmonics(
         shape = res.model
         if verbose:
             print(f"harmonics lmax={l}: loss/pixel {res.loss / res.n_used:.4f}")
-    res.stages = stages
-    return res
+    return res, stages

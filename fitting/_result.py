@@ -52,6 +52,7 @@ class FitResult:
     - `alternatives`: other starts within `alternatives_tol` of the best; `start_losses`: every start's NLL.
     - `data`, `mask`, `model_counts`: the fitted image (expected counts) for residual maps.
     - `grid`: the fixed voxel grid used; `stages`: for ladder fits, every stage's result.
+    - `ranking`: for `fitting.fit_auto`, [(class name, loss, number of parameters, criterion), ...] best first.
     """
 
     model: ds.AbstractShape
@@ -79,6 +80,7 @@ class FitResult:
     grid: ds.VoxelGrid | None = dataclasses.field(repr=False, default=None)
     stages: list | None = dataclasses.field(repr=False, default=None)
     loss_function: Any = dataclasses.field(repr=False, default=None)
+    ranking: list | None = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""

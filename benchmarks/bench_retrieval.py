@@ -1,0 +1,155 @@
+"""Retrieval benchmark: `fitting.fit_auto` over the evaluation set (`fitting.evaluation_set`).
+
+python benchmarks/bench_retrieval.py [--n 4] [--size 64] [--families harmonics,ellipsoid,polyhedra]
+    [--candidates Sphere,Ellipsoid,SphericalHarmonics,Cube,...] [--lmax 4] [--quick] [--seed 0] [--x64]
+    [--cache-dir DIR] [--no-split]
+
+Per pattern: fit_auto with the candidates, then the IoU of the chosen shape against the truth (best over the
+twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids the sorted semi-axes error, and
+whether the chosen class is the truth's (harmonic truths count as right when "SphericalHarmonics" is chosen).
+Time per pattern is split into compile and run: the first pattern of each family is fitted twice; the second
+call finds every function compiled (same pattern, so the same voxel grids), so compile = t(first call) -
+t(second call) and run = t(second call). Later patterns of other sizes get other voxel grids and compile again
+(the grid is fixed from the starting size), so their time includes compilation too. Success: IoU >= 0.9.
+`--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4, help="shapes per family (polyhedra: classes x orientations)")
+    ap.add_argument("--size", type=int, default=64, help="detector pixels per side (QGrid, 30 deg)")
+    ap.add_argument("--families", default="harmonics,ellipsoid,polyhedra")
+    ap.add_argument("--candidates", default="Sphere,Ellipsoid,SphericalHarmonics,Cube,Octahedron,Icosahedron")
+    ap.add_argument("--polyhedra", default="Cube,Octahedron,Icosahedron")
+    ap.add_argument("--lmax", type=int, default=4)
+    ap.add_argument("--sizes", default="3,10", help="volume-equivalent radius range, wavelengths")
+    ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--x64", action="store_true")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--no-split", action="store_true", help="skip the second call that splits compile / run")
+    a = ap.parse_args(argv)
+    import jax
+
+    if a.x64:
+        jax.config.update("jax_enable_x64", True)
+    import fitting
+
+    if a.quick:
+        a.size, a.n, a.sizes, a.max_steps = 48, 2, "3,5", 40
+    lo, hi = (float(v) for v in a.sizes.split(","))
+    fams = tuple(a.families.split(","))
+    polys = tuple(a.polyhedra.split(","))
+    cands = tuple(a.candidates.split(","))
+    t0 = time.perf_counter()
+    es = fitting.evaluation_set(
+        a.seed,
+        families=fams,
+        n_harmonics=a.n,
+        n_ellipsoids=a.n,
+        polyhedra=polys,
+        n_orientations=max(1, math.ceil(a.n / len(polys))),
+        n_pixels=a.size,
+        size_range=(lo, hi),
+        cache_dir=a.cache_dir,
+    )
+    if "polyhedra" in fams:
+        keep = [p for p in es.patterns if p.truth["family"] != "polyhedra"] + es.family("polyhedra")[: a.n]
+        es.patterns = keep
+    print(f"evaluation set: {len(es)} patterns, {a.size}^2, generated in {time.perf_counter() - t0:.1f} s")
+    print(f"candidates: {cands}, lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}")
+    rows = []
+    split = {}
+
+    def run(p):
+        t = p.truth
+        t1 = time.perf_counter()
+        res = fitting.fit_auto(
+            p.counts,
+            es.experiment,
+            cands,
+            p.mask,
+            delta=t["delta"],
+            beta=t["beta"],
+            lmax=a.lmax,
+            max_steps=a.max_steps,
+            uncertainties=False,
+            seed=t["index"],
+        )
+        return res, time.perf_counter() - t1
+
+    for p in es:
+        t = p.truth
+        res, dt = run(p)
+        if t["family"] not in split and not a.no_split:
+            _, dt2 = run(p)
+            split[t["family"]] = (dt, dt2)
+        truth = p.truth_shape()
+        iou = fitting.iou(truth, res.model)
+        chosen = res.ranking[0][0]
+        r_fit = (3 * float(np.asarray(res.model.volume())) / (4 * math.pi)) ** (1 / 3)
+        size_err = abs(r_fit / t["radius_eq"] - 1)
+        axis_err = np.nan
+        if t["class"] == "Ellipsoid" and chosen == "Ellipsoid":
+            axis_err = float(
+                np.max(
+                    np.abs(
+                        np.sort(np.asarray(res.model.semi_axes)) / np.asarray(t["params"]["semi_axes"]) - 1
+                    )
+                )
+            )
+        rows.append(
+            dict(
+                family=t["family"],
+                truth=t["class"],
+                chosen=chosen,
+                right=chosen == t["class"],
+                iou=iou,
+                size_err=size_err,
+                axis_err=axis_err,
+                time=dt,
+                compile_s=res.compile_s,
+            )
+        )
+        print(
+            f"{t['family']:9s} {t['class']:19s} R={t['radius_eq']:5.2f} ph={t['photons']:.1e} -> {chosen:19s} "
+            f"IoU {iou:.3f} size {100 * size_err:5.2f} % time {dt:6.1f} s  ranking "
+            + ", ".join(f"{n}:{c:.0f}" for n, _, _, c in res.ranking)
+        )
+    print()
+    print(
+        "family     n  success(IoU>=0.9)  class-ok  IoU med/p10  size err med/p90 %  axis err med/p90 %  "
+        "time first/med s"
+    )
+    for fam in fams + ("all",):
+        rs = [r for r in rows if fam in ("all", r["family"])]
+        if not rs:
+            continue
+        iou = np.array([r["iou"] for r in rs])
+        se = 100 * np.array([r["size_err"] for r in rs])
+        ae = 100 * np.array([r["axis_err"] for r in rs])
+        ae = ae[np.isfinite(ae)]
+        tt = np.array([r["time"] for r in rs])
+        ok = np.mean([r["right"] for r in rs])
+        ax = f"{np.median(ae):6.2f}/{np.percentile(ae, 90):6.2f}" if ae.size else "     -/     -"
+        later = np.median(tt[1:]) if tt.size > 1 else np.nan
+        print(
+            f"{fam:9s} {len(rs):2d}  {np.mean(iou >= 0.9):17.2f}  {ok:8.2f}  {np.median(iou):.3f}/{np.percentile(iou, 10):.3f}"
+            f"  {np.median(se):6.2f}/{np.percentile(se, 90):6.2f}     {ax}       {tt[0]:6.1f}/{later:6.1f}"
+        )
+    for fam, (t1, t2) in split.items():
+        print(f"{fam}: first pattern {t1:.1f} s = compile {t1 - t2:.1f} s + run {t2:.1f} s (second call)")
+
+
+if __name__ == "__main__":
+    main()

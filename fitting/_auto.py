@@ -1,0 +1,339 @@
+"""`fit_auto`: fit several shape classes with no initial guess and choose one by a penalised likelihood.
+
+Classes: "Sphere", "Ellipsoid", "SphericalHarmonics" (the existing drivers: `fit_sphere_auto`,
+`fit_ellipsoid_auto`, the harmonic ladder), the six named polyhedra (`POLYHEDRA`) and "Superellipsoid" (a size
+from the sphere fit, a cheap global orientation search, then a full-resolution refinement of the best few).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import diffscat as ds
+
+from ._evalset import POLYHEDRA
+from ._losses import check_data
+
+__all__ = [
+    "fit_auto",
+    "fit_oriented",
+    "orientation_search",
+    "bin_pattern",
+    "n_parameters",
+    "CANDIDATES",
+    "ORIENTED",
+]
+
+ORIENTED = POLYHEDRA + ("Superellipsoid",)
+CANDIDATES = ("Sphere", "Ellipsoid", "SphericalHarmonics") + ORIENTED
+
+
+def n_parameters(result) -> int:
+    """Number of free parameters of a `FitResult` (an orientation counts 3; the profiled scale is not
+    counted: every candidate has it)."""
+    k = 0
+    for name in result.free:
+        k += 3 if name == "orientation" else int(np.asarray(result.values[name]).size)
+    return k
+
+
+def data_loss(result) -> float:
+    """The data term of a fit's loss (without its regulariser): for "poisson" the deviance
+    sum mu - d + d log(d / mu) over used pixels recomputed from `result.model_counts`; else `result.loss`."""
+    if result.loss_kind != "poisson":
+        return float(result.loss)
+    m = np.asarray(result.mask, bool)
+    d = np.asarray(result.data, float)[m]
+    mu = np.maximum(np.asarray(result.model_counts, float)[m], 1e-300)
+    dev = mu - d + np.where(d > 0, d * np.log(np.maximum(d, 1e-300) / mu), 0.0)
+    return float(np.sum(dev))
+
+
+def bin_pattern(data, mask, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum `data` over `factor` x `factor` pixel blocks; a block is used only if all its pixels are.
+    (ny, nx) -> (ny / factor, nx / factor); both sides must be divisible by `factor`."""
+    d = np.asarray(data, float)
+    m = np.asarray(mask, bool)
+    f = int(factor)
+    ny, nx = d.shape
+    if ny % f or nx % f:
+        raise ValueError(f"factor {f} must divide the image shape {d.shape}")
+    db = np.where(m, d, 0.0).reshape(ny // f, f, nx // f, f).sum(axis=(1, 3))
+    mb = m.reshape(ny // f, f, nx // f, f).all(axis=(1, 3))
+    return db, mb
+
+
+def _template(name: str, radius: float, delta: float, beta: float, rotation=None, dtype=None):
+    """A shape of class `name` with volume-equivalent radius `radius` (length units)."""
+    vol = 4.0 / 3.0 * math.pi * radius**3
+    if name in POLYHEDRA:
+        cls = getattr(ds, name)
+        v1 = float(np.asarray(cls(1.0).volume()))
+        edge = (vol / v1) ** (1 / 3)
+        return cls(np.asarray(edge, dtype), delta=delta, beta=beta, rotation=rotation)
+    if name == "Superellipsoid":
+        base = ds.Superellipsoid(np.array([1.1, 1.0, 0.9]), (0.8, 0.8))
+        s = (vol / float(np.asarray(base.volume()))) ** (1 / 3)
+        return ds.Superellipsoid(
+            np.asarray(s * np.array([1.1, 1.0, 0.9]), dtype),
+            np.asarray((0.8, 0.8), dtype),
+            delta=delta,
+            beta=beta,
+            rotation=rotation,
+        )
+    raise ValueError(f"no oriented template for {name!r}; supported: {ORIENTED}")
+
+
+def _free_for(name: str) -> tuple[str, ...]:
+    if name in POLYHEDRA:
+        return ("edge", "orientation")
+    if name == "Superellipsoid":
+        return ("semi_axes", "exponents", "orientation")
+    raise ValueError(f"unknown class {name!r}")
+
+
+@eqx.filter_jit
+def _batch_deviance(shapes, data, mask, experiment, grid: ds.VoxelGrid):
+    """Poisson deviance (scale profiled: sum d / sum model) of each shape of a stacked batch."""
+    from ._fit import expected_signal
+
+    def one(s):
+        sig = expected_signal(s, experiment, grid).astype(data.dtype)
+        sig = jnp.where(mask, sig, 0.0)
+        scale = jnp.sum(jnp.where(mask, data, 0.0)) / jnp.maximum(jnp.sum(sig), 1e-30)
+        mu = jnp.maximum(scale * sig, 1e-30)
+        dev = mu - data + jnp.where(data > 0, data * jnp.log(jnp.maximum(data, 1e-30) / mu), 0.0)
+        return jnp.sum(jnp.where(mask, dev, 0.0))
+
+    return jax.vmap(one)(shapes)
+
+
+def _drop_hint(shape, hint):
+    import copy
+
+    new = copy.copy(shape)
+    object.__setattr__(new, "extent_hint", hint)
+    return new
+
+
+def orientation_search(
+    name: str,
+    data,
+    experiment: ds.Experiment,
+    mask,
+    radius: float,
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    n_orientations: int = 96,
+    size_factors: Sequence[float] = (0.95, 1.0, 1.05),
+    bin_factor: int = 2,
+    coarsening: float = 1.5,
+    batch: int = 32,
+    seed: int = 0,
+) -> tuple[list, np.ndarray, float]:
+    """Loss of `n_orientations` random orientations x `size_factors` of a class-`name` template of
+    volume-equivalent radius `radius`, evaluated in vmapped batches of `batch` on a binned pattern (QGrid
+    detectors with `bin_factor` dividing n: data summed over blocks, a detector of n / `bin_factor` pixels over
+    the same angles) and a voxel grid `coarsening` times coarser than the default. One compilation per
+    (class, grid, batch). Returns (shapes sorted best first, their deviances, seconds)."""
+    from ._init import random_rotations
+
+    t0 = time.perf_counter()
+    d, m = check_data(data, mask, tuple(experiment.shape))
+    d, m = np.asarray(d, float), np.asarray(m, bool)
+    det = experiment.detector
+    exp_s = experiment
+    f = int(bin_factor)
+    if f > 1 and isinstance(det, ds.QGrid) and det.n % f == 0 and det.n // f >= 8:
+        d, m = bin_pattern(d, m, f)
+        exp_s = ds.Experiment(experiment.wavelength, ds.QGrid(det.n // f, det.theta_max_deg))
+    Rs = random_rotations(int(n_orientations), seed)
+    dt = jnp.result_type(float)
+    shapes = [
+        _template(name, radius * float(sf), delta, beta, rotation=R, dtype=dt)
+        for sf in size_factors
+        for R in Rs
+    ]
+    lam, tmax = experiment.sampling_hint
+    pitch = ds.default_pitch(lam, tmax) * float(coarsening)
+    rmax = max(float(np.asarray(s.bounding_radius())) for s in shapes)
+    grid = ds.VoxelGrid.around(1.05 * rmax, pitch, margin=2)
+    hint = max(s.extent_hint for s in shapes)
+    shapes_h = [_drop_hint(s, hint) for s in shapes]
+    nb = int(batch)
+    pad = (-len(shapes_h)) % nb
+    padded = shapes_h + [shapes_h[-1]] * pad
+    dj, mj = jnp.asarray(d, dt), jnp.asarray(m)
+    losses = []
+    for i in range(0, len(padded), nb):
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *padded[i : i + nb])
+        losses.append(np.asarray(_batch_deviance(stacked, dj, mj, exp_s, grid)))
+    loss = np.concatenate(losses)[: len(shapes)]
+    loss = np.where(np.isfinite(loss), loss, np.inf)
+    order = np.argsort(loss)
+    return [shapes[i] for i in order], loss[order], time.perf_counter() - t0
+
+
+def fit_oriented(
+    name: str,
+    data,
+    experiment: ds.Experiment,
+    mask=None,
+    *,
+    radius: float,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    n_orientations: int = 96,
+    n_refine: int = 4,
+    search_kwargs: dict | None = None,
+    **fit_kwargs,
+):
+    """A class with an orientation (polyhedra, "Superellipsoid") from a volume-equivalent `radius`:
+    `orientation_search`, then `fitting.fit` of the `n_refine` best starts (one vmapped multi-start, full
+    resolution). `result.stages` = [the refinement]; `result.search_s` holds the search time."""
+    from ._fit import fit
+
+    starts, losses, t_search = orientation_search(
+        name,
+        data,
+        experiment,
+        mask,
+        radius,
+        delta=delta,
+        beta=beta,
+        n_orientations=n_orientations,
+        **(search_kwargs or {}),
+    )
+    res = fit(data, experiment, starts[: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
+    res.time_s += t_search
+    return res
+
+
+def fit_auto(
+    data,
+    experiment: ds.Experiment,
+    candidates: Sequence[str] = ("Sphere", "Ellipsoid", "SphericalHarmonics"),
+    mask=None,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    lmax: int = 4,
+    *,
+    criterion: str = "bic",
+    n_starts: int = 8,
+    n_orientations: int = 96,
+    n_refine: int = 4,
+    seed: int = 0,
+    regularizer=None,
+    search_kwargs: dict | None = None,
+    verbose: bool = False,
+    **fit_kwargs,
+):
+    """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
+
+    **Arguments:**
+    - `data`, `experiment`, `mask`: as for `fitting.fit` (photon counts; loss "poisson" by default).
+    - `candidates`: class names among `CANDIDATES`: "Sphere", "Ellipsoid", "SphericalHarmonics" (up to
+      `lmax`, the ladder sphere -> ellipsoid -> l = 2..lmax reusing this call's sphere and ellipsoid fits),
+      the six polyhedra ("Cube", "Octahedron", "Icosahedron", "Decahedron", "TruncatedOctahedron",
+      "Cuboctahedron"; edge and orientation free) and "Superellipsoid".
+    - `delta`, `beta`: optical constants, fixed (the MSFT model uses them; the sphere start too).
+    - `criterion`: "bic" (default) = loss + (k / 2) ln n_used, "aic" = loss + k, or "nll" = loss.
+    - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes: search size and
+      the number refined), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
+      `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).
+    - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
+
+    **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
+    so they compare directly, but a richer class never fits worse (harmonics contain the ellipsoid and the
+    sphere). BIC's penalty (1/2) ln n per parameter is the Laplace approximation to the marginal likelihood
+    with a unit-information prior: consistent (it picks the true class as n grows, where AIC keeps a fixed
+    chance of choosing a larger nested model), and with ~1e4 pixels it costs ~4.6 NLL units per parameter, so a
+    25-coefficient harmonic shape must beat a sphere by ~110 units. Caveat: with very many photons every class
+    is somewhat wrong (voxelisation, model error) and the likelihood differences grow with the photon count,
+    so the penalty matters only near the noise floor; the ranking is then decided by the misfit.
+
+    Returns the best candidate's `FitResult` with `.ranking`: [(class name, loss, k, criterion value), ...],
+    best first (loss: the data term only, `data_loss`, so the harmonic stages' prior is not counted twice), and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
+    """
+    from ._init import fit_ellipsoid_auto, fit_sphere_auto, harmonics_ladder
+
+    cands = list(dict.fromkeys(candidates))
+    if not cands:
+        raise ValueError("candidates must name at least one shape class")
+    bad = [c for c in cands if c not in CANDIDATES]
+    if bad:
+        raise ValueError(f"candidates must be among {CANDIDATES}, got {bad}")
+    if criterion not in ("bic", "aic", "nll"):
+        raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
+    results = {}
+    t0 = time.perf_counter()
+    sph = fit_sphere_auto(data, experiment, mask, delta=delta, beta=beta, **fit_kwargs)
+    radius = float(np.asarray(sph.model.radius))
+    if verbose:
+        print(f"Sphere: radius {radius:.4g}, loss {sph.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    if "Sphere" in cands:
+        results["Sphere"] = sph
+    ell = None
+    if "Ellipsoid" in cands or "SphericalHarmonics" in cands:
+        ell = fit_ellipsoid_auto(
+            data,
+            experiment,
+            mask,
+            delta=delta,
+            beta=beta,
+            radius=radius,
+            n_starts=n_starts,
+            seed=seed,
+            **fit_kwargs,
+        )
+        if "Ellipsoid" in cands:
+            results["Ellipsoid"] = ell
+        if verbose:
+            print(f"Ellipsoid: loss {ell.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    if "SphericalHarmonics" in cands:
+        res, stages = harmonics_ladder(
+            data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, **fit_kwargs
+        )
+        res.stages = [sph, ell] + stages
+        results["SphericalHarmonics"] = res
+        if verbose:
+            print(f"SphericalHarmonics: loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    for name in cands:
+        if name in results:
+            continue
+        results[name] = fit_oriented(
+            name,
+            data,
+            experiment,
+            mask,
+            radius=radius,
+            delta=delta,
+            beta=beta,
+            n_orientations=n_orientations,
+            n_refine=n_refine,
+            search_kwargs=dict(search_kwargs or {}, seed=seed),
+            **fit_kwargs,
+        )
+        if verbose:
+            print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    n = max(int(sph.n_used), 1)
+    ranking = []
+    for name, r in results.items():
+        k = n_parameters(r)
+        pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
+        nll = data_loss(r)
+        ranking.append((name, nll, k, nll + pen))
+    ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
+    best = results[ranking[0][0]]
+    best.ranking = ranking
+    if best.stages is None:
+        best.stages = [best]
+    return best
