@@ -19,7 +19,7 @@ import numpy as np
 import diffscat as ds
 
 from ._evalset import POLYHEDRA
-from ._losses import check_data
+from ._losses import as_loss, check_data
 
 __all__ = [
     "fit_auto",
@@ -45,15 +45,15 @@ def n_parameters(result) -> int:
 
 
 def data_loss(result) -> float:
-    """The data term of a fit's loss (without its regulariser): for "poisson" the deviance
-    sum mu - d + d log(d / mu) over used pixels recomputed from `result.model_counts`; else `result.loss`."""
-    if result.loss_kind != "poisson":
-        return float(result.loss)
+    """The data term of a fit's loss (without its regulariser): the fit's loss (`result.loss_function`, an
+    `AbstractLoss`) evaluated on `result.model_counts`, the fitted expected counts (scale and background
+    included), over the used pixels."""
+    loss_function = getattr(result, "loss_function", None)
+    loss = as_loss(loss_function if loss_function is not None else result.loss_kind)
     m = np.asarray(result.mask, bool)
-    d = np.asarray(result.data, float)[m]
-    mu = np.maximum(np.asarray(result.model_counts, float)[m], 1e-300)
-    dev = mu - d + np.where(d > 0, d * np.log(np.maximum(d, 1e-300) / mu), 0.0)
-    return float(np.sum(dev))
+    mu = np.asarray(result.model_counts, np.float64)
+    d = np.asarray(result.data, np.float64)
+    return float(loss.value(mu, d, m, scale=1.0, background=0.0))
 
 
 def bin_pattern(data, mask, factor: int) -> tuple[np.ndarray, np.ndarray]:
