@@ -20,6 +20,8 @@ import hashlib
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -104,9 +106,49 @@ class BatchSummary:
         return self.fitted_now / self.seconds if self.seconds > 0 else float("nan")
 
 
+_HOST = socket.gethostname()
+
+
+def _tmp_prefix() -> str:
+    """Temporary files carry their writer's host and pid, so a later run can tell a dead writer's leftovers
+    (removed at start, `_remove_stale_temporaries`) from a live writer's (left alone)."""
+    return f".tmp-{_HOST}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete `.tmp-<host>-<pid>-*` files in `folder` whose writer (on this host) is dead. Returns their names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not name.startswith(f".tmp-{_HOST}-"):
+            continue
+        try:
+            pid = int(name[len(f".tmp-{_HOST}-") :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def _atomic_h5(path: str, write: Callable[[h5py.File], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".h5")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=".h5")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
@@ -115,6 +157,52 @@ def _atomic_h5(path: str, write: Callable[[h5py.File], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class JobLock:
+    """An exclusive lock on one process's share of a batch job: `OUT.parts/lock-<process index>.json` holding the
+    holder's pid, host and start time. A second writer is refused with a message naming the holder; a lock left by
+    a dead process on this host is taken over (with a note on stderr). Released on exit."""
+
+    def __init__(self, parts: str, process_index: int = 0):
+        self.path = os.path.join(parts, f"lock-{int(process_index)}.json")
+        self.taken_over: dict | None = None
+
+    def _holder(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def __enter__(self) -> JobLock:
+        me = {"pid": os.getpid(), "host": _HOST, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:  # half-written or vanished: a writer died while taking it
+                    os.remove(self.path)
+                    continue
+                if holder.get("host") == _HOST and not _pid_alive(int(holder.get("pid", -1))):
+                    self.taken_over = holder
+                    os.remove(self.path)
+                    continue
+                raise ValueError(
+                    f"another batch-fit (pid {holder.get('pid')} on {holder.get('host')}, started "
+                    f"{holder.get('started')}) is writing this job ({self.path}); wait for it to finish, or delete "
+                    "the lock file if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise ValueError(f"could not take the job lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        holder = self._holder()
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == _HOST:
+            os.remove(self.path)
 
 
 def _parts_dir(out: str) -> str:
@@ -144,7 +232,7 @@ def _write_manifest(parts: str, manifest: dict, resume: bool) -> None:
                     f"{manifest[key]}); use another output path"
                 )
         return
-    fd, tmp = tempfile.mkstemp(dir=parts, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=parts, prefix=_tmp_prefix(), suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=1)
     os.replace(tmp, path)
@@ -172,6 +260,7 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
     n = manifest["n_patterns"]
     columns: dict[str, np.ndarray] = {}
     status = np.full(n, STATUS["pending"], np.int8)
+    merged = []
     for a, b, path in _done_ranges(parts):
         try:
             with h5py.File(path, "r") as f:
@@ -184,6 +273,7 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
                     if col is None:  # (N,) for scalars, (N, k) for vector parameters (e.g. semi_axes)
                         col = columns[key] = np.full((n,) + v.shape[1:], np.nan)
                     col[a:b] = v
+            merged.append(os.path.basename(path))
         except OSError:  # a part being written by another process right now is not there yet
             continue
     units = dict(units or {})
@@ -201,6 +291,7 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
             g.attrs[k] = json.dumps(v) if not isinstance(v, str) else v
         for k, v in (extra_attrs or {}).items():
             g.attrs[k] = v
+        g.attrs["parts"] = json.dumps(merged)  # which parts this file holds (a later run merges when stale)
 
     _atomic_h5(out, write)
     return {name: int(np.sum(status == code)) for name, code in STATUS.items()}
@@ -213,6 +304,87 @@ def read_results(path: str) -> dict[str, np.ndarray]:
         res = {k: g[k][...] for k in g}
     res["status_names"] = [_STATUS_NAMES[int(c)] for c in res["status"]]
     return res
+
+
+def _merged_parts(out: str) -> list[str] | None:
+    """The part names recorded in an existing results file (None when missing, unreadable or older)."""
+    try:
+        with h5py.File(out, "r") as f:
+            return json.loads(f["results"].attrs["parts"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _is_stale(out: str) -> bool:
+    """True when the results file does not hold exactly the parts on disk (a kill landed between a part's
+    rename and the merge, or another process added parts)."""
+    on_disk = sorted(os.path.basename(p) for _, _, p in _done_ranges(_parts_dir(out)))
+    merged = _merged_parts(out)
+    return merged is None or sorted(merged) != on_disk
+
+
+def _plan(n: int, chunk: int, pidx: int, pcount: int, done: np.ndarray) -> list[tuple[int, int]]:
+    """This process's work: the chunk grid [0, chunk), [chunk, 2 chunk), ... is split evenly over the processes
+    (the same split on every process, whatever is done), and within each of its chunks the maximal runs of
+    not-yet-fitted patterns become the ranges to fit. So a resume with another chunk size fits every pattern
+    exactly once and parts never overlap."""
+    starts = list(range(0, n, chunk))
+    per = int(math.ceil(len(starts) / pcount))
+    ranges = []
+    for s in starts[pidx * per : (pidx + 1) * per]:
+        e = min(s + chunk, n)
+        i = s
+        while i < e:
+            if done[i]:
+                i += 1
+                continue
+            j = i
+            while j < e and not done[j]:
+                j += 1
+            ranges.append((i, j))
+            i = j
+    return ranges
+
+
+def _fit_range(source, fitter, s: int, e: int, chunk: int, image_shape, sharding):
+    """Fit patterns [s, e) in one fitter call padded to `chunk` rows; returns (results, status, n fitted)."""
+    data, mask = source.read(s, e)
+    ok = screen_patterns(data, mask, image_shape) if data.ndim == 3 else np.zeros(e - s, bool)
+    b = e - s
+    res: dict[str, np.ndarray] = {}
+    status = np.where(ok, STATUS["ok"], STATUS["skipped-bad-input"]).astype(np.int8)
+    if not ok.any():
+        return res, status, 0
+    # Pad to the full chunk (bad and missing rows get a harmless dummy pattern: the first good one).
+    first = int(np.argmax(ok))
+    dd = np.empty((chunk,) + image_shape)
+    mm = np.empty((chunk,) + image_shape, bool)
+    dd[:b] = np.where(ok[:, None, None], np.nan_to_num(data, nan=0.0), data[first])
+    mm[:b] = np.where(ok[:, None, None], mask, mask[first])
+    dd[b:] = data[first]
+    mm[b:] = mask[first]
+    out_dev = fitter(jax.device_put(dd, sharding), jax.device_put(mm, sharding))
+    res = {k: np.asarray(v)[:b].astype(np.float64) for k, v in out_dev.items()}
+    conv = res.pop("converged", np.ones(b)).astype(bool)
+    finite = np.isfinite(res["loss"])
+    status = np.where(
+        ~ok,
+        STATUS["skipped-bad-input"],
+        np.where(~finite, STATUS["failed"], np.where(conv, STATUS["ok"], STATUS["not-converged"])),
+    ).astype(np.int8)
+    for k in res:
+        keep = ok.reshape((-1,) + (1,) * (res[k].ndim - 1))
+        res[k] = np.where(keep, res[k], np.nan)
+    return res, status, int(ok.sum())
+
+
+def _write_part(parts: str, s: int, e: int, res: dict, status: np.ndarray) -> None:
+    def write(f):
+        f.create_dataset("status", data=status)
+        for k, v in res.items():
+            f.create_dataset(k, data=v)
+
+    _atomic_h5(os.path.join(parts, f"part-{s:09d}-{e:09d}.h5"), write)
 
 
 def _local_mesh():
@@ -262,73 +434,48 @@ def batch_fit(
 
     existed = os.path.exists(os.path.join(parts, "manifest.json"))
     os.makedirs(parts, exist_ok=True)
-    _write_manifest(parts, manifest, resume)
-    done = np.zeros(n, bool)
-    for a, b, _ in _done_ranges(parts):
-        done[a:b] = True
-    mesh, ndev = _local_mesh()
-    chunk = int(math.ceil(max(1, chunk_size) / ndev) * ndev)
-    starts = list(range(0, n, chunk))
-    per = int(math.ceil(len(starts) / pcount))
-    mine = starts[pidx * per : (pidx + 1) * per]
-    todo = [s for s in mine if not done[s : min(s + chunk, n)].all()]
-    if existed and todo and not resume and done.any():
-        raise ValueError(f"{out}: an unfinished job exists; pass resume=True (--resume) to continue it")
-    if max_chunks is not None:
-        todo = todo[:max_chunks]
+    with JobLock(parts, pidx) as lock:
+        if lock.taken_over:
+            print(
+                f"batch-fit: took over the lock of a dead run (pid {lock.taken_over.get('pid')})",
+                file=sys.stderr,
+            )
+        for folder in (parts, os.path.dirname(os.path.abspath(out))):
+            _remove_stale_temporaries(folder)
+        _write_manifest(parts, manifest, resume)
+        done = np.zeros(n, bool)
+        for a, b, _ in _done_ranges(parts):
+            done[a:b] = True
+        mesh, ndev = _local_mesh()
+        chunk = int(math.ceil(max(1, chunk_size) / ndev) * ndev)
+        todo = _plan(n, chunk, pidx, pcount, done)
+        if existed and todo and not resume and done.any():
+            raise ValueError(f"{out}: an unfinished job exists; pass resume=True (--resume) to continue it")
+        if max_chunks is not None:
+            todo = todo[:max_chunks]
 
-    sharding = NamedSharding(mesh, P("batch"))
-    t0 = time.perf_counter()
-    fitted = 0
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+        sharding = NamedSharding(mesh, P("batch"))
+        t0 = time.perf_counter()
+        fitted = 0
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(min(s + chunk, n) - s for s in todo), unit="pattern", desc="batch-fit")
-    for s in todo:
-        e = min(s + chunk, n)
-        data, mask = source.read(s, e)
-        ok = screen_patterns(data, mask, image_shape) if data.ndim == 3 else np.zeros(e - s, bool)
-        b = e - s
-        res: dict[str, np.ndarray] = {}
-        status = np.where(ok, STATUS["ok"], STATUS["skipped-bad-input"]).astype(np.int8)
-        if ok.any():
-            # Pad to the full chunk (bad and missing rows get a harmless dummy pattern: the first good one).
-            first = int(np.argmax(ok))
-            dd = np.empty((chunk,) + image_shape)
-            mm = np.empty((chunk,) + image_shape, bool)
-            dd[:b] = np.where(ok[:, None, None], np.nan_to_num(data, nan=0.0), data[first])
-            mm[:b] = np.where(ok[:, None, None], mask, mask[first])
-            dd[b:] = data[first]
-            mm[b:] = mask[first]
-            out_dev = fitter(jax.device_put(dd, sharding), jax.device_put(mm, sharding))
-            res = {k: np.asarray(v)[:b].astype(np.float64) for k, v in out_dev.items()}
-            conv = res.pop("converged", np.ones(b)).astype(bool)
-            finite = np.isfinite(res["loss"])
-            status = np.where(
-                ~ok,
-                STATUS["skipped-bad-input"],
-                np.where(~finite, STATUS["failed"], np.where(conv, STATUS["ok"], STATUS["not-converged"])),
-            ).astype(np.int8)
-            for k in res:
-                keep = ok.reshape((-1,) + (1,) * (res[k].ndim - 1))
-                res[k] = np.where(keep, res[k], np.nan)
-            fitted += int(ok.sum())
-
-        def write(f, res=res, status=status):
-            f.create_dataset("status", data=status)
-            for k, v in res.items():
-                f.create_dataset(k, data=v)
-
-        _atomic_h5(os.path.join(parts, f"part-{s:09d}-{e:09d}.h5"), write)
-        merge_parts(out, units)
+            bar = tqdm(total=sum(e - s for s, e in todo), unit="pattern", desc="batch-fit")
+        for s, e in todo:
+            res, status, k = _fit_range(source, fitter, s, e, chunk, image_shape, sharding)
+            fitted += k
+            _write_part(parts, s, e, res, status)
+            merge_parts(out, units)
+            if bar is not None:
+                bar.update(e - s)
         if bar is not None:
-            bar.update(b)
-    if bar is not None:
-        bar.close()
-    if todo or not os.path.exists(out):
-        counts = merge_parts(out, units)
-    else:  # nothing to do (a finished job, or this process's slice is done): leave the file untouched
-        st = read_results(out)["status"]
-        counts = {name: int(np.sum(st == code)) for name, code in STATUS.items()}
+            bar.close()
+        if _done_ranges(parts) and (todo or not os.path.exists(out) or _is_stale(out)):
+            counts = merge_parts(out, units)
+        elif os.path.exists(out):  # nothing to do and the file is current: leave it untouched
+            st = read_results(out)["status"]
+            counts = {name: int(np.sum(st == code)) for name, code in STATUS.items()}
+        else:  # nothing fitted yet (e.g. max_chunks=0)
+            counts = {name: (n if name == "pending" else 0) for name in STATUS}
     return BatchSummary(n, counts, fitted, time.perf_counter() - t0, out)
