@@ -123,3 +123,20 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     batch_fit(_source(), RecordingFitter(), out, chunk_size=4, progress=False)
     assert not any(os.path.exists(p) for p in stale)
     assert os.path.exists(alive)
+
+
+def test_shipped_batch_configs_cover_the_shipped_dataset_configs():
+    """A new user's first run: `diffscat simulate configs/dataset-ellipsoids.toml` then
+    `diffscat batch-fit configs/batch-ellipsoid.toml` must search the sizes the dataset holds."""
+    from diffscat.io import load_config
+    from fitting._cli_batch import load_batch_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    ds_cfg = load_config(os.path.join(root, "dataset-ellipsoids.toml"))
+    size = ds_cfg["dataset"]["vary"]["size"]
+    fit_cfg = load_batch_config(os.path.join(root, "batch-ellipsoid.toml"))
+    m = fit_cfg["model"]
+    assert m["radius_min"] < size["low"] and m["radius_max"] > size["high"]
+    delta = ds_cfg["dataset"]["vary"]["delta"]
+    assert delta["low"] <= m["delta"] <= delta["high"]
+    assert fit_cfg["fit"]["polarisation"] == ds_cfg["detector_model"]["polarisation"]
