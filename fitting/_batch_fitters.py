@@ -126,11 +126,26 @@ class SphereBatchFitter:
     def _nll(self, prof, data, mask):
         return self.loss.value(self._image(prof), data, mask)
 
+    @property
+    def weight(self) -> jax.Array:
+        """Per-pixel solid angle x polarisation, normalised to mean 1 over valid pixels (image-shaped)."""
+        return self._weight
+
+    @property
+    def valid(self) -> jax.Array:
+        """Pixels with a direction (image-shaped bool; False in a QGrid's corners)."""
+        return self._valid
+
+    def initial_radius(self, data, mask) -> jax.Array:
+        """The candidate radius (length unit) whose exact sphere pattern has the lowest profiled loss, for one
+        pattern (traceable; `mask` already combined with `valid`)."""
+        losses = jax.vmap(lambda p: self._nll(p, data, mask))(self._cand_profiles)
+        return self._cand_r[jnp.argmin(losses)]
+
     def _fit_one(self, data, mask):
         mask = mask & self._valid
         # 1. scan: the candidate with the lowest profiled loss
-        losses = jax.vmap(lambda p: self._nll(p, data, mask))(self._cand_profiles)
-        r0 = self._cand_r[jnp.argmin(losses)]
+        r0 = self.initial_radius(data, mask)
 
         # 2. refinement in u = log(r / r0): damped Newton with the exact second derivative (a 1-D problem:
         #    optax has no Newton method; each step costs one forward-over-reverse pass). Steps are clipped to
@@ -170,8 +185,12 @@ class SphereBatchFitter:
             "converged": converged,
         }
 
+    def prepare(self) -> None:
+        """Compute the candidate profiles now (concrete), so they are constants of the compiled fit."""
+        _ = self._cand_profiles
+
     def __call__(self, data, mask):
-        _ = self._cand_profiles  # computed (concrete) before tracing, then a constant of the fit
+        self.prepare()
         return self._call(data, mask)
 
     def model_image(self, radius) -> jax.Array:
@@ -227,7 +246,7 @@ class EllipsoidBatchFitter:
         if pitch is None:
             pitch = self.sphere.grid.pitch[0]
         self.grid = ds.VoxelGrid.around(float(radius_range[1]) * max_aspect ** (2 / 3) * 1.05, pitch)
-        self._weight = self.sphere._weight  # solid angle x polarisation, normalised (same pixels)
+        self._weight = self.sphere.weight  # solid angle x polarisation, normalised (same pixels)
         self.delta, self.beta = float(delta), float(beta)
         self.n_steps = int(n_steps)
         starts = [np.eye(3), np.asarray(ds.rotation_y(np.pi / 2)), np.asarray(ds.rotation_x(np.pi / 2))]
@@ -247,9 +266,8 @@ class EllipsoidBatchFitter:
         return ds.simulate(shape, self.experiment, grid=self.grid) * self._weight, shape
 
     def _fit_one(self, data, mask):
-        mask = mask & self.sphere._valid
-        losses = jax.vmap(lambda p: self.sphere._nll(p, data, mask))(self.sphere._cand_profiles)
-        r0 = self.sphere._cand_r[jnp.argmin(losses)]
+        mask = mask & self.sphere.valid
+        r0 = self.sphere.initial_radius(data, mask)
         norm = jnp.maximum(jnp.sum(mask), 1).astype(data.dtype)
         ax0 = jnp.log(r0 * jnp.array([0.85, 1.0, 1.15], r0.dtype))
 
@@ -305,5 +323,5 @@ class EllipsoidBatchFitter:
         }
 
     def __call__(self, data, mask):
-        _ = self.sphere._cand_profiles  # computed (concrete) before tracing
+        self.sphere.prepare()  # candidate profiles computed (concrete) before tracing
         return self._call(data, mask)
