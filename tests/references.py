@@ -142,3 +142,46 @@ def born_core_shell(r_core, r_shell, dn_core, dn_shell, wavelength, theta, phi):
         S(dn_core) - S(dn_shell)
     ) * Vc * sphere_amplitude(q * r_core)
     return np.abs(k0**2 / (4 * np.pi) * amp) ** 2
+
+
+# --- propagating multislice (method="propagating") -----------------------------------------------------
+
+
+def bpm_envelope_numpy(dn, pitch, wavelength, pad, wide_angle=True):
+    """Total-field envelope entering each slice by the wide-angle split-step recursion, float64 NumPy loop.
+
+    Written from the recursion in diffscat/engines/_propagate.py's docstring: W = E - 1 on a grid padded by
+    `pad` voxels each side (then to the same FFT size, given as pad = (NX, NY) padded sizes here),
+    W <- M ifft2[P (fft2 W + c fft2((exp(i k0 dz dn) - 1)(1 + W)))], c = k0/kz capped at 2, 1 if evanescent,
+    M the cos^2 absorbing mask over the padding (1 over the grid and a guard band of a quarter of the room).
+    """
+    dn = np.asarray(dn, np.complex128)
+    nx, ny, nz = dn.shape
+    dx, dy, dz = pitch
+    k0 = 2 * np.pi / wavelength
+    NX, NY = pad
+
+    def axis(n, N, d):
+        lo = (N - n) // 2
+        i = np.arange(N)
+        dist = np.maximum(np.maximum(lo - i, i - (lo + n - 1)), 0)
+        room = min(lo, N - lo - n)
+        t = np.clip((dist - room // 4) / max(1, room - room // 4), 0, 1)
+        return lo, 2 * np.pi * np.fft.fftfreq(N, d), np.cos(np.pi / 2 * t) ** 2
+
+    lox, kx, mx = axis(nx, NX, dx)
+    loy, ky, my = axis(ny, NY, dy)
+    kp2 = kx[:, None] ** 2 + ky[None, :] ** 2
+    kz = np.sqrt((k0**2 - kp2).astype(np.complex128))
+    P = np.exp(1j * (kz - k0) * dz)
+    c = np.where(k0**2 - kp2 > 0, k0 / np.maximum(kz.real, 0.5 * k0), 1.0) if wide_angle else 1.0
+    M = mx[:, None] * my[None, :]
+    W = np.zeros((NX, NY), np.complex128)
+    out = np.zeros_like(dn)
+    for s in range(nz):
+        E = 1 + W[lox : lox + nx, loy : loy + ny]
+        out[:, :, s] = E
+        src = np.zeros_like(W)
+        src[lox : lox + nx, loy : loy + ny] = (np.exp(1j * k0 * dz * dn[:, :, s]) - 1) * E
+        W = M * np.fft.ifft2(P * (np.fft.fft2(W) + c * np.fft.fft2(src)))
+    return out

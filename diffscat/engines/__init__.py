@@ -10,6 +10,7 @@ from ._interp import (
     interpolated_far_field as interpolated_far_field,
     uniform_grid_spec as uniform_grid_spec,
 )
+from ._propagate import default_pad as default_pad, propagated_envelope as propagated_envelope
 from ._sources import METHODS as METHODS, slice_sources as slice_sources
 from ._transforms import (
     direct_far_field as direct_far_field,
