@@ -67,8 +67,10 @@ class VoxelGrid(eqx.Module):
 
 
 def nyquist_pitch(wavelength: float, theta_max: float) -> float:
-    """Coarsest transverse pitch whose DFT reaches theta_max without aliasing: lambda / (2 sin theta_max)."""
-    return wavelength / (2.0 * math.sin(theta_max))
+    """Coarsest transverse pitch whose DFT reaches theta_max without aliasing: lambda / (2 sin theta_max)
+    (infinite for theta_max = 0: a detector on the axis alone cannot alias)."""
+    s = math.sin(theta_max)
+    return wavelength / (2.0 * s) if s > 0 else math.inf
 
 
 def default_pitch(wavelength: float, theta_max: float) -> float:
