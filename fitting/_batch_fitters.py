@@ -62,7 +62,11 @@ class SphereBatchFitter:
         loss: str | AbstractLoss = "poisson",
         polarisation: str = "unpolarised",
         pitch: float | None = None,
+        method: str = "msft",
     ):
+        if method not in ds.engines.METHODS:
+            raise ValueError(f"method must be one of {ds.engines.METHODS}, got {method!r}")
+        self.method = method
         rmin, rmax = (float(v) for v in radius_range)
         if not (0 < rmin < rmax):
             raise ValueError(f"radius_range must be 0 < min < max, got {radius_range}")
@@ -101,7 +105,7 @@ class SphereBatchFitter:
         def profile(r):
             # Exact eq. 9 at phi = 0: with qy = 0 the y-sum is a projection, so the transform is 2-D (x, z).
             shape = ds.Sphere(r, d, b)
-            U = ds.engines.slice_sources(shape.render(grid), grid, k0, "msft")
+            U = ds.engines.slice_sources(shape.render(grid), grid, k0, method)
             V = jnp.sum(U, axis=1)  # (nx, nz)
             psi = jnp.sum(jnp.matmul(Ex, V, precision=jax.lax.Precision.HIGHEST) * Ez, axis=1)
             # undo the renderer's voxel kernel exactly as diffscat.far_field does
@@ -236,11 +240,13 @@ class EllipsoidBatchFitter:
         polarisation: str = "unpolarised",
         pitch: float | None = None,
         n_candidates: int = 64,
+        method: str = "msft",
     ):
         self.sphere = SphereBatchFitter(
             experiment, delta=delta, beta=beta, radius_range=radius_range, n_candidates=n_candidates,
-            n_steps=3, loss=loss, polarisation=polarisation, pitch=pitch,
+            n_steps=3, loss=loss, polarisation=polarisation, pitch=pitch, method=method,
         )  # fmt: skip
+        self.method = method
         self.experiment = experiment
         self.loss = self.sphere.loss
         if pitch is None:
@@ -263,7 +269,7 @@ class EllipsoidBatchFitter:
         log_ax, w = params
         R = R0 @ _rotvec_matrix(w)
         shape = ds.Ellipsoid(jnp.exp(log_ax), self.delta, self.beta, rotation=R)
-        return ds.simulate(shape, self.experiment, grid=self.grid) * self._weight, shape
+        return ds.simulate(shape, self.experiment, grid=self.grid, method=self.method) * self._weight, shape
 
     def _fit_one(self, data, mask):
         mask = mask & self.sphere.valid

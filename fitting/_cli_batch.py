@@ -45,6 +45,7 @@ __all__ = ["add_arguments", "run", "load_batch_config", "config_keys", "CXISourc
 def _schemas() -> dict:
     """The batch-fit config schema (`diffscat.io.Key`s): the one source of the checks and of `--help`."""
     from diffscat.detectors import POLARISATIONS
+    from diffscat.engines import METHODS
     from diffscat.io import Key
 
     from ._losses import LOSSES
@@ -67,6 +68,9 @@ def _schemas() -> dict:
         "fit": {
             "loss": Key("str", "negative log-likelihood", default="poisson", choices=tuple(LOSSES)),
             "polarisation": Key("str", "beam polarisation", default="unpolarised", choices=POLARISATIONS),
+            "method": Key(
+                "str", "forward model (propagating: strong refraction)", default="msft", choices=METHODS
+            ),
             "beamstop_deg": Key("number", "pixels below this angle are not used", default=0.0, min=0.0),
             "n_steps": Key("int", "optimiser steps (default 8 for spheres, 200 for ellipsoids)", min=1),
             "n_candidates": Key("int", "sizes in the initial scan", default=64, min=1),
@@ -233,6 +237,7 @@ def run(args) -> int:
         loss=fit["loss"],
         polarisation=fit["polarisation"],
         pitch=fit.get("pitch"),
+        method=fit["method"],
     )
     if m["type"] == "Sphere":
         fitter = SphereBatchFitter(src.experiment, n_steps=fit["n_steps"], n_theta=fit["n_theta"], **common)

@@ -152,3 +152,28 @@ def test_optical_theorem_vs_mie():
     q_ext = 4 * math.pi / k0 * psi.imag / (math.pi * R**2)
     q_mie = miepython.efficiencies(complex(1 - delta, beta), 2 * R, 1.0)[0]
     assert abs(q_ext / q_mie - 1) < 0.08
+
+
+def test_fitting_and_batch_configs_take_the_propagating_method(tmp_path):
+    """`method = "propagating"` reaches the forward model of fits and batch fits (issue: fits of strong
+    refractors must be able to use it)."""
+    import fitting
+    from fitting._cli_batch import load_batch_config
+
+    exp = ds.Experiment(1.0, ds.QGrid(8, 20.0))
+    s = ds.Sphere(1.5, 0.1, 0.01)
+    grid = ds.default_grid(s, exp)
+    sig = fitting.expected_signal(s, exp, grid, method="propagating", solid_angle=False)
+    np.testing.assert_allclose(sig, ds.simulate(s, exp, grid=grid, method="propagating"), rtol=1e-6)
+    with pytest.warns(ds.ValidityWarning, match="method='propagating'"):  # eq. 9 names the better method
+        eq9 = ds.simulate(s, exp, grid=grid)
+    assert not np.allclose(sig, eq9, rtol=1e-2)
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        '[data]\nlength_unit="nm"\n[model]\nradius_min=1.0\nradius_max=2.0\n[fit]\nmethod="propagating"\n'
+    )
+    assert load_batch_config(str(cfg))["fit"]["method"] == "propagating"
+    fitter = fitting.SphereBatchFitter(
+        exp, delta=0.1, beta=0.01, radius_range=(1.0, 2.0), n_candidates=2, n_theta=16, method="propagating"
+    )
+    assert fitter.method == "propagating"
