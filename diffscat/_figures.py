@@ -53,6 +53,9 @@ def save_figure(fig, path: str | os.PathLike) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a figure is readable as usual
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -69,11 +72,17 @@ def colour_map(name: str = "magma", *, under: str | None = UNDER_COLOUR):
     return cmap.with_extremes(bad=MASKED_COLOUR, under=under if under is not None else cmap(0.0))
 
 
-def add_mask_legend(ax, *, loc: str = "upper right") -> None:
-    """A small legend on `ax` naming the masked colour (and the zero/under colour for log scales)."""
+def add_mask_legend(ax, *, masked: bool = True, under: bool = False, loc: str = "upper right") -> None:
+    """A small legend on `ax` naming the masked colour and (`under`, log scales) the zero / below-range one."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=MASKED_COLOUR, edgecolor="0.3", label="masked")]
+    handles = []
+    if masked:
+        handles.append(Patch(facecolor=MASKED_COLOUR, edgecolor="0.3", label="masked"))
+    if under:
+        handles.append(Patch(facecolor=UNDER_COLOUR, edgecolor="0.3", label="0 / below scale"))
+    if not handles:
+        return
     ax.legend(handles=handles, loc=loc, fontsize=7, framealpha=0.8, handlelength=1.0, borderpad=0.3)
 
 

@@ -129,8 +129,8 @@ def plot_pattern(
     if title:
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=label, extend="min")
-    if np.any(bad):
-        add_mask_legend(ax)
+    if np.any(bad) or np.any(~bad & (img < lo)):
+        add_mask_legend(ax, masked=bool(np.any(bad)), under=bool(np.any(~bad & (img < lo))))
     if path is not None:
         save_figure(fig, path)
     return fig

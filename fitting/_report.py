@@ -87,7 +87,7 @@ def plot_report(
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
     ax.set_title(f"residuals ({result.loss_kind} loss)", fontsize=9)
-    fig.colorbar(im, ax=ax, label="normalised residual (data - model)")
+    fig.colorbar(im, ax=ax, label="normalised residual (data - model)", extend="both")
     if not np.all(mask):
         add_mask_legend(ax)
 

@@ -73,7 +73,7 @@ def test_pattern_axes_units_title_and_colours(tmp_path, det, xlabel, ylabel, hal
     )
     ax = fig.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, ylabel)
-    has(fig, "Sphere: radius = 7", "photons", "masked")
+    has(fig, "Sphere: radius = 7", "photons", "masked", "0 / below scale")  # the legend names both colours
     ext = ax.images[0].get_extent()
     np.testing.assert_allclose(np.abs(ext), half, rtol=1e-5)
     assert_colour(rgba_at(ax, 8, 8), MASKED_COLOUR)  # masked: grey

@@ -69,3 +69,18 @@ def test_fit_droplet_config_runs(tmp_path, capsys):
     with h5py.File(tmp_path / "droplet.cxi") as f:  # the file the fit read has the detector hole masked
         assert (f["entry_1/instrument_1/detector_1/mask"][()] != 0).any()
     plt.close("all")
+
+
+def test_fit_progress_lines(capsys):
+    import numpy as np
+
+    from fitting._fit import _print_progress, _progress_every
+
+    assert (_progress_every(False), _progress_every(True), _progress_every(5)) == (0, 10, 5)
+    with pytest.raises(ValueError, match="progress must be"):
+        _progress_every(-1)
+    _print_progress(1, 200, np.array([2.5, np.nan, 1.25]), 0.0, 3.0, False)
+    _print_progress(20, 200, np.array([1.0]), 0.0, None, True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("fit step 1/200: loss/pixel 1.25, ") and "compilation 3.0 s" in err[0]
+    assert err[1].startswith("fit step 20/200: loss/pixel 1, ") and err[1].endswith("converged")
