@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -47,6 +48,15 @@ _LABELS = {"dsigma_domega": r"d$\sigma$/d$\Omega$", "photons": "photons", "detec
 
 def _label(quantity: str, unit: str) -> str:
     return _LABELS[quantity] + (f" [{unit}$^2$/sr]" if quantity == "dsigma_domega" else "")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _title(what: str, exp, unit: str) -> str:
+    """Figure title: the shape (with its parameters) and the wavelength."""
+    return f"{what}\nwavelength {float(exp.wavelength):.4g} {unit}, {type(exp.detector).__name__}"
 
 
 def _binned_experiment(exp, b: int):
@@ -118,8 +128,16 @@ def simulate_config(
     if "dataset" not in cfg:
         from diffscat.io import build_shape
 
+        say = _say if progress else (lambda msg: None)
         shape = build_shape(cfg["shape"], energy)
-        I = ds.simulate(shape, exp, pitch=sim.get("pitch"), **kw)
+        grid = ds.default_grid(shape, exp, pitch=sim.get("pitch"))
+        say(
+            f"simulating {type(shape).__name__} ({kw['method']}) on a {'x'.join(map(str, exp.shape))} "
+            f"{type(exp.detector).__name__}, voxel grid {'x'.join(map(str, grid.shape))} "
+            "(compiling first; this can take a minute) ..."
+        )
+        t0 = time.perf_counter()
+        I = ds.simulate(shape, exp, grid=grid, **kw)
         if model is not None:
             attrs["seed"] = seed
             img = model(I, exp, jax.random.key(seed) if model.is_random else None)
@@ -128,6 +146,7 @@ def simulate_config(
         else:
             img, mask, per = I, None, None
         img = np.asarray(img)
+        say(f"simulated in {time.perf_counter() - t0:.1f} s; writing {out}")
         write_cxi(
             out,
             img,
@@ -142,13 +161,16 @@ def simulate_config(
             per_image=per,
         )
         if png:
+            say(f"writing {png}")
             _close(
                 ds.plot.plot_pattern(
                     img,
                     exp_out,
                     png,
-                    title=f"{type(shape).__name__}",
+                    title=_title(ds.plot.shape_summary(shape, unit), exp, unit),
                     label=_label(quantity, unit),
+                    length_unit=unit,
+                    mask=mask,
                 )
             )
         return {"path": out, "png": png, "n": 1, "image_shape": img.shape, "quantity": quantity}
@@ -248,8 +270,10 @@ def _simulate_dataset(
                 first,
                 exp_out,
                 png,
-                title=f"{cls.__name__} #0 of {n}",
+                title=_title(f"{cls.__name__}, pattern 0 of {n}", exp, unit),
                 label=_label(quantity, unit),
+                length_unit=unit,
+                mask=mask,
             )
         )
     return {

@@ -1,4 +1,5 @@
-"""Shape preview: three central slices of the rendered dn and a 3-D view of its surface voxels."""
+"""Shape preview: three central slices of the rendered |dn| (or occupancy, delta, beta) and a 3-D view of its
+surface voxels."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import os
 
 import numpy as np
 
-from ._figures import _plt, save_figure
+from ._figures import _plt, save_figure, shape_summary
 from ._grid import VoxelGrid
 from .shapes import AbstractShape, VolumeMap
 from .shapes._base import soft_width
 
 __all__ = ["plot_shape"]
+
+_QUANTITIES = {
+    "abs": r"|$\Delta n$| = |n - 1|",
+    "occupancy": "occupancy (fill fraction)",
+    "delta": r"$\delta$ = -Re(n - 1)",
+    "beta": r"$\beta$ = Im(n - 1)",
+}
 
 
 def _preview_grid(shape: AbstractShape, n: int) -> VoxelGrid:
@@ -30,8 +38,9 @@ def plot_shape(
     *,
     grid: VoxelGrid | None = None,
     n: int = 64,
-    quantity: str = "delta",
+    quantity: str = "abs",
     title: str | None = None,
+    length_unit: str | None = None,
 ):
     """Preview a shape: central slices x = 0, y = 0, z = 0 of the rendered map and a 3-D view of its
     surface (the voxels with fill >= 1/2 next to one below), coloured by height along the beam (z).
@@ -40,26 +49,31 @@ def plot_shape(
     - `shape`: any diffscat shape (concrete values).
     - `path`: PNG or PDF to write (atomically) when given.
     - `grid`: voxel grid to render on; default about `n` voxels across the shape (a `VolumeMap`'s own grid).
-    - `quantity`: "delta" (-Re dn, default), "beta" (Im dn) or "abs" (|dn|) for the slices.
-    - `title`: figure title (default: the class name).
+    - `quantity`: what the slices show: "abs" (|dn| = |n - 1|, default: non-zero inside any material, also
+      for delta = 0), "occupancy" (fill fraction 0..1 of the outer surface), "delta" (-Re dn) or "beta" (Im dn).
+    - `title`: figure title (default: the class and its parameters, `diffscat.plot.shape_summary`).
+    - `length_unit`: the shape's length unit ("nm", ...) for the axis labels (default: the word "length").
 
-    Lab frame, beam along +z, lengths in the shape's unit. Returns the matplotlib figure.
+    Lab frame, beam along +z. Returns the matplotlib figure.
     """
     if not isinstance(shape, AbstractShape):
         raise TypeError(f"shape must be a diffscat shape, got {type(shape).__name__}")
-    if quantity not in ("delta", "beta", "abs"):
-        raise ValueError(f"quantity must be 'delta', 'beta' or 'abs', got {quantity!r}")
+    if quantity not in _QUANTITIES:
+        raise ValueError(f"quantity must be one of {sorted(_QUANTITIES)}, got {quantity!r}")
     plt = _plt()
     grid = grid or _preview_grid(shape, n)
     dn = np.asarray(shape.render(grid))
-    vals = {"delta": -dn.real, "beta": dn.imag, "abs": np.abs(dn)}[quantity]
     if hasattr(shape, "occupancy"):  # the outer surface, whatever the materials inside
         occ = np.asarray(shape.occupancy(grid.points(shape.dtype), soft_width(grid.pitch)))
     else:
         absd = np.abs(dn)
         occ = absd / max(absd.max(), np.finfo(float).tiny)
+    if quantity == "abs" and not np.any(dn):  # n = 1 everywhere (delta = beta = 0): show the geometry
+        quantity = "occupancy"
+    vals = {"delta": -dn.real, "beta": dn.imag, "abs": np.abs(dn), "occupancy": occ}[quantity]
+    u = length_unit or "length"
     x, y, z = (np.asarray(a) for a in grid.axes())
-    cx, cy, cz = (len(a) // 2 for a in (x, y, z))
+    cx, cy, cz = (int(np.argmin(np.abs(a))) for a in (x, y, z))  # the voxels nearest the origin
 
     fig = plt.figure(figsize=(15.0, 4.0), dpi=110, layout="constrained")
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.35])
@@ -67,9 +81,9 @@ def plot_shape(
     vmin = -lim if vals.min() < 0 else 0.0
     cmap = "RdBu_r" if vmin < 0 else "viridis"
     panels = [
-        (vals[:, :, cz].T, (x, y), "x", "y", f"slice z = {z[cz]:.3g}"),
-        (vals[:, cy, :].T, (x, z), "x", "z (beam)", f"slice y = {y[cy]:.3g}"),
-        (vals[cx, :, :].T, (y, z), "y", "z (beam)", f"slice x = {x[cx]:.3g}"),
+        (vals[:, :, cz].T, (x, y), f"x [{u}]", f"y [{u}]", f"slice z = {z[cz]:.3g} {u}"),
+        (vals[:, cy, :].T, (x, z), f"x [{u}]", f"z (beam) [{u}]", f"slice y = {y[cy]:.3g} {u}"),
+        (vals[cx, :, :].T, (y, z), f"y [{u}]", f"z (beam) [{u}]", f"slice x = {x[cx]:.3g} {u}"),
     ]
     im, axes = None, []
     for k, (img, (a, b), la, lb, t) in enumerate(panels):
@@ -84,8 +98,7 @@ def plot_shape(
         ax.set_title(t, fontsize=9)
         ax.set_aspect("equal")
         axes.append(ax)
-    label = {"delta": "delta = -Re(n - 1)", "beta": "beta = Im(n - 1)", "abs": "|n - 1|"}[quantity]
-    fig.colorbar(im, ax=axes, shrink=0.85, label=label)
+    fig.colorbar(im, ax=axes, shrink=0.85, label=_QUANTITIES[quantity])
 
     ax3 = fig.add_subplot(gs[0, 3], projection="3d")
     inside = occ >= 0.5
@@ -112,11 +125,13 @@ def plot_shape(
     ax3.set_ylim(-r, r)
     ax3.set_zlim(-r, r)
     ax3.set_box_aspect((1, 1, 1))
-    ax3.set_xlabel("x")
-    ax3.set_ylabel("y")
-    ax3.set_zlabel("z (beam)")
+    ax3.set_xlabel(f"x [{u}]")
+    ax3.set_ylabel(f"y [{u}]")
+    ax3.set_zlabel(f"z (beam) [{u}]")
     ax3.set_title("outer surface (fill >= 1/2), colour = z", fontsize=9)
-    fig.suptitle(title or type(shape).__name__)
+    if not len(pts):
+        ax3.text2D(0.5, 0.5, "no voxel >= 1/2 filled", transform=ax3.transAxes, ha="center")
+    fig.suptitle(title or shape_summary(shape, length_unit), fontsize=10)
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -70,13 +70,16 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     fig = fitting.plot_report(
-        res, os.path.join(args.out, "demo_fit.png"), title="demo: He droplet, ellipsoid fit"
+        res,
+        os.path.join(args.out, "demo_fit.png"),
+        title="demo: He droplet, ellipsoid fit",
+        length_unit="nm",
     )
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     if hasattr(ds, "plot_shape"):
-        plt.close(ds.plot_shape(res.model, os.path.join(args.out, "demo_shape.png")))
+        plt.close(ds.plot_shape(res.model, os.path.join(args.out, "demo_shape.png"), length_unit="nm"))
     res.save_json(os.path.join(args.out, "demo_fit.json"))
     res.save_hdf5(os.path.join(args.out, "demo_fit.h5"))
 

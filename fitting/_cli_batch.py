@@ -266,24 +266,57 @@ def run(args) -> int:
         f"({summary.rate:.2f}/s); totals: {json.dumps(summary.counts)}; results: {summary.path}"
     )
     if summary.fitted_now and summary.counts.get("pending", 0) == 0:
-        _histograms(args.out)
+        _histograms(args.out, cfg["data"]["length_unit"])
     return 0
 
 
-def _histograms(out: str) -> None:
-    """Parameter histograms of the finished job next to the results file (PNG)."""
+def _histograms(out: str, length_unit: str | None = None) -> str:
+    """Write the histograms of `histogram_figure` next to the results file (OUT_histograms.png); returns the
+    path."""
     from diffscat.plot import pyplot as _plt, save_figure
+
+    fig = histogram_figure(out, length_unit)
+    path = save_figure(fig, os.path.splitext(out)[0] + "_histograms.png")
+    _plt().close(fig)
+    return path
+
+
+def histogram_figure(out: str, length_unit: str | None = None):
+    """Histograms of the fitted parameters of a results file (status ok only): size (radius, or the three
+    semi-axes), scale and loss per pixel, each labelled with its unit (the results' `unit` attributes, "length"
+    read as `length_unit`) and titled with the count and median. Returns the figure."""
+    import h5py
+
+    from diffscat.plot import pyplot as _plt
 
     from ._batch import read_results
 
     res = read_results(out)
-    names = [k for k in ("radius", "scale", "loss") if k in res]
+    with h5py.File(out, "r") as f:
+        units = {k: str(f["results"][k].attrs.get("unit", "")) for k in f["results"]}
+    names = [k for k in ("radius", "semi_axes", "scale", "loss") if k in res]
     ok = np.asarray(res["status"]) == 0
     plt = _plt()
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), dpi=100)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), dpi=100, layout="constrained")
     for ax, k in zip(np.atleast_1d(axes), names, strict=True):
-        v = res[k][ok & np.isfinite(res[k])]
-        ax.hist(v, bins=min(40, max(5, v.size // 3)) if v.size else 5)
-        ax.set_xlabel(k)
-    save_figure(fig, os.path.splitext(out)[0] + "_histograms.png")
-    plt.close(fig)
+        unit = units.get(k, "")
+        if length_unit:
+            unit = unit.replace("length", length_unit)
+        v = np.asarray(res[k], float)[ok]
+        cols = [v] if v.ndim == 1 else [v[:, j] for j in range(v.shape[1])]
+        labels = [None] if v.ndim == 1 else [f"{k}[{j}]" for j in range(v.shape[1])]
+        n_ok = 0
+        for c, lab in zip(cols, labels, strict=True):
+            c = c[np.isfinite(c)]
+            n_ok = max(n_ok, c.size)
+            ax.hist(
+                c, bins=min(40, max(5, c.size // 3)) if c.size else 5, alpha=0.6 if lab else 1.0, label=lab
+            )
+        if v.ndim > 1:
+            ax.legend(fontsize=8)
+        med = np.nanmedian(v) if v.size else np.nan
+        ax.set_xlabel(f"{k} [{unit}]" if unit else k)
+        ax.set_ylabel("patterns")
+        ax.set_title(f"{k}: {n_ok} fitted, median {med:.4g}", fontsize=9)
+    fig.suptitle(f"{os.path.basename(out)}: {int(ok.sum())} of {ok.size} patterns ok", fontsize=10)
+    return fig

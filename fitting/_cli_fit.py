@@ -118,7 +118,7 @@ def run(args) -> int:
     cfg = read_toml(args.config, args.set)
     if args.data:
         cfg.setdefault("data", {})["path"] = args.data
-    result = run_config(cfg, args.out)
+    result = run_config(cfg, args.out, progress=True)
     for k in result.free:
         v, s = np.asarray(result.values[k]), np.asarray(result.sigmas.get(k, np.nan))
         if k == "orientation":
@@ -179,8 +179,9 @@ def _with_beam_center(exp, center, data, mask):
     return ds.Experiment(exp.wavelength, exp.detector.with_beam_center(c))
 
 
-def run_config(cfg: dict, out: str):
+def run_config(cfg: dict, out: str, *, progress: bool = False):
     """Run a fit from a config dict (as loaded from TOML, overrides applied); write files into `out`.
+    `progress`: print the optimiser's progress to stderr (`fitting.fit(progress=True)`; the CLI turns it on).
     Returns the `FitResult`. Errors name the offending key."""
     import matplotlib.pyplot as plt
 
@@ -224,6 +225,8 @@ def run_config(cfg: dict, out: str):
     n_starts = int(fsec.pop("n_starts", 8))
     seed = int(fsec.pop("seed", 0))
     kw = {k: v for k, v in fsec.items()}
+    if progress:
+        kw["progress"] = True
     free = msec.pop("free", None)
     lmax = msec.pop("lmax", None)
     msec.pop("type")
@@ -273,8 +276,11 @@ def run_config(cfg: dict, out: str):
     os.makedirs(out, exist_ok=True)
     res.save_json(os.path.join(out, "fit.json"))
     res.save_hdf5(os.path.join(out, "fit.h5"))
-    fig = plot_report(res, os.path.join(out, "fit_report.png"), title=f"diffscat fit: {cls.__name__}")
+    unit = cfg.get("data", {}).get("length_unit", "nm")
+    fig = plot_report(
+        res, os.path.join(out, "fit_report.png"), title=f"diffscat fit: {cls.__name__}", length_unit=unit
+    )
     plt.close(fig)
     if hasattr(ds, "plot_shape"):  # 3-D preview of the fitted shape
-        plt.close(ds.plot_shape(res.model, os.path.join(out, "fit_shape.png")))
+        plt.close(ds.plot_shape(res.model, os.path.join(out, "fit_shape.png"), length_unit=unit))
     return res

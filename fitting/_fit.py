@@ -213,6 +213,7 @@ def fit(
     regularizer: Callable[[ds.AbstractShape], Array] | None = None,
     uncertainties: bool = True,
     alternatives_tol: float = 5.0,
+    progress: bool | int = False,
 ) -> FitResult:
     """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
 
@@ -236,6 +237,8 @@ def fit(
     - `uncertainties`: compute Laplace sigmas at the optimum (a Hessian: one extra pass per free parameter).
     - `alternatives_tol`: starts whose final NLL is within this of the best (and whose parameters differ)
       are reported as `result.alternatives` (e.g. the twin/mirror solution).
+    - `progress`: print a line to stderr after the first (compiling) step and every 10 steps (or every
+      `progress` steps when an int > 0): step, loss per pixel of the best start, elapsed seconds. Default off.
 
     Returns a `FitResult`. Raises `ValueError`/`TypeError` naming the argument for bad input.
     """
@@ -283,6 +286,7 @@ def fit(
     converged = False
     t_compile = None
     n_steps = 0
+    every = _progress_every(progress)
     for k in range(int(max_steps)):
         t0 = time.perf_counter()
         u_new, state, val, gnorm = _step(u, state, prob, d, m, norm, st, opt, is_lbfgs)
@@ -301,6 +305,9 @@ def fit(
         u = u_new
         if np.all(done):
             converged = True
+        if every and (k == 0 or n_steps % every == 0 or converged or n_steps == int(max_steps)):
+            _print_progress(n_steps, int(max_steps), val, t_start, t_compile if k == 0 else None, converged)
+        if converged:
             break
     # the last update's point: L-BFGS's line search already evaluated it (its state holds the value there);
     # keep it where it is better. (Adam's last step is small; its best evaluated point is kept.)
@@ -360,6 +367,29 @@ def fit(
         mask=np.asarray(m),
         model_counts=model_counts,
         grid=grid,
+    )
+
+
+def _progress_every(progress) -> int:
+    """Steps between progress lines (0: off) from `fit(progress=...)`."""
+    if isinstance(progress, bool) or progress is None:
+        return 10 if progress else 0
+    if not isinstance(progress, int | np.integer) or progress < 0:
+        raise ValueError(f"progress must be a bool or a number of steps >= 0, got {progress!r}")
+    return int(progress)
+
+
+def _print_progress(step, max_steps, val, t_start, t_compile, converged) -> None:
+    """One line on stderr (outside jit; `val` is already on the host): step, best loss per pixel, time."""
+    import sys
+
+    best = float(np.nanmin(val)) if np.any(np.isfinite(val)) else float("nan")
+    extra = f" (first step incl. compilation {t_compile:.1f} s)" if t_compile is not None else ""
+    extra += ", converged" if converged else ""
+    print(
+        f"fit step {step}/{max_steps}: loss/pixel {best:.5g}, {time.perf_counter() - t_start:.1f} s{extra}",
+        file=sys.stderr,
+        flush=True,
     )
 
 

@@ -141,12 +141,14 @@ class AbstractDetector(eqx.Module):
     # ------------------------------------------------------------------------------------------- plotting
 
     def plot_axes(
-        self, wavelength, length_unit: str | None = None
+        self, wavelength, length_unit: str | None = None, *, plane_unit: str | None = None
     ) -> tuple[list[float] | None, str, str, str]:
         """(extent [x0, x1, y0, y1] or None, x label, y label, unit label) for showing an image-shaped pattern.
 
         `wavelength`: in the experiment's length unit; `length_unit`: its name for the labels (None: the generic
-        words "length" / "inverse length"). Default: angles theta_x, theta_y in degrees for 2-D images, pixel
+        words "length" / "inverse length"). `plane_unit`: for detectors whose axes are positions on a plane
+        (FlatDetector), the length unit to show them in (e.g. "mm", converted from `length_unit`, which it
+        needs); other detectors ignore it. Default: angles theta_x, theta_y in degrees for 2-D images, pixel
         indices otherwise."""
         pix = self.pixels()
         th, ph = np.asarray(pix.theta), np.asarray(pix.phi)

@@ -156,11 +156,17 @@ class FlatDetector(AbstractDetector):
             self.distance, self.pixel_size * factor, (ny // factor, nx // factor), c, self.tilt
         )
 
-    def plot_axes(self, wavelength, length_unit: str | None = None):
-        """Plane coordinates (X, Y) of the pixel edges, the length unit of `distance`."""
+    def plot_axes(self, wavelength, length_unit: str | None = None, *, plane_unit: str | None = None):
+        """Plane coordinates (X, Y) of the pixel edges: in the length unit of `distance`, or in `plane_unit`
+        (e.g. "mm"; needs `length_unit`) with the labels "detector X", "detector Y"."""
         X, Y = (np.asarray(a) for a in self.plane_coordinates())
         px, py = np.asarray(self.pixel_size)[::-1]
         ext = [X.min() - px / 2, X.max() + px / 2, Y.min() - py / 2, Y.max() + py / 2]
+        if plane_unit is not None and length_unit is not None:
+            from ..io._units import length_unit_m
+
+            f = length_unit_m(length_unit) / length_unit_m(plane_unit)
+            return [float(e) * f for e in ext], "detector X", "detector Y", plane_unit
         return ext, "X", "Y", f"detector plane, {length_unit or 'length'}"
 
     # ------------------------------------------------------------------------------------------- config

@@ -89,7 +89,7 @@ class QGrid(AbstractDetector):
     def binned(self, factor: int) -> QGrid:
         return QGrid(self.n // factor, self.theta_max_deg)
 
-    def plot_axes(self, wavelength, length_unit: str | None = None):
+    def plot_axes(self, wavelength, length_unit: str | None = None, *, plane_unit: str | None = None):
         """(q_x, q_y) in inverse length units: the grid spans +-k0 sin(theta_max) along both axes."""
         k0 = 2 * math.pi / float(wavelength)
         s = math.sin(math.radians(self.theta_max_deg))
