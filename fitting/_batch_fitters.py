@@ -331,3 +331,10 @@ class EllipsoidBatchFitter:
     def __call__(self, data, mask):
         self.sphere.prepare()  # candidate profiles computed (concrete) before tracing
         return self._call(data, mask)
+
+    def model_image(self, semi_axes, quaternion) -> jax.Array:
+        """The (unscaled) model image of an ellipsoid (semi-axes (3,), quaternion (w, x, y, z)) as the fitter sees
+        it (for reports; multiply by the fitted `scale`)."""
+        R = ds.rotation_from_quaternion(jnp.asarray(quaternion), normalise=True)
+        shape = ds.Ellipsoid(jnp.asarray(semi_axes), self.delta, self.beta, rotation=R)
+        return ds.simulate(shape, self.experiment, grid=self.grid, method=self.method) * self._weight

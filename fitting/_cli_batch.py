@@ -267,7 +267,50 @@ def run(args) -> int:
     )
     if summary.fitted_now and summary.counts.get("pending", 0) == 0:
         _histograms(args.out, cfg["data"]["length_unit"])
+        from diffscat.plot import pyplot as _plt, save_figure
+
+        fig = fits_figure(args.out, src, fitter, length_unit=cfg["data"]["length_unit"])
+        save_figure(fig, os.path.splitext(args.out)[0] + "_fits.png")
+        _plt().close(fig)
     return 0
+
+
+def fits_figure(out: str, source, fitter, n: int = 3, length_unit: str | None = None):
+    """A grid of the `n` best and `n` worst fits (by loss per pixel, status ok or not-converged): data | model on
+    one log colour scale, with the pattern index, status and loss in each title. Returns the figure."""
+    from diffscat.plot import plot_pattern, pyplot as _plt
+
+    from ._batch import STATUS, read_results
+
+    res = read_results(out)
+    loss = np.asarray(res["loss"], float)
+    fitted = np.flatnonzero(np.isfinite(loss))
+    order = fitted[np.argsort(loss[fitted])]
+    picks = list(order[:n]) + [i for i in order[::-1][:n] if i not in order[:n]]
+    plt = _plt()
+    fig, axes = plt.subplots(
+        max(1, len(picks)),
+        2,
+        figsize=(7.5, 3.2 * max(1, len(picks))),
+        dpi=90,
+        layout="constrained",
+        squeeze=False,
+    )
+    names = {c: k for k, c in STATUS.items()}
+    for row, i in enumerate(picks):
+        data, mask = source.read(int(i), int(i) + 1)
+        if "radius" in res:
+            model = np.asarray(fitter.model_image(res["radius"][i]))
+        else:
+            model = np.asarray(fitter.model_image(res["semi_axes"][i], res["quaternion"][i]))
+        model = model * float(res["scale"][i])
+        kind = "best" if row < n else "worst"
+        vmax = float(np.nanmax(np.where(mask[0], data[0], np.nan)))
+        title = f"{kind}: #{i} ({names[int(res['status'][i])]}), loss/pixel {loss[i]:.3g}"
+        kw = dict(mask=mask[0], label="counts per pixel", length_unit=length_unit, vmax=vmax)
+        plot_pattern(data[0], source.experiment, ax=axes[row, 0], title="data " + title, **kw)
+        plot_pattern(model, source.experiment, ax=axes[row, 1], title="model", **kw)
+    return fig
 
 
 def _histograms(out: str, length_unit: str | None = None) -> str:
@@ -289,22 +332,36 @@ def histogram_figure(out: str, length_unit: str | None = None):
 
     from diffscat.plot import pyplot as _plt
 
-    from ._batch import read_results
+    from ._batch import STATUS, read_results
 
     res = read_results(out)
     with h5py.File(out, "r") as f:
         units = {k: str(f["results"][k].attrs.get("unit", "")) for k in f["results"]}
     names = [k for k in ("radius", "semi_axes", "scale", "loss") if k in res]
     ok = np.asarray(res["status"]) == 0
+    if "semi_axes" in res:  # aspect ratios b/a and c/a of the sorted semi-axes (a <= b <= c)
+        ax3 = np.sort(np.asarray(res["semi_axes"], float), axis=1)
+        res["aspect_ratios"] = ax3[:, 1:] / ax3[:, :1]
+        units["aspect_ratios"] = "1"
+        names.append("aspect_ratios")
     plt = _plt()
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), dpi=100, layout="constrained")
-    for ax, k in zip(np.atleast_1d(axes), names, strict=True):
+    ncol = len(names) + 1
+    fig, axes = plt.subplots(1, ncol, figsize=(4.0 * ncol, 3.4), dpi=100, layout="constrained")
+    axes = np.atleast_1d(axes)
+    counts = {n: int(np.sum(np.asarray(res["status"]) == c)) for n, c in STATUS.items()}
+    axes[-1].bar(range(len(counts)), list(counts.values()), color="0.4")
+    axes[-1].set_xticks(range(len(counts)), list(counts), rotation=30, ha="right", fontsize=8)
+    axes[-1].set_ylabel("patterns")
+    axes[-1].set_title("status (ok: converged, loss consistent with noise)", fontsize=9)
+    for ax, k in zip(axes[:-1], names, strict=True):
         unit = units.get(k, "")
         if length_unit:
             unit = unit.replace("length", length_unit)
         v = np.asarray(res[k], float)[ok]
         cols = [v] if v.ndim == 1 else [v[:, j] for j in range(v.shape[1])]
         labels = [None] if v.ndim == 1 else [f"{k}[{j}]" for j in range(v.shape[1])]
+        if k == "aspect_ratios":
+            labels = ["b/a", "c/a"]
         n_ok = 0
         for c, lab in zip(cols, labels, strict=True):
             c = c[np.isfinite(c)]

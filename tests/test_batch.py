@@ -182,3 +182,16 @@ def test_shipped_batch_configs_validate(tmp_path):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match):
             load_batch_config(str(bad))
+
+
+def test_summary_figures(dataset):
+    """The run writes histograms (units, titles, status counts) and a best / worst grid (data | model)."""
+    d, data, cfg, _, ref = dataset
+    from fitting._cli_batch import histogram_figure
+
+    assert os.path.exists(os.path.join(d, "ref_fits.png"))
+    fig = histogram_figure(os.path.join(d, "ref.h5"), "nm")
+    texts = [t.get_text() for ax in fig.axes for t in (ax.xaxis.label, ax.title)]
+    assert "radius [nm]" in texts
+    assert any(t.startswith("status") for t in texts)
+    assert any("10 fitted" in t for t in texts)  # 12 patterns, 2 bad
