@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "simulate": ("diffscat._cli_simulate", "Simulate pattern(s) from a TOML config and write CXI + PNG"),
     "plan": ("diffscat._cli_plan", "Planning report of a config: transmission, photons, sampling, validity"),
     "info": ("diffscat._cli_info", "Summarise a CXI / HDF5 file"),
+    "explore": ("diffscat._cli_explore", "Interactive explorer in the browser: turn knobs, see the pattern"),
     "fit": ("fitting._cli_fit", "Fit a shape model to one measured pattern"),
     "batch-fit": ("fitting._cli_batch", "Fit every pattern of a dataset (sharded, resumable)"),
 }
