@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -28,6 +27,8 @@ import h5py
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffscat._files import atomic_output
 
 __all__ = [
     "STATUS",
@@ -105,16 +106,8 @@ class BatchSummary:
 
 
 def _atomic_h5(path: str, write: Callable[[h5py.File], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".h5")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        write(f)
 
 
 def _parts_dir(out: str) -> str:
@@ -144,10 +137,8 @@ def _write_manifest(parts: str, manifest: dict, resume: bool) -> None:
                     f"{manifest[key]}); use another output path"
                 )
         return
-    fd, tmp = tempfile.mkstemp(dir=parts, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    with atomic_output(path, suffix=".json") as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _done_ranges(parts: str) -> list[tuple[int, int, str]]:
