@@ -709,8 +709,10 @@ def test_fit_warns_on_non_integer_counts():
         _fit(dsig / dsig.max() * 50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _fit(DATA)  # integer counts: no warning
-        _fit(dsig / dsig.max() * 50 + 1.0, loss="log")  # the log loss takes intensities
+        fitting.check_data(DATA, counts=True)  # integer counts: no warning
+        fitting.check_data(dsig, counts=False)  # the log loss takes intensities
+    with pytest.warns(fitting.DataWarning):
+        fitting.check_data(DATA + 0.5, counts=True)
 
 
 def test_fit_not_converged_when_nothing_moved():
