@@ -50,11 +50,21 @@ def _pid_alive(pid: int, since: float) -> bool:
         pass
     except OSError:
         return True
+    started = _process_start(pid)
+    return started is None or started <= since + 2.0  # unknown start time: trust the pid
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time of process `pid` (seconds since the epoch, ~1 s precision) from /proc, or None."""
     try:
-        started = os.stat(f"/proc/{pid}").st_mtime
-    except OSError:
-        return True  # no /proc: trust the pid
-    return started <= since + 1.0
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22: start time, clock ticks after boot
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def clean_stale_temporaries(folder: str | os.PathLike) -> list[str]:
@@ -142,7 +152,8 @@ def check_output(
 
     Raises `ValueError` when it is one of `inputs` (or, for a folder, an existing file; for a file, an
     existing folder) and `PermissionError` when it (or the folder it would be created in) is not writable.
-    Messages are one line naming `name` and the path. Returns the path."""
+    Messages are one line naming `name` and the path. Then removes the stale temporaries of killed writers
+    from the output's folder (so a command cleans up at its start). Returns the path."""
     p = os.fspath(path)
     if not p:
         raise ValueError(f"{name} path is empty")
@@ -163,6 +174,7 @@ def check_output(
         raise ValueError(f"{name} {p!r}: {target!r} is a file, so the folder cannot be created")
     if not os.access(target, os.W_OK | os.X_OK):
         raise PermissionError(f"{name} {p!r}: no permission to write in {target!r}")
+    clean_stale_temporaries(p if folder and os.path.isdir(p) else os.path.dirname(os.path.abspath(p)))
     return p
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 
 import h5py
@@ -655,6 +656,15 @@ def test_stale_temporaries_removed_and_live_kept(tmp_path):
     write_cxi(str(tmp_path / "out.cxi"), DATA, EXP, length_unit="nm", quantity="photons")
     assert not dead.exists() and live.exists() and foreign.exists()
     assert clean_stale_temporaries(str(tmp_path)) == []
+    # a command cleans its output folder at its start (check_output), before any work
+    dead.write_bytes(b"half a file")
+    old = time.time() - 3600
+    reused = tmp_path / f"{TMP_PREFIX}1-0000.cxi"  # pid 1 runs, but started after this (1970) file
+    reused.write_bytes(b"x")
+    os.utime(reused, (1e6, 1e6))
+    os.utime(live, (old, old))  # an old temporary of this (running) process: kept
+    check_output(str(tmp_path / "next.cxi"))
+    assert not dead.exists() and not reused.exists() and live.exists()
 
 
 def test_sigkill_leaves_a_temporary_that_the_next_start_removes(tmp_path):
@@ -745,8 +755,6 @@ def test_budget_sources(monkeypatch):
 
 
 def test_memory_refusal_is_fast_and_names_the_knobs():
-    import time
-
     t0 = time.perf_counter()
     with pytest.raises(MemoryBudgetError) as info:
         ds.simulate(ds.Sphere(5000.0), EXP)
