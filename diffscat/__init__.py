@@ -13,6 +13,7 @@ from ._experiment import (
 from ._grid import VoxelGrid as VoxelGrid, default_pitch as default_pitch
 from ._plan import plan_report as plan_report
 from ._plot_shape import plot_shape as plot_shape
+from ._preflight import MemoryBudgetError as MemoryBudgetError
 from ._rotation import (
     euler_from_rotation as euler_from_rotation,
     quaternion_from_rotation as quaternion_from_rotation,

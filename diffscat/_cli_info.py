@@ -15,6 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-unit", default="nm", help="length unit for the geometry shown (default nm)")
     p.add_argument("--tree", action="store_true", help="also list every group and dataset")
     p.add_argument("--stats", action="store_true", help="pixel statistics of the first image of each entry")
+    p.add_argument(
+        "--allow-external-links",
+        action="store_true",
+        help="follow HDF5 external links to other files (refused by default)",
+    )
 
 
 def _tree(f) -> list[str]:
@@ -33,24 +38,20 @@ def _tree(f) -> list[str]:
     return lines
 
 
-def summarise(path, length_unit: str = "nm", tree: bool = False, stats: bool = False) -> str:
-    """A human-readable summary of a CXI / HDF5 file."""
-    import h5py
-
+def summarise(
+    path, length_unit: str = "nm", tree: bool = False, stats: bool = False, allow_external: bool = False
+) -> str:
+    """A human-readable summary of a CXI / HDF5 file (HDF5 external links refused unless `allow_external`)."""
     from .io import list_entries, read_cxi
+    from .io._cxi import open_hdf5
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ValueError(f"{path} is not an HDF5 file ({e})") from None
+    f = open_hdf5(path, allow_external=allow_external)
     out = [f"{path}  ({os.path.getsize(path) / 1e6:.2f} MB)"]
     with f:
         if "cxi_version" in f:
             out.append(f"CXI version {int(np.asarray(f['cxi_version'][()]))}")
-        entries = list_entries(path)
+        entries = list_entries(path, allow_external=allow_external)
         if tree or not entries:
             out += _tree(f)
     if not entries:
@@ -60,7 +61,7 @@ def summarise(path, length_unit: str = "nm", tree: bool = False, stats: bool = F
             out.append(f"... and {len(entries) - 5} more entries")
             break
         try:
-            d = read_cxi(path, length_unit=length_unit, entry=ent)
+            d = read_cxi(path, length_unit=length_unit, entry=ent, allow_external=allow_external)
         except ValueError as e:
             out.append(f"/{ent}: {e}")
             continue
@@ -105,5 +106,5 @@ def summarise(path, length_unit: str = "nm", tree: bool = False, stats: bool = F
 
 
 def run(args) -> int:
-    print(summarise(args.file, args.length_unit, args.tree, args.stats))
+    print(summarise(args.file, args.length_unit, args.tree, args.stats, args.allow_external_links))
     return 0

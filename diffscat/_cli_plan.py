@@ -36,11 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ._files import check_input_file, check_output
     from ._plan import format_summary, plan_report
 
+    check_input_file(args.config, "config")
     out = args.output or os.path.splitext(os.path.basename(args.config))[0] + "-plan.pdf"
-    if os.path.exists(out) and os.path.exists(args.config) and os.path.samefile(out, args.config):
-        raise ValueError(f"output {out!r} is the config file: refusing to overwrite it")
+    check_output(out, inputs=[args.config], name="output")
     if args.max_pixels < 4:
         raise ValueError(f"--max-pixels must be >= 4, got {args.max_pixels}")
     r = plan_report(args.config, out, overrides=args.set, png=not args.no_png, max_pixels=args.max_pixels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -202,6 +203,7 @@ def _simulate_dataset(
     from tqdm import tqdm
 
     import diffscat as ds
+    from diffscat._preflight import check_memory
     from diffscat.io import CXIWriter
     from diffscat.io._dataset import sample_parameters
 
@@ -217,6 +219,14 @@ def _simulate_dataset(
     batch = ds.stack(shapes)
     del shapes
     grid = ds.default_grid(batch, exp, pitch=sim.get("pitch"))  # the batch's hint is the largest shape's
+    check_memory(
+        grid.shape,
+        math.prod(exp.shape),
+        batch=chunk,
+        itemsize=np.dtype(batch.dtype).itemsize,
+        what=f"simulate of {chunk} patterns per chunk",
+        knobs="a smaller --chunk / dataset.chunk, a coarser simulation.pitch, smaller shapes or fewer pixels",
+    )
     if model is not None and fluences is None:
         fluences = np.full(n, float(model.fluence))
     base_key = jax.random.key(seed if seed is not None else dseed)
@@ -287,8 +297,10 @@ def _simulate_dataset(
 
 
 def run(args) -> int:
+    from diffscat._files import check_input_file, check_output
     from diffscat.io import load_config
 
+    check_input_file(args.config, "config")
     cfg = load_config(args.config, args.set)
     out, png = _paths(cfg, args.config, args.output)
     if args.no_png:
@@ -297,6 +309,10 @@ def run(args) -> int:
         raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
     if os.path.exists(out) and cfg.get("output", {}).get("overwrite", True) is False:
         raise ValueError(f"{out} exists and output.overwrite = false")
+    # every output checked before any computation: writable, not a folder, none of the inputs
+    check_output(out, inputs=[args.config], name="output")
+    if png:
+        check_output(png, inputs=[args.config, out], name="PNG output")
     res = simulate_config(cfg, out, png, chunk=args.chunk, progress=not args.quiet, config_path=args.config)
     if not args.quiet:
         print(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 
 import numpy as np
 
@@ -46,20 +45,10 @@ def pyplot():
 def save_figure(fig, path: str | os.PathLike) -> str:
     """Write a matplotlib figure atomically (temporary file + rename); creates the folder. Returns the path."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
-    os.close(fd)
-    try:
+    from ._files import atomic_output
+
+    with atomic_output(path, suffix=os.path.splitext(path)[1] or ".png") as tmp:
         fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a figure is readable as usual
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

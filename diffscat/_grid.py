@@ -62,6 +62,10 @@ class VoxelGrid(eqx.Module):
     def around(cls, radius: float, pitch, margin: int = 2) -> VoxelGrid:
         """The smallest grid holding a ball of `radius` plus `margin` voxels on every side."""
         p = np.broadcast_to(np.asarray(pitch, dtype=float), (3,))
+        if not np.all(np.isfinite(p)) or np.any(p <= 0):
+            raise ValueError(f"pitch must be positive and finite, got {pitch}")
+        if not (math.isfinite(radius) and radius > 0):
+            raise ValueError(f"radius must be positive and finite, got {radius}")
         shape = tuple(int(math.ceil(2 * radius / d)) + 2 * margin for d in p)
         return cls(shape, tuple(p))
 

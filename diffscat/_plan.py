@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -806,20 +805,13 @@ def plan_report(
     from matplotlib.backends.backend_pdf import PdfPages
 
     figs = [_page_materials(plt, r), _page_signal(plt, r), _page_geometry(plt, r)]
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
     pngs = []
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pdf", prefix=".tmp-")
-        os.close(fd)
-        try:
-            with PdfPages(tmp) as pdf:
-                for f in figs:
-                    pdf.savefig(f)
-            os.replace(tmp, out_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from ._files import atomic_output
+
+        with atomic_output(out_path, suffix=".pdf") as tmp, PdfPages(tmp) as pdf:
+            for f in figs:
+                pdf.savefig(f)
         if png:
             from ._figures import save_figure
 

@@ -6,6 +6,7 @@ import math
 import warnings
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float
@@ -13,6 +14,7 @@ from jaxtyping import Array, Complex, Float
 from ._custom_types import complex_dtype, is_concrete
 from ._experiment import Experiment
 from ._grid import VoxelGrid, default_pitch, nyquist_pitch
+from ._preflight import check_memory
 from .engines import (
     INTERP_TAPS,
     compressed_far_field,
@@ -23,6 +25,7 @@ from .engines import (
     uniform_grid_spec,
 )
 from .shapes import AbstractShape, VolumeMap
+from .shapes._base import with_extent_hint
 
 __all__ = ["simulate", "far_field", "default_grid", "check_sampling", "ValidityWarning"]
 
@@ -46,6 +49,11 @@ def _static_qz_range(experiment: Experiment) -> tuple[float, float] | None:
 
 class ValidityWarning(UserWarning):
     """Inputs outside the range where the MSFT is quantitative, or a voxel pitch too coarse."""
+
+
+def _concrete_call(*trees) -> bool:
+    """True when no array leaf of `trees` is traced (not under jit / vmap / grad)."""
+    return all(is_concrete(x) for x in jax.tree.leaves(eqx.filter(trees, eqx.is_array)))
 
 
 def _concrete_float(x) -> float | None:
@@ -160,6 +168,7 @@ def far_field(
     grid: VoxelGrid | None = None,
     pitch: float | None = None,
     transform: str = "auto",
+    memory_budget: str | float | None = None,
 ) -> Complex[Array, "*image"]:
     """Complex scattering amplitude Psi at every pixel, image-shaped [iy, ix] (length units).
 
@@ -177,7 +186,25 @@ def far_field(
         raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
     check_sampling(grid, experiment)
     _check_validity(shape, method)
+    if _concrete_call(shape, experiment):  # a plain Python-level call: refuse a grid that cannot fit memory
+        check_memory(
+            grid.shape,
+            math.prod(experiment.shape),
+            itemsize=jnp.dtype(shape.dtype).itemsize,
+            budget=memory_budget,
+            what=f"simulate({type(shape).__name__})",
+            knobs="a coarser pitch=, a smaller shape, an explicit smaller grid= or fewer detector pixels",
+        )
+        # A plain call runs as one compiled program, cached on (shape class, grid, detector, method): a loop
+        # over sizes or other parameters on one fixed grid compiles once (run op by op, the engines'
+        # lax.map / scan loops would compile anew on every call). The static size hint is dropped from the
+        # cache key: it only chooses the default grid, which is fixed by now.
+        return _far_field_jit(with_extent_hint(shape, None), experiment, method, grid, transform)
+    return _far_field_impl(shape, experiment, method, grid, transform)
 
+
+def _far_field_impl(shape, experiment, method, grid, transform):
+    """The traced body of `far_field` (arguments validated, grid fixed)."""
     rdt = jnp.result_type(shape.dtype, experiment.wavelength.dtype)
     cdt = complex_dtype(rdt)
     k0 = experiment.k0.astype(rdt)
@@ -226,6 +253,9 @@ def far_field(
     return jnp.where(pix.valid, psi, 0)
 
 
+_far_field_jit = eqx.filter_jit(_far_field_impl)
+
+
 def simulate(
     shape: AbstractShape,
     experiment: Experiment,
@@ -235,6 +265,7 @@ def simulate(
     grid: VoxelGrid | None = None,
     pitch: float | None = None,
     transform: str = "auto",
+    memory_budget: str | float | None = None,
 ) -> Float[Array, "*image"] | Complex[Array, "*image"]:
     """Differential cross-section dsigma/dOmega [length^2 / sr] at every pixel, image-shaped [iy, ix].
 
@@ -255,13 +286,29 @@ def simulate(
       parity-folded separable DFT on QGrid detectors; other detectors below 64 deg interpolate that result
       from an oversampled uniform q grid, error ~1e-8 of max |Psi|; docs/performance.md),
       "separable" (per-slice separable DFT, QGrid only) or "direct" (per-slice sum at every pixel).
+    - `memory_budget`: bytes (or "8GiB", "75%", "off") allowed for the estimated peak memory; default
+      $DIFFSCAT_MEMORY_BUDGET, else 50 % of the available memory. A plain call (not under jit/vmap/grad)
+      whose estimate exceeds it raises `diffscat.MemoryBudgetError` before any allocation (docs/errors.md).
+
+    **Scans** (a loop over sizes or other shape parameters): the default grid follows the shape's size, so
+    each new size compiles anew under jit. Pass one fixed grid for the whole scan, e.g.
+    `grid = diffscat.default_grid(largest_shape, experiment)`, then `simulate(shape, experiment, grid=grid)`:
+    one compilation for every size that fits in it.
 
     Parametric shapes render as partial-volume voxels (each voxel's filled fraction, smooth in the
     parameters); the Fourier transform of that voxel kernel is divided out of the far field, so the default is
     accurate to ~0.5 % vs Mie (docs/accuracy.md). Invalid pixels are 0.
     dtype: complex64 unless the shape or wavelength is float64 (x64 enabled). Matmuls use HIGHEST precision.
     """
-    psi = far_field(shape, experiment, method=method, grid=grid, pitch=pitch, transform=transform)
+    psi = far_field(
+        shape,
+        experiment,
+        method=method,
+        grid=grid,
+        pitch=pitch,
+        transform=transform,
+        memory_budget=memory_budget,
+    )
     if field:
         return psi
     return psi.real**2 + psi.imag**2

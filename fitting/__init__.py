@@ -53,6 +53,7 @@ from ._losses import (
     LOSSES as LOSSES,
     AbstractLoss as AbstractLoss,
     Anscombe as Anscombe,
+    DataWarning as DataWarning,
     LogIntensity as LogIntensity,
     Poisson as Poisson,
     anscombe_nll as anscombe_nll,

@@ -22,7 +22,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -30,6 +29,8 @@ import h5py
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diffscat._files import atomic_output, clean_stale_temporaries
 
 __all__ = [
     "STATUS",
@@ -109,12 +110,6 @@ class BatchSummary:
 _HOST = socket.gethostname()
 
 
-def _tmp_prefix() -> str:
-    """Temporary files carry their writer's host and pid, so a later run can tell a dead writer's leftovers
-    (removed at start, `_remove_stale_temporaries`) from a live writer's (left alone)."""
-    return f".tmp-{_HOST}-{os.getpid()}-"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -125,38 +120,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(folder: str) -> list[str]:
-    """Delete `.tmp-<host>-<pid>-*` files in `folder` whose writer (on this host) is dead. Returns their names."""
-    removed = []
-    if not os.path.isdir(folder):
-        return removed
-    for name in os.listdir(folder):
-        if not name.startswith(f".tmp-{_HOST}-"):
-            continue
-        try:
-            pid = int(name[len(f".tmp-{_HOST}-") :].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            try:
-                os.remove(os.path.join(folder, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
 def _atomic_h5(path: str, write: Callable[[h5py.File], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=".h5")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_output(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        write(f)
 
 
 class JobLock:
@@ -232,10 +198,8 @@ def _write_manifest(parts: str, manifest: dict, resume: bool) -> None:
                     f"{manifest[key]}); use another output path"
                 )
         return
-    fd, tmp = tempfile.mkstemp(dir=parts, prefix=_tmp_prefix(), suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    with atomic_output(path, suffix=".json") as tmp, open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _done_ranges(parts: str) -> list[tuple[int, int, str]]:
@@ -441,7 +405,7 @@ def batch_fit(
                 file=sys.stderr,
             )
         for folder in (parts, os.path.dirname(os.path.abspath(out))):
-            _remove_stale_temporaries(folder)
+            clean_stale_temporaries(folder)
         _write_manifest(parts, manifest, resume)
         done = np.zeros(n, bool)
         for a, b, _ in _done_ranges(parts):

@@ -21,10 +21,14 @@ import numpy as np
 import optax
 
 import diffscat as ds
+from diffscat._preflight import check_memory
 
 from ._losses import AbstractLoss, as_loss
 
 __all__ = ["SphereBatchFitter"]
+
+
+_KNOBS = "a smaller [model] radius_max, a coarser [fit] pitch, or a smaller [batch] chunk_size"
 
 
 class SphereBatchFitter:
@@ -86,6 +90,7 @@ class SphereBatchFitter:
         if pitch is None:
             pitch = ds.default_pitch(float(experiment.wavelength), min(tmax, math.pi / 2 * 0.99))
         grid = ds.VoxelGrid.around(rmax * 1.05, pitch)
+        check_memory(grid.shape, n_theta, what="the batch sphere fitter", knobs=_KNOBS)
         self.grid = grid
         weight = np.asarray(pixel_weight(pix, polarisation))
         weight = np.where(valid, weight, 0.0)
@@ -252,6 +257,9 @@ class EllipsoidBatchFitter:
         if pitch is None:
             pitch = self.sphere.grid.pitch[0]
         self.grid = ds.VoxelGrid.around(float(radius_range[1]) * max_aspect ** (2 / 3) * 1.05, pitch)
+        check_memory(
+            self.grid.shape, math.prod(experiment.shape), what="the batch ellipsoid fitter", knobs=_KNOBS
+        )
         self._weight = self.sphere.weight  # solid angle x polarisation, normalised (same pixels)
         self.delta, self.beta = float(delta), float(beta)
         self.n_steps = int(n_steps)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import numpy as np
@@ -112,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", help="coordinator address host:port (with --distributed)")
     parser.add_argument("--num-processes", type=int, help="number of processes (with --distributed)")
     parser.add_argument("--process-id", type=int, help="this process's index (with --distributed)")
+    parser.add_argument(
+        "--allow-external-links",
+        action="store_true",
+        help="follow HDF5 external links of the data file to other files (refused by default)",
+    )
 
 
 def load_batch_config(path, overrides=()) -> dict:
@@ -135,20 +141,22 @@ class CXISource:
     """Patterns of a CXI file, read lazily chunk by chunk: a stack (N, ny, nx) in one entry, or one image per
     entry (`entry="all"`, CXIDB id-94 style). Masks: the file's mask, finite pixels and `extra_mask`."""
 
-    def __init__(self, path, length_unit: str, entry=1, extra_mask=None):
+    def __init__(self, path, length_unit: str, entry=1, extra_mask=None, *, allow_external: bool = False):
         from diffscat.io import list_entries, read_cxi
 
         self.path = os.fspath(path)
         self.length_unit = length_unit
+        self.allow_external = bool(allow_external)
+        ext = dict(allow_external=self.allow_external)
         if entry == "all":
-            self.entries = list_entries(self.path)
+            self.entries = list_entries(self.path, **ext)
             if not self.entries:
                 raise ValueError(f"{self.path}: no /entry_N groups")
-            first = read_cxi(self.path, length_unit=length_unit, entry=self.entries[0])
+            first = read_cxi(self.path, length_unit=length_unit, entry=self.entries[0], **ext)
             self._n = len(self.entries)
             self._stack = None
         else:
-            first = read_cxi(self.path, length_unit=length_unit, entry=entry)
+            first = read_cxi(self.path, length_unit=length_unit, entry=entry, **ext)
             self.entries = None
             if isinstance(first.data, np.ndarray) and first.data.ndim == 2:
                 self._stack = None
@@ -189,7 +197,9 @@ class CXISource:
         for e in self.entries[start:stop]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NaNPixelWarning)
-                c = read_cxi(self.path, length_unit=self.length_unit, entry=e)
+                c = read_cxi(
+                    self.path, length_unit=self.length_unit, entry=e, allow_external=self.allow_external
+                )
             d = np.asarray(c.data, float)
             if d.shape != self.image_shape:  # flagged as bad by the screen (wrong shape)
                 d = np.full(self.image_shape, np.nan)
@@ -212,19 +222,28 @@ def run(args) -> int:
             )
         jax.distributed.initialize(**kw)
 
+    from diffscat._files import check_input_file, check_output
+    from diffscat._preflight import check_memory
     from diffscat.detectors import angular_mask
 
     from ._batch import batch_fit, merge_parts
     from ._batch_fitters import EllipsoidBatchFitter, SphereBatchFitter
 
-    if os.path.abspath(args.out) == os.path.abspath(args.data):
-        raise ValueError("-o must not be the input data file")
+    check_input_file(args.config, "config")
+    check_input_file(args.data, "data")
+    check_output(args.out, inputs=[args.data, args.config], name="-o")
+    check_output(args.out + ".parts", inputs=[args.data, args.config], folder=True, name="-o parts folder")
     cfg = load_batch_config(args.config, args.set)
     if args.merge_only:
         counts = merge_parts(args.out)
         print(json.dumps(counts))
         return 0
-    src = CXISource(args.data, cfg["data"]["length_unit"], cfg["data"]["entry"])
+    src = CXISource(
+        args.data,
+        cfg["data"]["length_unit"],
+        cfg["data"]["entry"],
+        allow_external=args.allow_external_links,
+    )
     fit = cfg["fit"]
     if fit["beamstop_deg"] > 0:
         src.extra_mask = np.asarray(angular_mask(src.experiment, theta_min_deg=fit["beamstop_deg"]))
@@ -249,6 +268,16 @@ def run(args) -> int:
         fitter = EllipsoidBatchFitter(src.experiment, n_steps=fit["n_steps"], **extra, **common)
         units = {"semi_axes": cfg["data"]["length_unit"]}
     chunk = args.chunk_size or cfg["batch"]["chunk_size"]
+    if chunk < 1:
+        raise ValueError(f"--chunk-size must be >= 1, got {chunk}")
+    check_memory(
+        fitter.grid.shape,
+        math.prod(src.image_shape),
+        batch=chunk,
+        grad=True,
+        what=f"batch-fit of {chunk} patterns per chunk",
+        knobs="a smaller --chunk-size / [batch] chunk_size, a smaller [model] radius_max or a coarser pitch",
+    )
     job = {"config": cfg, "data": os.path.abspath(args.data), "n": len(src)}
     summary = batch_fit(
         src,

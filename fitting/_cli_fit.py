@@ -110,15 +110,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+    parser.add_argument(
+        "--allow-external-links",
+        action="store_true",
+        help="follow HDF5 external links of the data file to other files (refused by default)",
+    )
 
 
 def run(args) -> int:
+    from diffscat._files import check_input_file, check_output
     from diffscat.io import read_toml
 
+    check_input_file(args.config, "config")
+    check_output(args.out, inputs=[args.config, args.data], folder=True, name="-o")
     cfg = read_toml(args.config, args.set)
     if args.data:
         cfg.setdefault("data", {})["path"] = args.data
-    result = run_config(cfg, args.out, progress=True)
+    result = run_config(cfg, args.out, progress=True, allow_external=args.allow_external_links)
     for k in result.free:
         v, s = np.asarray(result.values[k]), np.asarray(result.sigmas.get(k, np.nan))
         if k == "orientation":
@@ -131,13 +139,15 @@ def run(args) -> int:
     return 0
 
 
-def _load_data(cfg: dict):
+def _load_data(cfg: dict, allow_external: bool = False):
     from diffscat.io import build_experiment, check_section, read_cxi
 
     dsec = check_section(cfg.get("data"), _schemas()["data"], "data")
     if "path" not in dsec:
         raise ValueError("no data: give --data FILE or [data] path")
-    cx = read_cxi(dsec["path"], length_unit=dsec["length_unit"], entry=dsec.get("entry"))
+    cx = read_cxi(
+        dsec["path"], length_unit=dsec["length_unit"], entry=dsec.get("entry"), allow_external=allow_external
+    )
     data = cx.data
     mask = cx.mask
     if not (isinstance(data, np.ndarray) and data.ndim == 2):
@@ -179,13 +189,15 @@ def _with_beam_center(exp, center, data, mask):
     return ds.Experiment(exp.wavelength, exp.detector.with_beam_center(c))
 
 
-def run_config(cfg: dict, out: str, *, progress: bool = False):
-    """Run a fit from a config dict (as loaded from TOML, overrides applied); write files into `out`.
-    `progress`: print the optimiser's progress to stderr (`fitting.fit(progress=True)`; the CLI turns it on).
-    Returns the `FitResult`. Errors name the offending key."""
+def run_config(cfg: dict, out: str, *, progress: bool = False, allow_external: bool = False):
+    """Run a fit from a config dict (as loaded from TOML, overrides applied); write files into `out`
+    (checked writable and distinct from the data file before the fit). `progress`: print the optimiser's
+    progress to stderr (`fitting.fit(progress=True)`; the CLI turns it on). Returns the `FitResult`. Errors
+    name the offending key; HDF5 external links in the data file are refused unless `allow_external`."""
     import matplotlib.pyplot as plt
 
     import diffscat as ds
+    from diffscat._files import check_output
     from diffscat.io import check_section, shape_class
 
     from ._fit import fit
@@ -214,7 +226,10 @@ def run_config(cfg: dict, out: str, *, progress: bool = False):
     given = set(cfg.get("fit") or {})
     fsec = {k: v for k, v in check_section(cfg.get("fit"), schemas["fit"], "fit").items() if k in given}
     cls = shape_class(msec["type"])
-    data, mask, exp = _load_data(cfg)
+    dpath = cfg.get("data", {}).get("path") if isinstance(cfg.get("data"), dict) else None
+    dpath = dpath if isinstance(dpath, str) else None
+    check_output(out, inputs=[dpath], folder=True, name="output folder")
+    data, mask, exp = _load_data(cfg, allow_external)
 
     beamstop = fsec.pop("beamstop_deg", None)
     if beamstop is not None:

@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Real
 
 import diffscat as ds
+from diffscat._preflight import check_memory
 from diffscat.detectors import POLARISATIONS, pixel_weight
 
 from ._losses import AbstractLoss, as_loss, check_data
@@ -214,6 +215,7 @@ def fit(
     uncertainties: bool = True,
     alternatives_tol: float = 5.0,
     progress: bool | int = False,
+    memory_budget: str | float | None = None,
 ) -> FitResult:
     """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
 
@@ -239,6 +241,13 @@ def fit(
       are reported as `result.alternatives` (e.g. the twin/mirror solution).
     - `progress`: print a line to stderr after the first (compiling) step and every 10 steps (or every
       `progress` steps when an int > 0): step, loss per pixel of the best start, elapsed seconds. Default off.
+    - `memory_budget`: bytes (or "8GiB", "off") for the estimated peak memory of the fit; default
+      $DIFFSCAT_MEMORY_BUDGET, else 50 % of the available memory (docs/errors.md).
+
+    Refused before any work (`ValueError`): data 0 in every used pixel, no used pixel, NaN/inf or negative
+    counts in used pixels; a plan over the memory budget raises `diffscat.MemoryBudgetError`. Non-integer
+    data with a counting loss (Poisson, Anscombe) give a `fitting.DataWarning`. `converged` is False when
+    the optimiser never moved the parameters from the start nor lowered the loss.
 
     Returns a `FitResult`. Raises `ValueError`/`TypeError` naming the argument for bad input.
     """
@@ -259,7 +268,9 @@ def fit(
     polarisation = _check_polarisation(polarisation)
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    d, m = check_data(data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative)
+    d, m = check_data(
+        data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative, counts=loss.nonnegative
+    )
     dt = models[0].dtype
     d = d.astype(dt)
     n_used = int(np.sum(np.asarray(m)))
@@ -269,6 +280,16 @@ def fit(
         grid = _fit_grid(models, experiment, pitch, grid_margin)
     elif not isinstance(grid, ds.VoxelGrid):
         raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
+    check_memory(
+        grid.shape,
+        int(np.prod(experiment.shape)),
+        batch=len(models),
+        itemsize=np.dtype(dt).itemsize,
+        grad=True,
+        budget=memory_budget,
+        what=f"fit of {len(models)} start(s)",
+        knobs="a coarser pitch=, a smaller grid= or grid_margin, fewer starts or fewer detector pixels",
+    )
     probs = [Parametrisation.create(s, experiment, free, background, max(level, 1e-12)) for s in models]
     prob = stack_parametrisations(probs)
     st = _Static(loss, method, bool(solid_angle), polarisation, grid, regularizer)
@@ -315,6 +336,10 @@ def fit(
         final_val = np.asarray(optax.tree_utils.tree_get(state, "value"), float)
         improved = np.isfinite(final_val) & (final_val < best_val)
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+
+    u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
+    if converged and not _moved(u0, best_u, history):
+        converged = False  # "converged" at the start: the data gave no gradient to follow (no silent success)
 
     nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, d, m, st, bool(uncertainties))
     nll, scales, ib = np.asarray(nll), np.asarray(scales), int(ib)
@@ -404,6 +429,17 @@ def _same_solution(a: dict, b: dict, rtol: float = 1e-3, deg: float = 0.5) -> bo
         elif not np.allclose(x, y, rtol=rtol, atol=rtol * max(float(np.max(np.abs(y), initial=0.0)), 1e-12)):
             return False
     return True
+
+
+def _moved(u0, u, history) -> bool:
+    """True when any start's parameters left their initial values or its loss went down."""
+    changed = any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(u0), jax.tree.leaves(u), strict=True)
+    )
+    h = np.asarray(history, float)
+    lowered = h.shape[0] > 1 and bool(np.any(np.nanmin(h, axis=0) < h[0]))
+    return changed or lowered
 
 
 def _bcast(flags, x):

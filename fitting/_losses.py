@@ -29,6 +29,7 @@ that its Hessian is the observed Fisher information. Which to use (docs/fitting.
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import ClassVar
 
 import equinox as eqx
@@ -45,6 +46,7 @@ __all__ = [
     "LOSSES",
     "as_loss",
     "check_data",
+    "DataWarning",
     "poisson_nll",
     "anscombe_nll",
     "log_intensity_nll",
@@ -59,17 +61,25 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+class DataWarning(UserWarning):
+    """The data look wrong for the chosen loss (e.g. non-integer values with a photon-counting loss)."""
+
+
 def check_data(
     data: Real[ArrayLike, "*data"],
     mask: ArrayLike | None = None,
     image_shape: tuple[int, ...] | None = None,
     *,
     nonnegative: bool = True,
+    counts: bool = False,
 ) -> tuple[Float[Array, "*image"], Bool[Array, "*image"]]:
     """Validate measured data and mask; return them as arrays (mask defaults to all True).
 
-    Masked pixels of the returned data are set to 0. Raises `ValueError` naming the argument for: shape mismatch (data vs `image_shape` or mask), a mask that is
-    not boolean, NaN or inf in used pixels, negative values in used pixels (when `nonnegative`), no used pixels.
+    Masked pixels of the returned data are set to 0. Raises `ValueError` naming the argument for: shape
+    mismatch (data vs `image_shape` or mask), a mask that is not boolean, NaN or inf in used pixels, negative
+    values in used pixels (when `nonnegative`), no used pixels, data that are 0 in every used pixel.
+    With `counts` (a photon-counting loss: Poisson, Anscombe), concrete non-integer data raise a
+    `DataWarning` (they are not photon counts: e.g. dsigma/dOmega or a per-solid-angle image).
     Concrete values are checked in Python; traced ones through `eqx.error_if`.
     """
     if isinstance(data, jax.Array | np.ndarray) and jnp.issubdtype(data.dtype, jnp.complexfloating):
@@ -98,6 +108,18 @@ def check_data(
             raise ValueError("data contain NaN or inf in used pixels (mask them out)")
         if nonnegative and np.any(used < 0):
             raise ValueError(f"data contain negative counts in used pixels (min {used.min():.3g})")
+        if not np.any(used != 0):
+            raise ValueError(f"data are 0 in every used pixel ({used.size} pixels): nothing to fit")
+        if counts:
+            frac = np.abs(used - np.rint(used))
+            if np.any(frac > 1e-6 * np.maximum(1.0, np.abs(used))):
+                warnings.warn(
+                    f"data are not integer photon counts (e.g. {used[np.argmax(frac)]:.4g}) but the loss "
+                    "counts photons (Poisson / Anscombe): for dsigma/dOmega or intensity images use "
+                    "loss='log' (fitting.LogIntensity), and for a per-solid-angle image solid_angle=False",
+                    DataWarning,
+                    stacklevel=3,
+                )
     else:
         d = eqx.error_if(d, ~jnp.any(m), "mask excludes every pixel: nothing to fit")
         d = eqx.error_if(d, jnp.any(m & ~jnp.isfinite(d)), "data contain NaN or inf in used pixels")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffscat._files import TMP_PREFIX
 from fitting._batch import ArraySource, JobLock, batch_fit, read_results
 
 N = 10
@@ -114,15 +115,18 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = [
-        os.path.join(parts, f".tmp-{host}-{dead.pid}-abc.h5"),
-        str(tmp_path / f".tmp-{host}-{dead.pid}-x.h5"),
+        os.path.join(parts, f"{TMP_PREFIX}{dead.pid}@{host}-abc.h5"),
+        str(tmp_path / f"{TMP_PREFIX}{dead.pid}@{host}-x.h5"),
     ]
-    alive = os.path.join(parts, f".tmp-{host}-{os.getppid()}-def.h5")  # a live writer's: left alone
-    for p in stale + [alive]:
+    alive = os.path.join(parts, f"{TMP_PREFIX}{os.getppid()}@{host}-def.h5")  # a live writer's: left alone
+    other_host = os.path.join(
+        parts, f"{TMP_PREFIX}{dead.pid}@another-host.example-0a1b.h5"
+    )  # not ours to judge
+    for p in stale + [alive, other_host]:
         open(p, "w").close()
     batch_fit(_source(), RecordingFitter(), out, chunk_size=4, progress=False)
     assert not any(os.path.exists(p) for p in stale)
-    assert os.path.exists(alive)
+    assert os.path.exists(alive) and os.path.exists(other_host)
 
 
 def test_shipped_batch_configs_cover_the_shipped_dataset_configs():

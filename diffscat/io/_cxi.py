@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._experiment import Experiment
+from .._files import atomic_output, check_input_file
 from ..detectors._base import DETECTOR_TYPES
 from ..detectors._masks import CXI_INVALID, from_cxi_bitmask
 from ..detectors._photons import PLANCK, SPEED_OF_LIGHT
@@ -48,6 +48,7 @@ __all__ = [
     "list_entries",
     "experiment_from_cxi",
     "NaNPixelWarning",
+    "open_hdf5",
 ]
 
 HC = PLANCK * SPEED_OF_LIGHT
@@ -137,6 +138,49 @@ def experiment_from_cxi(
 
 
 # ----------------------------------------------------------------------------------------------- reading
+
+
+def _external_links(f) -> list[tuple[str, str, str]]:
+    """(link name, target file, target path) of every HDF5 external link in an open file."""
+    import h5py
+
+    found = []
+
+    def visit(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            found.append((name, link.filename, link.path))
+
+    f.visititems_links(visit)
+    return found
+
+
+def open_hdf5(path, *, allow_external: bool = False, name: str = "input"):
+    """Open an HDF5 file read-only, with one-line errors naming the path: FileNotFoundError,
+    IsADirectoryError, PermissionError, or ValueError for a file that is not HDF5 (truncated, random bytes).
+
+    External links (datasets living in other files) are refused unless `allow_external`: a file could
+    otherwise make `info` print, and `fit` fit, data from any other file the user can read."""
+    import h5py
+
+    path = check_input_file(path, name)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        reason = " ".join(str(e).split())
+        raise ValueError(
+            f"{path} is not a readable HDF5/CXI file (truncated or not HDF5: {reason})"
+        ) from None
+    if not allow_external:
+        links = _external_links(f)
+        if links:
+            f.close()
+            n, target, tpath = links[0]
+            more = f" and {len(links) - 1} more" if len(links) > 1 else ""
+            raise ValueError(
+                f"{path}: /{n} is an HDF5 external link to {target}:{tpath}{more}; external links are "
+                "refused (pass allow_external=True, or --allow-external-links on the command line)"
+            )
+    return f
 
 
 class LazyStack:
@@ -233,11 +277,9 @@ class CXIData:
         return 1 if isinstance(self.data, np.ndarray) and self.data.ndim == 2 else len(self.data)
 
 
-def list_entries(path) -> list[str]:
-    """Names of the /entry_N groups of a CXI file, in numeric order."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+def list_entries(path, *, allow_external: bool = False) -> list[str]:
+    """Names of the /entry_N groups of a CXI file, in numeric order (see `open_hdf5` for the errors)."""
+    with open_hdf5(path, allow_external=allow_external) as f:
         names = [k for k in f if k.startswith("entry_") and k[6:].isdigit()]
     return sorted(names, key=lambda k: int(k[6:]))
 
@@ -251,7 +293,12 @@ def _entry_name(entry) -> str:
 
 
 def read_cxi(
-    path, *, length_unit: str, entry: int | str | None = None, data_path: str | None = None
+    path,
+    *,
+    length_unit: str,
+    entry: int | str | None = None,
+    data_path: str | None = None,
+    allow_external: bool = False,
 ) -> CXIData:
     """Read one entry of a CXI file (or any HDF5 dataset by path) in the user's length unit.
 
@@ -265,80 +312,89 @@ def read_cxi(
       mask and truth then come from `entry` only when it is given explicitly.
 
     Single images are read whole; stacks come back as a `LazyStack`. NaN / inf pixels are set to 0, masked
-    out and reported with a `NaNPixelWarning`. Raises FileNotFoundError / ValueError naming what is missing
-    or malformed (dataset, rank, mask shape).
+    out and reported with a `NaNPixelWarning`. Raises FileNotFoundError / IsADirectoryError /
+    PermissionError / ValueError naming the path and what is missing or malformed (not HDF5, truncated,
+    dataset, rank, dtype, mask shape). HDF5 external links are refused unless `allow_external=True`.
     """
-    import h5py
-
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
     u = length_unit_m(length_unit)
     ent = _entry_name(1 if entry is None else entry)
     if data_path is not None and entry is None:
         ent = "__none__"
-    with h5py.File(path, "r") as f:
-        # Old files: top-level /detector (and /source) groups, no /entry_N.
-        old = data_path is None and entry is None and "entry_1" not in f and "detector/data" in f
-        if old:
-            ent = ""
-        has_ent = old or ent in f
-        if data_path is None and not old:
-            if ent not in f:
-                raise ValueError(f"{path}: no group /{ent} (entries: {list_entries(path) or 'none'})")
-            cands = [f"{ent}/{DET}/data", f"{ent}/data_1/data", f"{ent}/image_1/data", "detector/data"]
-            dpath = next((c for c in cands if c in f), None)
-            if dpath is None:
-                raise ValueError(f"{path}: missing dataset /{ent}/{DET}/data (also looked at {cands[1:]})")
-        elif old:
-            dpath = "detector/data"
-        else:
-            dpath = data_path.lstrip("/")
-            if dpath not in f or not isinstance(f[dpath], h5py.Dataset):
-                raise ValueError(f"{path}: missing dataset /{dpath}")
-        ds = f[dpath]
-        ndim = ds.ndim
-        if ds.ndim not in (2, 3):
-            raise ValueError(
-                f"{path}:/{dpath} must have rank 2 (ny, nx) or 3 (N, ny, nx), got shape {ds.shape}"
-            )
-        img_shape = tuple(ds.shape[-2:])
-        quantity = ds.attrs.get("quantity")
-        quantity = quantity.decode() if isinstance(quantity, bytes) else quantity
-        scale = 1.0 / u**2 if quantity == "dsigma_domega" else 1.0
-        experiment, flips = experiment_from_cxi(f, ent, img_shape, length_unit) if has_ent else (None, (0, 0))
-        mask = None
-        mg = _find(f, ent, f"{DET}/mask", f"{ent}/data_1/mask", "detector/mask") if has_ent else None
-        if mg is not None:
-            m = np.asarray(mg[()])
-            if m.shape[-2:] != img_shape or m.ndim not in (2, ds.ndim):
-                raise ValueError(
-                    f"{path}:{mg.name} has shape {m.shape}, but the data's images are {img_shape}"
-                )
-            mask = from_cxi_bitmask(m) if m.dtype != bool else m
-            if flips[0]:
-                mask = mask[..., ::-1, :]
-            if flips[1]:
-                mask = mask[..., ::-1]
-            mask = np.ascontiguousarray(mask)
-        truth, extras = None, {}
-        tg = f.get(f"{ent}/sample_1/truth")
-        if tg is not None:
-            truth = read_shape_group(tg["shape"]) if "shape" in tg else None
-            for k, v in tg.items():
-                if k != "shape" and isinstance(v, h5py.Dataset):
-                    extras[k] = v[()]
-        dg = f.get(f"{ent}/diffscat")
-        if dg is not None:
-            for k, v in dg.attrs.items():
-                extras[k] = v.decode() if isinstance(v, bytes) else v
-        if ds.ndim == 2:
-            data = np.asarray(ds[()], dtype=np.result_type(ds.dtype, np.float32)) * scale
-            if flips[0]:
-                data = data[::-1, :]
-            if flips[1]:
-                data = data[:, ::-1]
-            data = np.ascontiguousarray(data)
+    f = open_hdf5(path, allow_external=allow_external)
+    try:
+        return _read_open(f, path, u, ent, entry, data_path, length_unit)
+    except OSError as e:  # h5py: a damaged file that opened (truncated data, bad chunks)
+        reason = " ".join(str(e).split())
+        raise ValueError(f"{path}: damaged HDF5 file, could not read it ({reason})") from None
+    finally:
+        f.close()
+
+
+def _read_open(f, path, u, ent, entry, data_path, length_unit) -> CXIData:
+    import h5py
+
+    # Old files: top-level /detector (and /source) groups, no /entry_N.
+    old = data_path is None and entry is None and "entry_1" not in f and "detector/data" in f
+    if old:
+        ent = ""
+    has_ent = old or ent in f
+    if data_path is None and not old:
+        if ent not in f:
+            raise ValueError(f"{path}: no group /{ent} (entries: {list_entries(path) or 'none'})")
+        cands = [f"{ent}/{DET}/data", f"{ent}/data_1/data", f"{ent}/image_1/data", "detector/data"]
+        dpath = next((c for c in cands if c in f), None)
+        if dpath is None:
+            raise ValueError(f"{path}: missing dataset /{ent}/{DET}/data (also looked at {cands[1:]})")
+    elif old:
+        dpath = "detector/data"
+    else:
+        dpath = data_path.lstrip("/")
+        if dpath not in f or not isinstance(f[dpath], h5py.Dataset):
+            raise ValueError(f"{path}: missing dataset /{dpath}")
+    ds = f[dpath]
+    ndim = ds.ndim
+    if not (np.issubdtype(ds.dtype, np.number) or ds.dtype == bool) or np.issubdtype(
+        ds.dtype, np.complexfloating
+    ):
+        raise ValueError(f"{path}:/{dpath} must hold real numbers, got dtype {ds.dtype}")
+    if ds.ndim not in (2, 3):
+        raise ValueError(f"{path}:/{dpath} must have rank 2 (ny, nx) or 3 (N, ny, nx), got shape {ds.shape}")
+    img_shape = tuple(ds.shape[-2:])
+    quantity = ds.attrs.get("quantity")
+    quantity = quantity.decode() if isinstance(quantity, bytes) else quantity
+    scale = 1.0 / u**2 if quantity == "dsigma_domega" else 1.0
+    experiment, flips = experiment_from_cxi(f, ent, img_shape, length_unit) if has_ent else (None, (0, 0))
+    mask = None
+    mg = _find(f, ent, f"{DET}/mask", f"{ent}/data_1/mask", "detector/mask") if has_ent else None
+    if mg is not None:
+        m = np.asarray(mg[()])
+        if m.shape[-2:] != img_shape or m.ndim not in (2, ds.ndim):
+            raise ValueError(f"{path}:{mg.name} has shape {m.shape}, but the data's images are {img_shape}")
+        mask = from_cxi_bitmask(m) if m.dtype != bool else m
+        if flips[0]:
+            mask = mask[..., ::-1, :]
+        if flips[1]:
+            mask = mask[..., ::-1]
+        mask = np.ascontiguousarray(mask)
+    truth, extras = None, {}
+    tg = f.get(f"{ent}/sample_1/truth")
+    if tg is not None:
+        truth = read_shape_group(tg["shape"]) if "shape" in tg else None
+        for k, v in tg.items():
+            if k != "shape" and isinstance(v, h5py.Dataset):
+                extras[k] = v[()]
+    dg = f.get(f"{ent}/diffscat")
+    if dg is not None:
+        for k, v in dg.attrs.items():
+            extras[k] = v.decode() if isinstance(v, bytes) else v
+    if ds.ndim == 2:
+        data = np.asarray(ds[()], dtype=np.result_type(ds.dtype, np.float32)) * scale
+        if flips[0]:
+            data = data[::-1, :]
+        if flips[1]:
+            data = data[:, ::-1]
+        data = np.ascontiguousarray(data)
     if ndim == 2:
         bad = ~np.isfinite(data)
         if bad.any():
@@ -424,12 +480,17 @@ class CXIWriter:
     def __enter__(self) -> CXIWriter:
         import h5py
 
-        folder = os.path.dirname(self.path)
-        os.makedirs(folder, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=folder, suffix=".cxi", prefix=".tmp-")
-        os.close(fd)
-        self._f = h5py.File(self._tmp, "w")
-        self._setup()
+        self._ctx = atomic_output(self.path, suffix=".cxi")
+        self._tmp = self._ctx.__enter__()
+        try:
+            self._f = h5py.File(self._tmp, "w")
+            self._setup()
+        except BaseException as e:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def _setup(self):
@@ -570,15 +631,15 @@ class CXIWriter:
 
     def __exit__(self, exc_type, exc, tb):
         f, self._f = self._f, None
+        ctx, self._ctx = self._ctx, None
         try:
             f.close()
-            if exc_type is None:
-                if self.n == 0:
-                    raise ValueError("no images were written")
-                os.replace(self._tmp, self.path)
-        finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+            if exc_type is None and self.n == 0:
+                raise ValueError("no images were written")
+        except BaseException as e:
+            ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        ctx.__exit__(exc_type, exc, tb)  # renames the temporary on success, removes it on an error
         return False
 
 

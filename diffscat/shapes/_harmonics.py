@@ -103,9 +103,10 @@ class SphericalHarmonics(AbstractSolid):
 
     Y_lm are the real orthonormal harmonics (integral of Y_lm^2 over the sphere = 1, no Condon-Shortley
     phase; theta from the body +z axis, phi from body +x toward +y). A sphere of radius a has
-    c_00 = a sqrt(4 pi) and nothing else. Negative radii are clamped smoothly to a small positive value
-    (R_eff = s softplus(R / s), s = 1 % of the mean radius c_00 / sqrt(4 pi); exact above 30 % of the mean)
-    with a warning when the coefficients are concrete.
+    c_00 = a sqrt(4 pi) and nothing else. Radii below a floor are clamped smoothly to it:
+    R_eff = f + s softplus((R - f) / s), s = f = 1 % of the mean radius c_00 / sqrt(4 pi), so R_eff >= f > 0
+    everywhere (value and gradient finite even where R < 0; exact to float precision above 30 % of the
+    mean), with a warning when the coefficients are concrete and R < 0 somewhere.
 
     **Arguments:**
     - `coefficients`: flat array of (lmax + 1)^2 values in length units, c_lm at index l^2 + l + m
@@ -154,7 +155,8 @@ class SphericalHarmonics(AbstractSolid):
             if r.min() < 0:
                 warnings.warn(
                     f"SphericalHarmonics: the radius is negative in some directions (min {r.min():.3g}); "
-                    "it is clamped smoothly to a small positive value there",
+                    f"it is clamped smoothly to a floor of {0.01 * float(c[0]) * Y00:.3g} (1 % of the mean "
+                    "radius) there",
                     UserWarning,
                     stacklevel=2,
                 )
@@ -256,8 +258,8 @@ class SphericalHarmonics(AbstractSolid):
     def _radius_unit(self, u):
         if self.lmax == 0:
             return jnp.broadcast_to(self.coefficients[0] * Y00, u.shape[:-1])
-        s = self._clamp_scale()
-        return s * jax.nn.softplus(_sh_sum(self.coefficients, self.lmax, u) / s)
+        s = self._clamp_scale()  # also the floor: R_eff >= s > 0, so 1 / R_eff stays finite (star_sdf)
+        return s + s * jax.nn.softplus((_sh_sum(self.coefficients, self.lmax, u) - s) / s)
 
     def sdf_body(self, p):
         return _sdf(self, p)
