@@ -68,7 +68,7 @@ VERDICT_OUTSIDE = "outside validity — use a propagating model"
 # ------------------------------------------------------------------------------------------------ numbers
 
 
-def validity_verdict(abs_dn: float, delta: float, beta: float) -> dict[str, Any]:
+def validity_verdict(abs_dn: float | int, delta: float | int, beta: float | int) -> dict[str, Any]:
     """Estimated MSFT model error and a verdict for a particle whose largest |n - 1| is `abs_dn`.
 
     The error is interpolated log-log in |n - 1| between the points of `VALIDITY_TABLE` (measured at

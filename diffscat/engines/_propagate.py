@@ -44,7 +44,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Complex, Float
+from jaxtyping import Array, ArrayLike, Complex, Float
 
 from .._grid import VoxelGrid
 
@@ -90,7 +90,7 @@ def _axis(n: int, pad: int, d: float, dtype):
 def propagated_envelope(
     dn: Complex[Array, "nx ny nz"],
     grid: VoxelGrid,
-    k0: Float[Array, ""],
+    k0: Float[ArrayLike, ""],
     pad: int | tuple[int, int] | None = None,
     wide_angle: bool = True,
 ) -> Complex[Array, "nx ny nz"]:

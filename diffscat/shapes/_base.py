@@ -212,7 +212,7 @@ class AbstractSolid(AbstractShape):
         """Lab-frame points to the body frame: r_body = R^T (r_lab - centre)."""
         return (points - self.centre) @ self.rotation
 
-    def sdf(self, points: Float[Array, "*b 3"]) -> Float[Array, "*b"]:
+    def sdf(self, points: Float[ArrayLike, "*b 3"]) -> Float[Array, "*b"]:
         """Signed distance of lab-frame points (negative inside)."""
         return self.sdf_body(self.to_body(points))
 
