@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "info": ("diffscat._cli_info", "Summarise a CXI / HDF5 file"),
     "fit": ("fitting._cli_fit", "Fit a shape model to one measured pattern"),
     "batch-fit": ("fitting._cli_batch", "Fit every pattern of a dataset (sharded, resumable)"),
+    "train": ("fitting._cli_train", "Train the amortised-inversion network on simulated patterns"),
+    "predict": ("fitting._cli_predict", "Network predictions (size, class, orientation) for a CXI file"),
 }
 
 
