@@ -1,8 +1,8 @@
 """Training the amortised-inversion network on diffscat's own simulations.
 
 Data are made on the fly, deterministically from (seed, step): each step draws one "family" (the sphere +
-ellipsoid family, simulated together as ellipsoids, or one polyhedron class) and one size bucket, then a
-batch of random shapes is simulated with ONE vmapped `diffscat.simulate` on a FIXED voxel grid per (family,
+ellipsoid family, simulated together as ellipsoids, or one polyhedron class) and splits the batch over the
+size buckets; each sub-batch of random shapes is simulated with ONE vmapped `diffscat.simulate` on a FIXED voxel grid per (family,
 bucket) (so each compiles once), turned into expected photons (`expected_photons`, scaled to a random total
 of 1e4-1e7 photons), plus a flat background, Poisson noise, a random beamstop and a beam-centre offset of a
 few pixels (the pattern is shifted while the geometry is not: the network learns to tolerate a mis-set
@@ -297,16 +297,27 @@ class DataStream:
         return self._fns[fam, bucket]
 
     def batch(self, step: int, with_truth: bool = False):
+        """Batch `step`: one family, the batch split evenly over the size buckets (one sub-batch per bucket,
+        so every batch spans the whole size range; sizes that do not divide go to the first buckets)."""
         rng = np.random.default_rng([self.seed, int(step)])
         fam = self.fams[int(rng.integers(len(self.fams)))]
-        bucket = int(rng.integers(self.nb))
-        t = sample_truths(self.cfg, fam, bucket, self.b, rng)
-        nz = sample_noise(self.cfg, self.b, rng)
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
-        x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, key)
+        sizes = [self.b // self.nb + (1 if i < self.b % self.nb else 0) for i in range(self.nb)]
+        xs, tgs, extra = [], [], []
+        for bucket, n in enumerate(sizes):
+            if n == 0:
+                continue
+            t = sample_truths(self.cfg, fam, bucket, n, rng)
+            nz = sample_noise(self.cfg, n, rng)
+            x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, jax.random.fold_in(key, bucket))
+            xs.append(x)
+            tgs.append(targets_of(self.cfg, t))
+            extra.append((t, counts, mask))
+        x = jnp.concatenate(xs)
+        tg = {k: np.concatenate([g[k] for g in tgs]) for k in tgs[0]}
         if with_truth:
-            return x, targets_of(self.cfg, t), (t, counts, mask)
-        return x, targets_of(self.cfg, t)
+            return x, tg, extra
+        return x, tg
 
 
 # --------------------------------------------------------------------------------------------- training

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import equinox as eqx
 import h5py
@@ -145,7 +146,7 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
     # columns: step, total, size, class, axes, orientation
     assert curve[-1, 2] < 0.5 * curve[0, 2]  # size term
     assert curve[-1, 1] < curve[0, 1]
-    side = json.load(open(out + ".json"))
+    side = json.loads(pathlib.Path(out + ".json").read_text())
     assert side["step"] == 30 and side["seed"] == 0 and "jax" in side["versions"]
 
     # bit-exact round trip of model and optimiser state
@@ -154,8 +155,8 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
     from fitting._train import save_checkpoint
 
     save_checkpoint(out2, model, opt_state, side)
-    assert open(out, "rb").read() == open(out2, "rb").read()
-    assert open(out + ".state", "rb").read() == open(out2 + ".state", "rb").read()
+    for suffix in ("", ".state"):
+        assert pathlib.Path(out + suffix).read_bytes() == pathlib.Path(out2 + suffix).read_bytes()
     net = fitting.load_network(out)
     for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(net.model)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -166,7 +167,8 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
     meta = train(_cfg(35), out, resume=True, progress=None)
     assert meta["step"] == 35 and len(meta["loss_curve"]) == 7
 
-    # predict API and CLI
+    # predict API and CLI (the resumed model)
+    net = fitting.load_network(out)
     exp = ds.Experiment(2.0, ds.QGrid(32, 30.0))  # wavelength 2: sizes come back in the length unit
     counts = np.random.default_rng(0).poisson(_sphere_counts(exp, 4.0, 1e6)).astype(float)
     p = net.predict(counts, exp)
