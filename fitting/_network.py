@@ -224,8 +224,9 @@ def twin_rotations(rotation: Float[Array, "3 3"]) -> Float[Array, "8 3 3"]:
     - body symmetry (axes sorted a <= b <= c, so no permutations): R D, D = diag(+-1, +-1, +-1), det D = 1;
     - the z-mirror twin (I(qx, qy, qz) ~ I(qx, qy, -qz) near the forward direction): the body mirrored in lab z
       is M R sigma with M = diag(1, 1, -1) and sigma a body mirror, i.e. M R D' with det D' = -1.
-    The inversion twin r -> -r (Friedel: exact for real dn) maps R to -R D' ... = R D for a centrosymmetric
-    body, so it is already in the set. Used for ellipsoids; spheres carry no orientation, and the polyhedra's
+    The inversion twin r -> -r (Friedel: exact for real dn) leaves a centrosymmetric body unchanged
+    (S(-R^T r) = S(R^T r)), so it adds no candidate; combined with the z-mirror it is the 180-deg turn about the
+    beam, diag(-1, -1, 1) R, which equals M R D' (-M D'' with det D'' = 1), so it is in the set too. Used for ellipsoids; spheres carry no orientation, and the polyhedra's
     large rotation groups are not enumerated here (their orientation term is switched off, see docs).
     """
     R = jnp.asarray(rotation)

@@ -104,6 +104,8 @@ def test_twin_min_loss_invariant_and_below_average():
     for T in tw:  # every twin is a proper rotation
         np.testing.assert_allclose(T @ T.T, np.eye(3), atol=1e-5)
         assert abs(np.linalg.det(T) - 1) < 1e-5
+    # the 180-deg turn about the beam (inversion x z-mirror) is among them
+    assert min(np.abs(T - np.diag([-1.0, -1.0, 1.0]) @ R).max() for T in tw) < 1e-6
     out = {
         "log_size": jnp.array(1.2),
         "logits": jnp.array([0.1, 0.5]),
