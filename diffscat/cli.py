@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "explore": ("diffscat._cli_explore", "Interactive explorer in the browser: turn knobs, see the pattern"),
     "fit": ("fitting._cli_fit", "Fit a shape model to one measured pattern"),
     "batch-fit": ("fitting._cli_batch", "Fit every pattern of a dataset (sharded, resumable)"),
+    "train": ("fitting._cli_train", "Train the amortised-inversion network on simulated patterns"),
+    "predict": ("fitting._cli_predict", "Network predictions (size, class, orientation) for a CXI file"),
 }
 
 

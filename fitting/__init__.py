@@ -65,6 +65,17 @@ from ._losses import (
     residuals as residuals,
 )
 from ._metrics import iou as iou
+from ._network import (
+    NETWORK_CLASSES as NETWORK_CLASSES,
+    CanonicalMap as CanonicalMap,
+    InversionCNN as InversionCNN,
+    NetworkPredictor as NetworkPredictor,
+    canonical_input as canonical_input,
+    load_network as load_network,
+    network_loss as network_loss,
+    rotation_from_6d as rotation_from_6d,
+    twin_rotations as twin_rotations,
+)
 from ._params import (
     Parametrisation as Parametrisation,
     default_free as default_free,
@@ -77,4 +88,5 @@ from ._regularizers import (
 )
 from ._report import plot_report as plot_report
 from ._result import Alternative as Alternative, FitResult as FitResult
+from ._train import train_network as train_network
 from ._uncertainty import covariance as covariance, laplace_sigmas as laplace_sigmas

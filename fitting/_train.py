@@ -1,0 +1,485 @@
+"""Training the amortised-inversion network on diffscat's own simulations.
+
+Data are made on the fly, deterministically from (seed, step): each step draws one "family" (the sphere +
+ellipsoid family, simulated together as ellipsoids, or one polyhedron class) and splits the batch over the
+size buckets; each sub-batch of random shapes is simulated with ONE vmapped `diffscat.simulate` on a FIXED voxel grid per (family,
+bucket) (so each compiles once), turned into expected photons (`expected_photons`, scaled to a random total
+of 1e4-1e7 photons), plus a flat background, Poisson noise, a random beamstop and a beam-centre offset of a
+few pixels (the pattern is shifted while the geometry is not: the network learns to tolerate a mis-set
+centre), then mapped to the canonical input (`CanonicalMap`).
+
+Training: optax AdamW with a warmup + cosine schedule, data parallel over `jax.devices()` by a
+`NamedSharding` over a 1-D "batch" mesh (as `fitting._batch`). Checkpoints: `eqx.tree_serialise_leaves` of the
+model (`OUT`) and of the optimiser state (`OUT.state`), then a JSON sidecar `OUT.json` (config, step, seed,
+versions, loss curve), each written atomically (temporary file + `os.replace`); the sidecar is written last
+and its `step` is the one a `resume` continues from.
+
+Public here: `DEFAULT_CONFIG`, `check_config`, `make_batch_fn`, `sample_truths`, `train`, `load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import diffscat as ds
+from diffscat.detectors import expected_photons
+
+from ._network import CLASSES, CanonicalMap, build_model, network_loss, sidecar_path
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "check_config",
+    "sample_truths",
+    "make_batch_fn",
+    "train",
+    "train_network",
+    "load_checkpoint",
+]
+
+DEFAULT_CONFIG: dict = {
+    "seed": 0,
+    "classes": ["Sphere", "Ellipsoid"],
+    "data": {
+        "n_pixels": 64,  # QGrid n x n
+        "theta_max_deg": 30.0,
+        "size_buckets": [2.0, 4.0, 7.0, 12.0],  # volume-equivalent radius [wavelengths], bucket edges
+        "max_axis_ratio": 1.5,  # ellipsoids: largest / smallest semi-axis at most
+        "photons_range": [1e4, 1e7],  # total expected photons in the used pixels (log-uniform)
+        "background_range": [0.0, 0.2],  # flat background [photons / pixel]
+        "beamstop_deg_range": [0.0, 4.0],
+        "center_shift_px": 2,  # beam-centre offset, uniform integer in [-s, s] per axis
+        "delta_range": [0.001, 0.01],
+        "beta_range": [0.0, 0.002],
+        "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
+    },
+    "network": {"n": 64, "widths": [16, 32, 64, 64], "hidden": 128},
+    "train": {
+        "steps": 100,
+        "batch_size": 16,
+        "learning_rate": 2e-3,
+        "weight_decay": 1e-4,
+        "warmup": 10,
+        "checkpoint_every": 50,
+        "log_every": 10,
+    },
+}
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k not in base:
+            raise ValueError(f"unknown config key {path + k!r} (known: {sorted(base)})")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise ValueError(f"config key {path + k!r} must be a table")
+            out[k] = _merge(base[k], v, path + k + ".")
+        else:
+            out[k] = v
+    return out
+
+
+def check_config(config: dict | None = None) -> dict:
+    """The full training config: `DEFAULT_CONFIG` updated by `config` (unknown keys are errors), checked."""
+    cfg = _merge(DEFAULT_CONFIG, config or {})
+    for c in cfg["classes"]:
+        if c not in CLASSES:
+            raise ValueError(f"classes: {c!r} is not one of {CLASSES}")
+    if not cfg["classes"]:
+        raise ValueError("classes must not be empty")
+    d = cfg["data"]
+    b = [float(x) for x in d["size_buckets"]]
+    if len(b) < 2 or b[0] <= 0 or any(x >= y for x, y in zip(b, b[1:])):
+        raise ValueError(f"data.size_buckets must be >= 2 increasing positive edges, got {d['size_buckets']}")
+    for k in ("photons_range", "background_range", "beamstop_deg_range", "delta_range", "beta_range"):
+        lo, hi = (float(x) for x in d[k])
+        if lo > hi or lo < 0:
+            raise ValueError(f"data.{k} must be (low, high) with 0 <= low <= high, got {d[k]}")
+    if float(d["photons_range"][0]) <= 0:
+        raise ValueError("data.photons_range must be positive")
+    if float(d["max_axis_ratio"]) < 1:
+        raise ValueError("data.max_axis_ratio must be >= 1")
+    t = cfg["train"]
+    for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if int(t[k]) < 1:
+            raise ValueError(f"train.{k} must be >= 1, got {t[k]}")
+    if cfg["network"]["n"] % 2 ** len(cfg["network"]["widths"]):
+        raise ValueError("network.n must be a multiple of 2^len(network.widths)")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3, 3) rotations uniform on SO(3) (Shoemake's unit quaternions)."""
+    u1, u2, u3 = rng.random((3, n))
+    w, x, y, z = (
+        np.sqrt(u1) * np.cos(2 * np.pi * u3),
+        np.sqrt(1 - u1) * np.sin(2 * np.pi * u2),
+        np.sqrt(1 - u1) * np.cos(2 * np.pi * u2),
+        np.sqrt(u1) * np.sin(2 * np.pi * u3),
+    )
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def _families(cfg: dict) -> list[str]:
+    """Simulation families: "ellipsoid" (spheres and ellipsoids together) and each polyhedron class."""
+    fams = []
+    if "Sphere" in cfg["classes"] or "Ellipsoid" in cfg["classes"]:
+        fams.append("ellipsoid")
+    fams += [c for c in cfg["classes"] if c not in ("Sphere", "Ellipsoid")]
+    return fams
+
+
+def _unit(name: str) -> tuple[float, float]:
+    """(volume, bounding radius) of the polyhedron of edge 1."""
+    s = getattr(ds, name)(1.0)
+    return float(np.asarray(s.volume())), float(np.asarray(s.bounding_radius()))
+
+
+def sample_truths(cfg: dict, family: str, bucket: int, n: int, rng: np.random.Generator) -> dict:
+    """`n` random truths of one family and size bucket (NumPy arrays): "label" (n,), "r_eq" (n,) [wavelengths],
+    "semi_axes" (n, 3) sorted (ellipsoid family) or "edge" (n,), "rotation" (n, 3, 3), "delta", "beta"."""
+    d = cfg["data"]
+    lo, hi = d["size_buckets"][bucket], d["size_buckets"][bucket + 1]
+    r = rng.uniform(lo, hi, n)
+    out = {
+        "r_eq": r,
+        "rotation": _random_rotations(rng, n),
+        "delta": rng.uniform(*d["delta_range"], n),
+        "beta": rng.uniform(*d["beta_range"], n),
+    }
+    if family == "ellipsoid":
+        names = [c for c in ("Sphere", "Ellipsoid") if c in cfg["classes"]]
+        pick = rng.integers(0, len(names), n)
+        is_ell = np.array([names[i] == "Ellipsoid" for i in pick])
+        a = np.exp(rng.uniform(-1.0, 1.0, (n, 3)) * math.log(float(d["max_axis_ratio"])) / 2)
+        a = np.sort(a / np.prod(a, -1, keepdims=True) ** (1 / 3), -1)
+        a = np.where(is_ell[:, None], a, 1.0) * r[:, None]
+        out["semi_axes"] = a
+        out["label"] = np.array([cfg["classes"].index(names[i]) for i in pick])
+    else:
+        vol, _ = _unit(family)
+        out["edge"] = (4.0 / 3.0 * math.pi * r**3 / vol) ** (1 / 3)
+        out["label"] = np.full(n, cfg["classes"].index(family))
+    return out
+
+
+def _bounding_factor(cfg: dict, family: str) -> float:
+    """Largest bounding radius / volume-equivalent radius of the family."""
+    if family == "ellipsoid":
+        return float(cfg["data"]["max_axis_ratio"]) ** (2 / 3)
+    vol, br = _unit(family)
+    return br / (3 * vol / (4 * math.pi)) ** (1 / 3)
+
+
+def training_experiment(cfg: dict) -> ds.Experiment:
+    d = cfg["data"]
+    return ds.Experiment(1.0, ds.QGrid(int(d["n_pixels"]), float(d["theta_max_deg"])))
+
+
+def bucket_grid(cfg: dict, family: str, bucket: int, pitch: float | None = None) -> ds.VoxelGrid:
+    """The fixed voxel grid of one (family, size bucket): the bucket's largest body plus 2 voxels."""
+    d = cfg["data"]
+    if pitch is None:
+        pitch = float(d["pitch"]) or ds.default_pitch(1.0, math.radians(float(d["theta_max_deg"])))
+    r = d["size_buckets"][bucket + 1] * _bounding_factor(cfg, family) * 1.02
+    return ds.VoxelGrid.around(r, pitch, margin=2)
+
+
+def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = None) -> Callable:
+    """A jitted `f(truth_arrays, noise, key) -> (inputs (B, 2, n, n), counts (B, ny, nx), mask (B, ny, nx))`
+    for one (family, bucket): vmapped simulation on the bucket's fixed grid, photons, noise, beamstop, shift.
+    `noise`: dict of (B,) arrays "photons", "background", "beamstop" [rad], "shift" (B, 2) int."""
+    exp = training_experiment(cfg)
+    grid = bucket_grid(cfg, family, bucket, pitch)
+    cmap = CanonicalMap.from_experiment(exp, int(cfg["network"]["n"]))
+    theta = exp.theta
+    ny, nx = exp.shape
+    iy, ix = jnp.meshgrid(jnp.arange(ny), jnp.arange(nx), indexing="ij")
+
+    def one(t, nz, key):
+        if family == "ellipsoid":
+            shape = ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
+        else:
+            shape = getattr(ds, family)(t["edge"], t["delta"], t["beta"], rotation=t["rotation"])
+        inten = ds.simulate(shape, exp, grid=grid)
+        mask = exp.valid & (theta >= nz["beamstop"])
+        e = expected_photons(inten, exp, 1.0)
+        e = e / jnp.sum(jnp.where(mask, e, 0.0)) * nz["photons"] + nz["background"]
+        counts = jax.random.poisson(key, jnp.where(exp.valid, e, 0.0)).astype(jnp.float32)
+        dy, dx = nz["shift"][0], nz["shift"][1]
+        counts = jnp.roll(counts, (dy, dx), axis=(0, 1))
+        inside = (iy - dy >= 0) & (iy - dy < ny) & (ix - dx >= 0) & (ix - dx < nx)
+        mask = jnp.roll(mask, (dy, dx), axis=(0, 1)) & inside & exp.valid
+        counts = jnp.where(mask, counts, 0.0)
+        return cmap(counts, mask), counts, mask
+
+    @jax.jit
+    def batch(t, nz, key):
+        keys = jax.random.split(key, t["delta"].shape[0])
+        return jax.vmap(one)(t, nz, keys)
+
+    return batch
+
+
+def sample_noise(cfg: dict, n: int, rng: np.random.Generator) -> dict:
+    d = cfg["data"]
+    lp = np.log(np.asarray(d["photons_range"], float))
+    s = int(d["center_shift_px"])
+    return {
+        "photons": np.exp(rng.uniform(lp[0], lp[1], n)).astype(np.float32),
+        "background": rng.uniform(*d["background_range"], n).astype(np.float32),
+        "beamstop": np.radians(rng.uniform(*d["beamstop_deg_range"], n)).astype(np.float32),
+        "shift": rng.integers(-s, s + 1, (n, 2)).astype(np.int32),
+    }
+
+
+def targets_of(cfg: dict, t: dict) -> dict:
+    """Loss targets (see `network_loss`) of sampled truths, as float32/int32 NumPy arrays (leading batch axis)."""
+    n = len(t["r_eq"])
+    ell = cfg["classes"].index("Ellipsoid") if "Ellipsoid" in cfg["classes"] else -1
+    sph = cfg["classes"].index("Sphere") if "Sphere" in cfg["classes"] else -1
+    if "semi_axes" in t:
+        a = t["semi_axes"]
+        la = np.stack([np.log(a[:, 0] / t["r_eq"]), np.log(a[:, 2] / t["r_eq"])], -1)
+    else:
+        la = np.zeros((n, 2))
+    lab = np.asarray(t["label"])
+    return {
+        "log_size": np.log(t["r_eq"]).astype(np.float32),
+        "label": lab.astype(np.int32),
+        "log_axes": la.astype(np.float32),
+        "rotation": np.asarray(t["rotation"], np.float32),
+        "has_orientation": (lab == ell).astype(np.float32),
+        "has_axes": ((lab == ell) | (lab == sph)).astype(np.float32),
+    }
+
+
+def _f32(t: dict) -> dict:
+    return {k: np.asarray(v, np.float32) for k, v in t.items() if k != "label"}
+
+
+class DataStream:
+    """Deterministic on-the-fly batches: `batch(step)` -> (inputs, targets), drawn from (seed, step)."""
+
+    def __init__(self, cfg: dict, batch_size: int, pitch: float | None = None, seed_offset: int = 0):
+        self.cfg, self.b, self.pitch = cfg, int(batch_size), pitch
+        self.fams = _families(cfg)
+        self.nb = len(cfg["data"]["size_buckets"]) - 1
+        self.seed = int(cfg["seed"]) + int(seed_offset)
+        self._fns: dict = {}
+
+    def fn(self, fam: str, bucket: int):
+        if (fam, bucket) not in self._fns:
+            self._fns[fam, bucket] = make_batch_fn(self.cfg, fam, bucket, self.pitch)
+        return self._fns[fam, bucket]
+
+    def batch(self, step: int, with_truth: bool = False):
+        """Batch `step`: one family, the batch split evenly over the size buckets (one sub-batch per bucket,
+        so every batch spans the whole size range; sizes that do not divide go to the first buckets)."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        fam = self.fams[int(rng.integers(len(self.fams)))]
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
+        sizes = [self.b // self.nb + (1 if i < self.b % self.nb else 0) for i in range(self.nb)]
+        xs, tgs, extra = [], [], []
+        for bucket, n in enumerate(sizes):
+            if n == 0:
+                continue
+            t = sample_truths(self.cfg, fam, bucket, n, rng)
+            nz = sample_noise(self.cfg, n, rng)
+            x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, jax.random.fold_in(key, bucket))
+            xs.append(x)
+            tgs.append(targets_of(self.cfg, t))
+            extra.append((t, counts, mask))
+        x = jnp.concatenate(xs)
+        tg = {k: np.concatenate([g[k] for g in tgs]) for k in tgs[0]}
+        if with_truth:
+            return x, tg, extra
+        return x, tg
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def make_optimizer(cfg: dict) -> optax.GradientTransformation:
+    t = cfg["train"]
+    lr = float(t["learning_rate"])
+    steps = int(t["steps"])
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, lr, min(int(t["warmup"]), max(steps - 1, 1)), max(steps, 2), end_value=0.05 * lr
+    )
+    return optax.adamw(sched, weight_decay=float(t["weight_decay"]))
+
+
+def batch_loss(model, x, tg) -> tuple:
+    out = jax.vmap(model)(x)
+    tot, parts = jax.vmap(network_loss)(out, tg)
+    return jnp.mean(tot), {k: jnp.mean(v) for k, v in parts.items()}
+
+
+@eqx.filter_jit
+def _step(model, opt_state, opt, x, tg):
+    (loss, parts), g = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, x, tg)
+    upd, opt_state = opt.update(g, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, upd), opt_state, loss, parts
+
+
+def _versions() -> dict:
+    import equinox
+
+    out = {"diffscat": ds.__version__, "jax": jax.__version__, "equinox": equinox.__version__}
+    out["optax"] = optax.__version__
+    return out
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def state_path(path) -> str:
+    return os.fspath(path) + ".state"
+
+
+def save_checkpoint(path, model, opt_state, meta: dict) -> None:
+    """model -> `path`, optimiser state -> `path.state` (tree_serialise_leaves), then `path.json` (atomic each)."""
+    path = os.fspath(path)
+
+    def leaves(tree):
+        def w(p):
+            with open(p, "wb") as f:  # a file object: the path is used as is (no ".eqx" appended)
+                eqx.tree_serialise_leaves(f, tree)
+
+        return w
+
+    _atomic(state_path(path), leaves(opt_state))
+    _atomic(path, leaves(model))
+
+    def w(p):
+        with open(p, "w") as f:
+            json.dump(meta, f, indent=1)
+
+    _atomic(sidecar_path(path), w)
+
+
+def load_checkpoint(path, cfg: dict | None = None):
+    """(model, opt_state, meta) of a checkpoint; `cfg` (default: the sidecar's) builds the templates."""
+    path = os.fspath(path)
+    with open(sidecar_path(path)) as f:
+        meta = json.load(f)
+    cfg = meta["config"] if cfg is None else cfg
+    with open(path, "rb") as f:
+        model = eqx.tree_deserialise_leaves(f, build_model(cfg, jax.random.PRNGKey(0)))
+    opt = make_optimizer(cfg)
+    opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+    if os.path.exists(state_path(path)):
+        with open(state_path(path), "rb") as f:
+            opt_state = eqx.tree_deserialise_leaves(f, opt_state)
+    return model, opt_state, meta
+
+
+def _same_except_steps(a: dict, b: dict) -> bool:
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    for c in (a, b):
+        c["train"].pop("steps", None)
+        c["train"].pop("checkpoint_every", None)
+        c["train"].pop("log_every", None)
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def train(config: dict | None, out, *, resume: bool = False, progress: Callable | None = None) -> dict:
+    """Train (or, with `resume`, continue) the network of `config` and write checkpoints to `out`.
+
+    Returns the final sidecar dict. `progress(str)` gets one line per `log_every` steps (None: silent).
+    """
+    cfg = check_config(config)
+    out = os.fspath(out)
+    t = cfg["train"]
+    devices = jax.devices()
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    shard, repl = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+    bsz = int(math.ceil(int(t["batch_size"]) / len(devices)) * len(devices))
+    opt = make_optimizer(cfg)
+    if resume:
+        if not os.path.exists(sidecar_path(out)):
+            raise FileNotFoundError(f"--resume: no checkpoint sidecar {sidecar_path(out)}")
+        with open(sidecar_path(out)) as f:
+            old = json.load(f)["config"]
+        if not _same_except_steps(old, cfg):
+            raise ValueError(
+                f"--resume: {out} was trained with a different config (only train.steps may change)"
+            )
+        model, opt_state, meta = load_checkpoint(out, cfg)
+    else:
+        if os.path.exists(out) or os.path.exists(sidecar_path(out)):
+            raise ValueError(
+                f"{out} exists: pass resume=True (--resume) to continue it, or choose another -o"
+            )
+        model = build_model(cfg, jax.random.PRNGKey(int(cfg["seed"])))
+        opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+        meta = {"format": 1, "step": 0, "loss_curve": [], "samples_seen": 0, "train_seconds": 0.0}
+    meta.update(config=cfg, seed=int(cfg["seed"]), versions=_versions(), devices=[str(d) for d in devices])
+    arrays, static = eqx.partition((model, opt_state), eqx.is_array)
+    model, opt_state = eqx.combine(jax.device_put(arrays, repl), static)
+    stream = DataStream(cfg, bsz)
+    step0 = int(meta["step"])
+    t0 = time.perf_counter()
+    acc: list = []
+    for step in range(step0, int(t["steps"])):
+        x, tg = stream.batch(step)
+        x, tg = jax.device_put((x, tg), shard)
+        model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg)
+        acc.append([float(loss)] + [float(parts[k]) for k in ("size", "class", "axes", "orientation")])
+        done = step + 1
+        if done % int(t["log_every"]) == 0 or done == int(t["steps"]):
+            m = np.mean(acc, 0).tolist()
+            meta["loss_curve"].append([done, *m])
+            acc = []
+            if progress is not None:
+                progress(
+                    f"step {done}/{t['steps']}  loss {m[0]:.4f}  size {m[1]:.4f}  class {m[2]:.3f}  "
+                    f"axes {m[3]:.4f}  orient {m[4]:.3f}  ({time.perf_counter() - t0:.0f} s)"
+                )
+        if done % int(t["checkpoint_every"]) == 0 or done == int(t["steps"]):
+            meta["step"] = done
+            meta["samples_seen"] = done * bsz
+            meta["train_seconds"] = float(meta.get("train_seconds", 0.0)) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(out, model, opt_state, meta)
+    if step0 >= int(t["steps"]) and progress is not None:
+        progress(f"{out} is already at step {step0} >= train.steps = {t['steps']}: nothing to do")
+    return meta
+
+
+train_network = train  # the name `fitting` exports

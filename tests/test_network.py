@@ -1,0 +1,192 @@
+"""The amortised-inversion network: input transform, twin-min loss, training, checkpoints, predict CLI."""
+
+import json
+import os
+import pathlib
+
+import equinox as eqx
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffscat as ds
+import fitting
+from diffscat.detectors import expected_photons
+from fitting._network import CanonicalMap, InversionCNN, network_loss, rotation_from_6d, twin_rotations
+from fitting._train import _random_rotations, check_config, load_checkpoint, train
+
+TINY = {
+    "data": {"n_pixels": 32, "size_buckets": [1.5, 2.5], "center_shift_px": 1},
+    "network": {"n": 32, "widths": [8, 16], "hidden": 32},
+    "train": {"batch_size": 8, "learning_rate": 3e-3, "warmup": 3, "log_every": 5, "checkpoint_every": 5},
+}
+
+
+def _cfg(steps):
+    return {**TINY, "train": {**TINY["train"], "steps": steps}}
+
+
+def _sphere_counts(exp, radius=3.0, photons=1e7):
+    """Expected counts of a homogeneous sphere (Born form factor at each pixel's |q|, an independent path)."""
+    x = np.linalg.norm(np.asarray(exp.q), axis=-1) * radius
+    x = np.where(x < 1e-6, 1e-6, x)
+    inten = jnp.asarray((3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2)
+    e = np.asarray(expected_photons(inten, exp, 1.0))
+    return e / e[np.asarray(exp.valid)].sum() * photons
+
+
+def _radial(img, mask, n):
+    c = (n - 1) / 2
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - c, xx - c).astype(int)
+    used = mask > 0
+    s = np.bincount(r[used], img[used], minlength=n)
+    w = np.bincount(r[used], minlength=n)
+    return np.where(w > 0, s / np.maximum(w, 1), np.nan)
+
+
+def test_input_transform_is_geometry_independent():
+    """The same sphere on a QGrid and on a flat detector of the same angular reach: similar canonical images
+    (noiseless expected counts; different pixel sizes, so only the per-solid-angle normalisation makes them
+    agree)."""
+    qg = ds.Experiment(1.0, ds.QGrid(96, 30.0))
+    n = 48
+    d = 100.0
+    half = d * np.tan(np.radians(30.0))
+    flat = ds.Experiment(1.0, ds.FlatDetector(d, 2 * half / 70, (70, 70)))
+    a = np.asarray(CanonicalMap.from_experiment(qg, n)(jnp.asarray(_sphere_counts(qg))))
+    b = np.asarray(CanonicalMap.from_experiment(flat, n)(jnp.asarray(_sphere_counts(flat))))
+    both = (a[1] > 0) & (b[1] > 0)
+    assert both.sum() > 0.5 * n * n
+    pa, pb = _radial(a[0], both, n), _radial(b[0], both, n)
+    ok = np.isfinite(pa) & np.isfinite(pb)
+    assert ok.sum() > n // 3
+    assert np.max(np.abs(pa[ok] - pb[ok])) < 0.05
+    # and a different size is clearly different (the check above can fail)
+    c = np.asarray(CanonicalMap.from_experiment(flat, n)(jnp.asarray(_sphere_counts(flat, 4.0))))
+    pc = _radial(c[0], both, n)
+    assert np.max(np.abs(pc[ok] - pb[ok])) > 0.1
+
+
+def test_canonical_mask_follows_detector_and_beamstop():
+    exp = ds.Experiment(1.0, ds.QGrid(32, 20.0))  # smaller than the canonical 30 deg: outer bins masked
+    cm = CanonicalMap.from_experiment(exp, 32)
+    th = np.asarray(exp.theta)
+    x = np.asarray(cm(jnp.ones(exp.shape), jnp.asarray(th > np.radians(5))))
+    assert x[1, 0, 0] == 0 and x[1, 16, 16] == 0  # corner (beyond 20 deg) and beamstop
+    assert x[1, 16, 22] == 1
+    with pytest.raises(ValueError, match="counts"):
+        cm(jnp.ones((5, 5)))
+
+
+def test_rotation_from_6d_is_a_rotation():
+    R = np.asarray(rotation_from_6d(jnp.array([1.0, 0.2, -0.3, 0.4, 1.0, 0.5])))
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)
+    assert abs(np.linalg.det(R) - 1) < 1e-5
+
+
+def _target(R):
+    return {
+        "log_size": jnp.array(1.0),
+        "label": jnp.array(1),
+        "log_axes": jnp.array([-0.1, 0.2]),
+        "rotation": jnp.asarray(R, jnp.float32),
+        "has_orientation": jnp.array(1.0),
+        "has_axes": jnp.array(1.0),
+    }
+
+
+def test_twin_min_loss_invariant_and_below_average():
+    R = _random_rotations(np.random.default_rng(3), 1)[0]
+    tw = np.asarray(twin_rotations(jnp.asarray(R, jnp.float32)))
+    for T in tw:  # every twin is a proper rotation
+        np.testing.assert_allclose(T @ T.T, np.eye(3), atol=1e-5)
+        assert abs(np.linalg.det(T) - 1) < 1e-5
+    # the 180-deg turn about the beam (inversion x z-mirror) is among them
+    assert min(np.abs(T - np.diag([-1.0, -1.0, 1.0]) @ R).max() for T in tw) < 1e-6
+    out = {
+        "log_size": jnp.array(1.2),
+        "logits": jnp.array([0.1, 0.5]),
+        "log_axes": jnp.array([-0.2, 0.1]),
+        "rot6d": jnp.asarray(np.concatenate([tw[5][:, 0], tw[5][:, 1]]) + 0.05),
+    }
+    l0, p0 = network_loss(out, _target(R))
+    # the z-mirror twin M R D' as truth: same loss
+    Mz = np.diag([1.0, 1.0, -1.0])
+    l1, p1 = network_loss(out, _target(Mz @ R @ np.diag([1.0, 1.0, -1.0])))
+    np.testing.assert_allclose(float(p0["orientation"]), float(p1["orientation"]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-5)
+    # prediction near twin 5: small min-loss, much larger mean-loss
+    _, pm = network_loss(out, _target(R), reduce_twins="mean")
+    assert float(p0["orientation"]) < 0.01 < float(pm["orientation"])
+    # a non-twin (90 deg about z) is not absorbed
+    Rz = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    _, p2 = network_loss(out, _target(R @ Rz))
+    assert float(p2["orientation"]) > 10 * float(p0["orientation"])
+
+
+def test_cnn_shapes_and_config_checks():
+    m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=3)
+    o = m(jnp.zeros((2, 32, 32)))
+    assert o["logits"].shape == (3,) and o["rot6d"].shape == (6,) and o["log_axes"].shape == (2,)
+    assert float(o["log_axes"][0]) <= 0 <= float(o["log_axes"][1])  # a <= r_eq <= c
+    with pytest.raises(ValueError, match="multiple"):
+        InversionCNN(jax.random.PRNGKey(0), n=30, widths=(8, 16))
+    with pytest.raises(ValueError, match="unknown config key"):
+        check_config({"train": {"stepz": 3}})
+    with pytest.raises(ValueError, match="classes"):
+        check_config({"classes": ["Blob"]})
+
+
+def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
+    out = str(tmp_path / "m.eqx")
+    meta = train(_cfg(30), out, progress=None)
+    curve = np.array(meta["loss_curve"])
+    assert meta["step"] == 30 and curve.shape[0] == 6
+    # columns: step, total, size, class, axes, orientation
+    assert curve[-1, 2] < 0.5 * curve[0, 2]  # size term
+    assert curve[-1, 1] < curve[0, 1]
+    side = json.loads(pathlib.Path(out + ".json").read_text())
+    assert side["step"] == 30 and side["seed"] == 0 and "jax" in side["versions"]
+
+    # bit-exact round trip of model and optimiser state
+    model, opt_state, _ = load_checkpoint(out)
+    out2 = str(tmp_path / "copy.eqx")
+    from fitting._train import save_checkpoint
+
+    save_checkpoint(out2, model, opt_state, side)
+    for suffix in ("", ".state"):
+        assert pathlib.Path(out + suffix).read_bytes() == pathlib.Path(out2 + suffix).read_bytes()
+    net = fitting.load_network(out)
+    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(net.model)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    # resume continues the step count; a fresh run into an existing file is refused
+    with pytest.raises(ValueError, match="resume"):
+        train(_cfg(35), out, progress=None)
+    meta = train(_cfg(35), out, resume=True, progress=None)
+    assert meta["step"] == 35 and len(meta["loss_curve"]) == 7
+
+    # predict API and CLI (the resumed model)
+    net = fitting.load_network(out)
+    exp = ds.Experiment(2.0, ds.QGrid(32, 30.0))  # wavelength 2: sizes come back in the length unit
+    counts = np.random.default_rng(0).poisson(_sphere_counts(exp, 4.0, 1e6)).astype(float)
+    p = net.predict(counts, exp)
+    assert p["class"] in ("Sphere", "Ellipsoid") and p["radius_eq"] > 0
+    assert abs(p["radius_eq"] - 2.0 * p["size_wavelengths"]) < 1e-9
+    assert isinstance(p["shape"], (ds.Sphere, ds.Ellipsoid))
+
+    from diffscat.cli import main
+    from diffscat.io import write_cxi
+
+    cxi = str(tmp_path / "d.cxi")
+    write_cxi(cxi, np.stack([counts, counts]), exp, length_unit="nm", quantity="photons")
+    pred = str(tmp_path / "pred.h5")
+    assert main(["predict", "--model", out, "--data", cxi, "-o", pred]) == 0
+    with h5py.File(pred, "r") as f:
+        assert f["radius_eq"].shape == (2,) and f["rotation"].shape == (2, 3, 3)
+        np.testing.assert_allclose(f["radius_eq"][0], p["radius_eq"], rtol=1e-4)
+        assert list(f["class_probs"].attrs["classes"]) == ["Sphere", "Ellipsoid"]
+    assert not [x for x in os.listdir(tmp_path) if x.startswith(".tmp-")]
