@@ -132,6 +132,11 @@ def simulate_config(
         say = _say if progress else (lambda msg: None)
         shape = build_shape(cfg["shape"], energy)
         grid = ds.default_grid(shape, exp, pitch=sim.get("pitch"))
+        from diffscat._preflight import check_memory
+
+        # refuse an impossible grid before saying anything (one line on stderr, nothing else)
+        check_memory(grid.shape, math.prod(exp.shape), what=f"simulate({type(shape).__name__})",
+                     knobs="a coarser [simulation] pitch, a smaller shape or fewer detector pixels")  # fmt: skip
         say(
             f"simulating {type(shape).__name__} ({kw['method']}) on a {'x'.join(map(str, exp.shape))} "
             f"{type(exp.detector).__name__}, voxel grid {'x'.join(map(str, grid.shape))} "

@@ -108,7 +108,7 @@ def parse_bytes(text: str | float | int, name: str = ENV_VAR) -> float | None:
     return v
 
 
-def memory_budget(budget: str | float | None = None) -> float | None:
+def memory_budget(budget: str | float | int | None = None) -> float | None:
     """The memory budget in bytes (None: no limit): `budget`, else $DIFFSCAT_MEMORY_BUDGET, else 50 % of the
     available memory (None when that is unknown)."""
     if budget is not None:
@@ -154,7 +154,7 @@ def check_memory(
     itemsize: int = 4,
     grad: bool = False,
     extra: float = 0.0,
-    budget: str | float | None = None,
+    budget: str | float | int | None = None,
     what: str = "this simulation",
     knobs: str | None = None,
 ) -> float:

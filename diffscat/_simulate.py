@@ -161,14 +161,14 @@ def _fast_nonseparable(U, grid, k0, pix, qz, qz_range, experiment, rdt):
 
 
 def far_field(
-    shape: AbstractShape,
-    experiment: Experiment,
+    shape: object,  # AbstractShape; `object` so the function's own check gives its one-line message
+    experiment: object,  # Experiment (same)
     *,
     method: str = "msft",
-    grid: VoxelGrid | None = None,
+    grid: object = None,  # VoxelGrid | None (same)
     pitch: float | None = None,
     transform: str = "auto",
-    memory_budget: str | float | None = None,
+    memory_budget: object = None,  # bytes, "8GiB", "75%", "off" or None: parsed with a message
 ) -> Complex[Array, "*image"]:
     """Complex scattering amplitude Psi at every pixel, image-shaped [iy, ix] (length units).
 
@@ -257,15 +257,15 @@ _far_field_jit = eqx.filter_jit(_far_field_impl)
 
 
 def simulate(
-    shape: AbstractShape,
-    experiment: Experiment,
+    shape: object,  # AbstractShape; `object` so the function's own check gives its one-line message
+    experiment: object,  # Experiment (same)
     *,
     method: str = "msft",
     field: bool = False,
-    grid: VoxelGrid | None = None,
+    grid: object = None,  # VoxelGrid | None (same)
     pitch: float | None = None,
     transform: str = "auto",
-    memory_budget: str | float | None = None,
+    memory_budget: object = None,  # bytes, "8GiB", "75%", "off" or None: parsed with a message
 ) -> Float[Array, "*image"] | Complex[Array, "*image"]:
     """Differential cross-section dsigma/dOmega [length^2 / sr] at every pixel, image-shaped [iy, ix].
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -425,11 +424,9 @@ def _scale_lengths(truth: dict, wavelength: float) -> dict:
 
 
 def _save(path: str, es: EvaluationSet) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    try:
+    from diffscat._files import atomic_output
+
+    with atomic_output(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(
                 f,
@@ -439,10 +436,6 @@ def _save(path: str, es: EvaluationSet) -> None:
                 truth=np.array(json.dumps([p.truth for p in es.patterns])),
                 config=np.array(json.dumps(es.config, sort_keys=True)),
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load(path: str, exp: ds.Experiment, cfg: dict) -> EvaluationSet:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, ArrayLike, Float, Real
+from jaxtyping import Array, ArrayLike, Float
 
 import diffscat as ds
 from diffscat._preflight import check_memory
@@ -190,8 +190,8 @@ def _fit_grid(models, experiment, pitch, margin):
 
 
 def fit(
-    data: Real[ArrayLike, "*data"],
-    experiment: ds.Experiment,
+    data: ArrayLike,  # real, image-shaped: checked by `check_data` with a message naming `data`
+    experiment: object,  # ds.Experiment: checked below with a message naming `experiment`
     model: object,  # AbstractShape | Sequence[AbstractShape]: checked below with a message naming `model`
     mask: ArrayLike | None = None,
     free: Sequence[str] | None = None,
@@ -209,13 +209,13 @@ def fit(
     polarisation: str = "none",
     floor: float | None = None,
     pitch: float | None = None,
-    grid: ds.VoxelGrid | None = None,
+    grid: object = None,  # ds.VoxelGrid | None: checked below
     grid_margin: float = 1.3,
     regularizer: Callable[[ds.AbstractShape], Array] | None = None,
     uncertainties: bool = True,
     alternatives_tol: float = 5.0,
     progress: bool | int = False,
-    memory_budget: str | float | None = None,
+    memory_budget: object = None,  # bytes, "8GiB", "75%", "off" or None: parsed with a message
 ) -> FitResult:
     """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
 

@@ -66,7 +66,7 @@ class DataWarning(UserWarning):
 
 
 def check_data(
-    data: Real[ArrayLike, "*data"],
+    data: ArrayLike,  # real: checked with a message naming `data`
     mask: ArrayLike | None = None,
     image_shape: tuple[int, ...] | None = None,
     *,

@@ -23,7 +23,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -355,17 +354,10 @@ def _versions() -> dict:
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> None:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    os.close(fd)
-    try:
+    from diffscat._files import atomic_output
+
+    with atomic_output(path) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def state_path(path) -> str:

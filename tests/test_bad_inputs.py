@@ -358,13 +358,13 @@ FILE_CASES = [
         "fit-config-loss",
         lambda f: run_config({"model": {"type": "Sphere"}, "fit": {"loss": "l2"}}, f["dir"] + "/o"),
         ValueError,
-        r"\[fit\] loss",
+        r"fit\.loss = 'l2' must be one of 'poisson'",
     ),
     (
         "fit-config-type",
         lambda f: run_config({"model": {"radius": 2.0}}, f["dir"] + "/o"),
         ValueError,
-        "'type'",
+        "missing key model.type",
     ),
     (
         "fit-config-no-data",

@@ -208,7 +208,7 @@ class AbstractSolid(AbstractShape):
         """Complex n - 1 = -delta + i beta."""
         return jax.lax.complex(-self.delta, self.beta)
 
-    def to_body(self, points: Float[Array, "*b 3"]) -> Float[Array, "*b 3"]:
+    def to_body(self, points: Float[ArrayLike, "*b 3"]) -> Float[Array, "*b 3"]:
         """Lab-frame points to the body frame: r_body = R^T (r_lab - centre)."""
         return (points - self.centre) @ self.rotation
 
