@@ -304,6 +304,7 @@ def test_user_defined_loss_runs_through_fit():
     assert res.summary()["loss_function"] == "Gaussian(sigma=2.0)"
 
 
+@pytest.mark.slow
 def test_batch_fitters_use_the_configured_loss(monkeypatch):
     """EllipsoidBatchFitter with loss="anscombe" takes its scale and Fisher weights from Anscombe (it used
     Poisson's whatever the loss); its SphereBatchFitter initialisation too. Spies on the loss classes."""
