@@ -9,8 +9,8 @@ twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids
 whether the chosen class is the truth's (harmonic truths count as right when "SphericalHarmonics" is chosen).
 Time per pattern is split into compile and run: the first pattern of each family is fitted twice; the second
 call finds every function compiled (same pattern, so the same voxel grids), so compile = t(first call) -
-t(second call) and run = t(second call). Later patterns of other sizes get other voxel grids and compile again
-(the grid is fixed from the starting size), so their time includes compilation too. Success: IoU >= 0.9.
+t(second call) and run = t(second call). Later patterns reuse the compiled steps when their size falls on
+the same rung of the grid ladder (`fitting.ladder_grid`), else they compile too. Success: IoU >= 0.9.
 `--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
 """
 

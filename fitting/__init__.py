@@ -30,9 +30,11 @@ from ._evalset import (
     simulate_reference as simulate_reference,
 )
 from ._fit import (
+    GRID_LADDER as GRID_LADDER,
     POLARISATIONS as POLARISATIONS,
     expected_signal as expected_signal,
     fit as fit,
+    ladder_grid as ladder_grid,
     make_optimizer as make_optimizer,
 )
 from ._init import (
@@ -44,6 +46,7 @@ from ._init import (
     fit_spherical_harmonics as fit_spherical_harmonics,
     harmonics_from_ellipsoid as harmonics_from_ellipsoid,
     harmonics_ladder as harmonics_ladder,
+    harmonics_twins as harmonics_twins,
     msft_sphere_intensity as msft_sphere_intensity,
     pad_harmonics as pad_harmonics,
     radial_profile as radial_profile,

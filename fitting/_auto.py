@@ -144,6 +144,7 @@ def orientation_search(
     detectors with `bin_factor` dividing n: data summed over blocks, a detector of n / `bin_factor` pixels over
     the same angles) and a voxel grid `coarsening` times coarser than the default. One compilation per
     (class, grid, batch). Returns (shapes sorted best first, their deviances, seconds)."""
+    from ._fit import ladder_grid
     from ._init import random_rotations
 
     t0 = time.perf_counter()
@@ -165,9 +166,9 @@ def orientation_search(
     lam, tmax = experiment.sampling_hint
     pitch = ds.default_pitch(lam, tmax) * float(coarsening)
     rmax = max(float(np.asarray(s.bounding_radius())) for s in shapes)
-    grid = ds.VoxelGrid.around(1.05 * rmax, pitch, margin=2)
-    hint = max(s.extent_hint for s in shapes)
-    shapes_h = [_drop_hint(s, hint) for s in shapes]
+    grid = ladder_grid(1.05 * rmax, pitch)  # rounded up: patterns of similar size share the compilation
+    # no static size hint (the grid is given): patterns of other sizes then share the compilation
+    shapes_h = [_drop_hint(s, None) for s in shapes]
     nb = int(batch)
     pad = (-len(shapes_h)) % nb
     padded = shapes_h + [shapes_h[-1]] * pad

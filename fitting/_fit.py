@@ -3,11 +3,18 @@
 The unknowns are the free leaves of (shape, experiment, background) (see `_params.py`) plus the scale
 (fluence), which is profiled out of the loss. The voxel grid is fixed once from the initial model(s) with a
 margin, so the step compiles once; starts are batched with `jax.vmap` (multi-start).
+
+Compile once per geometry: everything that shapes the compiled step is kept coarse so that fits of other
+patterns (and the stages of a ladder) reuse it. The default grid's half-width is rounded up on a geometric
+ladder (`GRID_LADDER`, `ladder_grid`), the start batch is padded to a power of two (padding starts repeat
+start 0 and are ignored in the result), parameter kinds depend on names only, and entries can be frozen by a
+data mask (`active=`) instead of a smaller parameter vector.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,9 +35,11 @@ from ._params import Parametrisation, stack_parametrisations
 from ._result import Alternative, FitResult
 from ._uncertainty import laplace_sigmas
 
-__all__ = ["fit", "expected_signal", "make_optimizer", "POLARISATIONS"]
+__all__ = ["fit", "expected_signal", "make_optimizer", "ladder_grid", "POLARISATIONS", "GRID_LADDER"]
 
-OPTIMIZERS = ("lbfgs", "lbfgs-zoom", "adam")
+GRID_LADDER = 2.0**0.25  # ratio between consecutive default grid half-widths (4 rungs per doubling)
+
+OPTIMIZERS = ("lbfgs", "lbfgs-zoom", "adam", "gn")
 
 
 def expected_signal(
@@ -133,6 +142,45 @@ def _step(u, opt_state, prob, data, mask, norm, st: _Static, optimizer, is_lbfgs
 
 
 @eqx.filter_jit
+def _gn_step(u, lam, prob, data, mask, norm, st: _Static):
+    """One Levenberg-Marquardt step (Fisher scoring) for a batch of starts; `lam` (batch,) the damping.
+
+    Direction: (F + lam diag(F) + eps I) d = -g, with g the gradient of the profiled NLL (autodiff) and F the
+    expected Fisher information of (u, log scale) with the log scale profiled out (Schur complement),
+    J^T diag(`st.loss.fisher_weight`) J from n forward-mode passes, plus the regulariser's Hessian. The
+    trial point is evaluated inside the step: accepted (lam / 3) if it lowers the NLL, else kept (lam * 4).
+    Returns (u_next, (lam_next, value at u_next), value at u, |g|), values divided by `norm`."""
+
+    def one(u, lam, prob):
+        x0, unravel = ravel_pytree(u)
+        f = lambda x: _nll(unravel(x), prob, data, mask, st)
+        (val, scale), g = jax.value_and_grad(f, has_aux=True)(x0)
+        t = jnp.log(scale)
+        z0 = jnp.concatenate([x0, t[None]])
+        mu_fn = lambda z: _counts(unravel(z[:-1]), z[-1], prob, st)[0]
+        mu = mu_fn(z0)
+        J = jax.jacfwd(mu_fn)(z0).reshape(-1, z0.shape[0])
+        w = st.loss.fisher_weight(mu, data, mask).reshape(-1).astype(J.dtype)
+        F = (J * w[:, None]).T @ J
+        A = F[:-1, :-1] - jnp.outer(F[:-1, -1], F[-1, :-1]) / jnp.maximum(F[-1, -1], 1e-30)
+        if st.regularizer is not None:
+            A = A + jax.hessian(lambda x: st.regularizer(prob.build(unravel(x))[0]))(x0)
+        dA = jnp.maximum(jnp.diag(A), 0.0)
+        eps = 1e-9 * jnp.maximum(jnp.max(dA), 1e-30)
+        step = -jnp.linalg.solve(A + jnp.diag(lam * dA + eps), g)
+        step = jnp.where(jnp.isfinite(step), step, 0.0)
+        x1 = x0 + step
+        val1 = f(x1)[0]
+        ok = jnp.isfinite(val1) & (val1 < val)
+        x_next = jnp.where(ok, x1, x0)
+        lam_next = jnp.clip(jnp.where(ok, lam / 3.0, lam * 4.0), 1e-7, 1e7)
+        v_next = jnp.where(ok, val1, val)
+        return unravel(x_next), (lam_next, v_next / norm), val / norm, jnp.sqrt(jnp.sum(g**2)) / norm
+
+    return jax.vmap(one)(u, lam, prob)
+
+
+@eqx.filter_jit
 def _init_state(u, optimizer):
     state = jax.vmap(optimizer.init)(u)
     # strong dtypes, as the step returns them (a weak-typed leaf would recompile the step once)
@@ -153,7 +201,7 @@ def _counts(u, t, prob: Parametrisation, st: _Static):
 
 
 @eqx.filter_jit
-def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
+def _finalize(u, prob, live, data, mask, st: _Static, with_fisher: bool):
     """For a batch of starts: every start's NLL and scale; for the best one its expected signal, background
     and (optionally) the Fisher information of (u, log scale). One compilation.
 
@@ -162,7 +210,7 @@ def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
     log intensity 1 / ((mu + floor)^2 var), var the fitted residual variance). Forward-mode only (n + 1 JVPs).
     """
     nll, scales = jax.vmap(lambda v, p: _nll(v, p, data, mask, st))(u, prob)
-    ib = jnp.argmin(jnp.where(jnp.isfinite(nll), nll, jnp.inf))
+    ib = jnp.argmin(jnp.where(jnp.isfinite(nll) & live, nll, jnp.inf))
     u_b, p_b = _take(u, ib), _take(prob, ib)
     t = jnp.log(scales[ib])
     mu, sig, bg = _counts(u_b, t, p_b, st)
@@ -180,13 +228,29 @@ def _finalize(u, prob, data, mask, st: _Static, with_fisher: bool):
     return nll, scales, ib, sig, bg, F
 
 
+def ladder_grid(radius: float, pitch: float, margin: int = 2) -> ds.VoxelGrid:
+    """`VoxelGrid.around` a ball of `radius` (length units, > 0) rounded UP to the next rung
+    pitch * GRID_LADDER^k (k integer): patterns of similar size get the same grid (and so share compiled
+    steps), at most ~19 % wider than needed. `pitch`: isotropic voxel pitch (length units); `margin`: voxels."""
+    radius, pitch = float(radius), float(pitch)
+    if not (radius > 0 and pitch > 0 and np.isfinite(radius) and np.isfinite(pitch)):
+        raise ValueError(f"radius and pitch must be finite and > 0, got radius={radius}, pitch={pitch}")
+    k = math.ceil(math.log(radius / pitch) / math.log(GRID_LADDER) - 1e-9)
+    return ds.VoxelGrid.around(pitch * GRID_LADDER**k, pitch, margin=margin)
+
+
 def _fit_grid(models, experiment, pitch, margin):
     if pitch is None:
         if experiment.sampling_hint is None:
             raise ValueError("pass pitch= (the experiment has traced geometry)")
         pitch = ds.default_pitch(*experiment.sampling_hint)
     r = max(float(np.asarray(m.bounding_radius())) for m in models)
-    return ds.VoxelGrid.around(margin * r, pitch, margin=2)
+    return ladder_grid(margin * r, pitch)
+
+
+def _batch_size(n: int) -> int:
+    """Padded number of starts: the next power of two (1, 2, 4, 8, ...), so few batch sizes get compiled."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def fit(
@@ -216,6 +280,7 @@ def fit(
     alternatives_tol: float = 5.0,
     progress: bool | int = False,
     memory_budget: object = None,  # bytes, "8GiB", "75%", "off" or None: parsed with a message
+    active: dict[str, ArrayLike] | None = None,
 ) -> FitResult:
     """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
 
@@ -229,12 +294,17 @@ def fit(
       `fitting.AbstractLoss` subclass (e.g. `fitting.LogIntensity(floor=10.0)`, or your own).
     - `floor`: shorthand for `loss="log"`'s floor (data units; same as `loss=fitting.LogIntensity(floor)`).
     - `background`: flat background, counts per pixel; fixed unless "background" is in `free`.
-    - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom" or "adam"; `learning_rate` (Adam, default 0.1; L-BFGS: line search).
+    - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom", "adam" or "gn"
+      (Levenberg-Marquardt on the expected Fisher information, n + 1 forward passes per step: for few
+      parameters); `learning_rate` (Adam, default 0.1; L-BFGS: line search; "gn": initial damping 1e-3).
     - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when the loss per pixel changed by
       less than `rtol` (relative) for `patience` steps, or the gradient norm (in O(1) units) is below `gtol`.
     - `method`, `solid_angle`, `polarisation`: the forward model (see `expected_signal`).
-    - `pitch`/`grid`/`grid_margin`: the fixed voxel grid; default `VoxelGrid.around(grid_margin * largest
-      initial bounding radius, default pitch)`.
+    - `pitch`/`grid`/`grid_margin`: the fixed voxel grid; default `ladder_grid(grid_margin * largest
+      initial bounding radius, default pitch)` (the radius rounded up on a coarse ladder, so patterns of
+      similar size reuse one compilation). Pass the same `grid` to every stage of a ladder.
+    - `active`: {parameter name: boolean array shaped like it}; False entries stay at their initial value
+      (held as data: changing the mask does not recompile; e.g. the harmonic ladder's degrees).
     - `regularizer`: function of the shape adding to the negative log-likelihood (e.g. `fitting.sh_smoothness`).
     - `uncertainties`: compute Laplace sigmas at the optimum (a Hessian: one extra pass per free parameter).
     - `alternatives_tol`: starts whose final NLL is within this of the best (and whose parameters differ)
@@ -283,34 +353,52 @@ def fit(
     check_memory(
         grid.shape,
         int(np.prod(experiment.shape)),
-        batch=len(models),
+        batch=_batch_size(len(models)),
         itemsize=np.dtype(dt).itemsize,
         grad=True,
         budget=memory_budget,
         what=f"fit of {len(models)} start(s)",
         knobs="a coarser pitch=, a smaller grid= or grid_margin, fewer starts or fewer detector pixels",
     )
-    probs = [Parametrisation.create(s, experiment, free, background, max(level, 1e-12)) for s in models]
+    probs = [
+        Parametrisation.create(s, experiment, free, background, max(level, 1e-12), active=active)
+        for s in models
+    ]
+    n_starts = len(models)
+    # pad the batch to a power of two with copies of start 0 (one compilation serves 3 or 4 starts)
+    probs = probs + [probs[0]] * (_batch_size(n_starts) - n_starts)
+    live = jnp.arange(len(probs)) < n_starts
     prob = stack_parametrisations(probs)
     st = _Static(loss, method, bool(solid_angle), polarisation, grid, regularizer)
-    opt = make_optimizer(optimizer, learning_rate, int(max_steps))
+    is_gn = optimizer == "gn"
+    opt = None if is_gn else make_optimizer(optimizer, learning_rate, int(max_steps))
     is_lbfgs = optimizer.startswith("lbfgs")
     u = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
     norm = jnp.asarray(float(n_used), dt)
 
-    state = _init_state(u, opt)
-    n_starts = len(models)
+    n_batch = len(probs)
+    if is_gn:
+        lam0 = 1e-3 if learning_rate is None else float(learning_rate)
+        state = (jnp.full(n_batch, lam0, dt), jnp.full(n_batch, jnp.inf, dt))
+    else:
+        state = _init_state(u, opt)
     history = []
-    best_u, best_val = u, np.full(n_starts, np.inf)
-    stall = np.zeros(n_starts, int)
-    done = np.zeros(n_starts, bool)
+    best_u, best_val = u, np.full(n_batch, np.inf)
+    stall = np.zeros(n_batch, int)
+    done = np.zeros(n_batch, bool)
     converged = False
     t_compile = None
     n_steps = 0
     every = _progress_every(progress)
     for k in range(int(max_steps)):
         t0 = time.perf_counter()
-        u_new, state, val, gnorm = _step(u, state, prob, d, m, norm, st, opt, is_lbfgs)
+        if is_gn:
+            lam_prev = np.asarray(state[0])
+            u_new, state, val, gnorm = _gn_step(u, state[0], prob, d, m, norm, st)
+            # a rejected trial (damping raised, point kept) is not a stall
+            rejected = np.asarray(state[0]) > lam_prev
+        else:
+            u_new, state, val, gnorm = _step(u, state, prob, d, m, norm, st, opt, is_lbfgs)
         val = np.asarray(val)  # loss at u (before this update)
         gnorm = np.asarray(gnorm)
         if t_compile is None:
@@ -321,6 +409,8 @@ def fit(
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
         rel = np.abs(best_val - val) / np.maximum(np.abs(val), 1e-12)
         stall = np.where(np.isfinite(best_val) & (rel < rtol), stall + 1, 0)
+        if is_gn:
+            stall = np.where(rejected & (np.asarray(state[0]) < 1e7), stall - 1, stall)
         best_val = np.where(improved, val, best_val)
         done = done | (stall >= patience) | (gnorm < gtol)
         u = u_new
@@ -332,8 +422,8 @@ def fit(
             break
     # the last update's point: L-BFGS's line search already evaluated it (its state holds the value there);
     # keep it where it is better. (Adam's last step is small; its best evaluated point is kept.)
-    if history and is_lbfgs:
-        final_val = np.asarray(optax.tree_utils.tree_get(state, "value"), float)
+    if history and (is_lbfgs or is_gn):
+        final_val = np.asarray(state[1] if is_gn else optax.tree_utils.tree_get(state, "value"), float)
         improved = np.isfinite(final_val) & (final_val < best_val)
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
 
@@ -341,7 +431,7 @@ def fit(
     if converged and not _moved(u0, best_u, history):
         converged = False  # "converged" at the start: the data gave no gradient to follow (no silent success)
 
-    nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, d, m, st, bool(uncertainties))
+    nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, live, d, m, st, bool(uncertainties))
     nll, scales, ib = np.asarray(nll), np.asarray(scales), int(ib)
     pick = _take
     u_b, p_b = pick(best_u, ib), pick(prob, ib)
@@ -350,8 +440,9 @@ def fit(
     model_counts = np.asarray(scales[ib] * sig + bg_b)
     sigmas, hess_ok = {}, False
     if uncertainties:
-        sigmas, hess_ok = laplace_sigmas(np.asarray(H), u_b, p_b, nuisance=1)
+        sigmas, hess_ok = laplace_sigmas(np.asarray(H), u_b, p_b, nuisance=1, active=p_b.active)
 
+    nll = nll[:n_starts]
     alts = []
     for i in np.argsort(nll):
         i = int(i)

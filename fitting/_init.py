@@ -30,6 +30,7 @@ __all__ = [
     "pad_harmonics",
     "fit_spherical_harmonics",
     "harmonics_ladder",
+    "harmonics_twins",
 ]
 
 
@@ -417,11 +418,13 @@ def fit_spherical_harmonics(
     regularizer=None,
     seed: int = 0,
     verbose: bool = False,
+    twins: bool = False,
     **fit_kwargs,
 ):
     """Spherical-harmonic shape up to degree `lmax` with no initial guess, by the ladder
     sphere (`estimate_radius` + fit) -> triaxial ellipsoid (vmapped multi-start over orientations) ->
-    harmonics with lmax = 2, 3, ..., `lmax`, each stage starting from the last.
+    harmonics (`harmonics_ladder`: (lmax + 1)^2 coefficients from the start, degrees 2, 3, ..., `lmax` freed
+    stage by stage, one compiled step), each stage starting from the last. `twins`: see `harmonics_ladder`.
 
     In the harmonic stages the coefficients are free and the orientation stays at the ellipsoid's (the
     l >= 1 coefficients can express small rotations themselves, so freeing both would be degenerate).
@@ -465,10 +468,38 @@ def fit_spherical_harmonics(
     if verbose:
         print(f"ellipsoid: semi-axes {np.asarray(ell.model.semi_axes)}")
     res, more = harmonics_ladder(
-        data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, verbose=verbose, **fit_kwargs
+        data,
+        experiment,
+        ell.model,
+        int(lmax),
+        mask,
+        regularizer=regularizer,
+        verbose=verbose,
+        twins=twins,
+        **fit_kwargs,
     )
     res.stages = stages + more
     return res
+
+
+def harmonics_twins(shape: ds.SphericalHarmonics) -> list[ds.SphericalHarmonics]:
+    """The shape and its three twins that give (nearly) the same pattern: [shape, point inversion r -> -r
+    (c_lm -> (-1)^l c_lm), mirror z -> -z along the beam (body reflection c_lm -> (-1)^(l+m) c_lm, rotation
+    M R P with M = diag(1, 1, -1) lab and P body), both]. Born patterns of the first two are identical
+    (Friedel); the mirror is the small-angle twin. MSFT (refraction, Ewald curvature) splits them."""
+    c = np.asarray(shape.coefficients)
+    L = math.isqrt(c.size) - 1
+    l = np.concatenate([np.full(2 * k + 1, k) for k in range(L + 1)])
+    m = np.concatenate([np.arange(-k, k + 1) for k in range(L + 1)])
+    M = np.diag([1.0, 1.0, -1.0])
+    R = np.asarray(shape.rotation)
+    inv = np.where(l % 2 == 1, -c, c)
+    mir = np.where((l + m) % 2 == 1, -c, c)
+    R_m = (M @ R @ M).astype(R.dtype)
+    mk = lambda cc, RR: ds.SphericalHarmonics(
+        np.asarray(cc, c.dtype), shape.delta, shape.beta, rotation=RR, centre=shape.centre
+    )
+    return [shape, mk(inv, R), mk(mir, R_m), mk(np.where(l % 2 == 1, -mir, mir), R_m)]
 
 
 def harmonics_ladder(
@@ -480,22 +511,64 @@ def harmonics_ladder(
     *,
     regularizer=None,
     verbose: bool = False,
+    degrees: Sequence[int] | None = None,
+    twins: bool = False,
     **fit_kwargs,
 ):
-    """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`: its projection on Y_lm up
-    to l = 2, then fits with lmax = 2, 3, ..., `lmax` (coefficients free, orientation kept, `regularizer`
-    default `SHDegreePrior(0.15)`). Returns (last `FitResult`, list of every stage's result)."""
-    from ._fit import fit
-    from ._regularizers import SHDegreePrior
+    """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
 
+    The start is the ellipsoid's projection on Y_lm up to the FINAL degree `lmax` (a better start than the
+    l <= 2 projection: the ellipsoid's l = 4 content is kept), then fits with the degrees <= l free for l in
+    `degrees` (default 2, 3, ..., `lmax`), higher ones frozen at their current values; orientation kept,
+    `regularizer` default `SHDegreePrior(0.15)`. Every stage has the same (lmax + 1)^2 coefficients, the
+    same voxel grid (`grid=`, default `ladder_grid` around the start) and the same number of starts, and
+    the frozen degrees are a data mask (`fit(active=...)`), so all stages share one compiled step (and
+    patterns of similar size share it too). Uncertainties (if requested) only at the last stage.
+
+    `twins`: every stage also runs the three twins of its start (`harmonics_twins`: point inversion, mirror
+    along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
+    result's `alternatives`. Four starts cost about four times the run time (one compilation).
+
+    Returns (last `FitResult`, list of every stage's result)."""
+    from ._fit import _fit_grid, fit
+    from ._regularizers import SHDegreePrior, sh_degrees
+
+    L = int(lmax)
+    if L < 0:
+        raise ValueError(f"lmax must be >= 0, got {lmax}")
+    degs = list(range(min(2, L), L + 1)) if degrees is None else [int(x) for x in degrees]
+    if not degs or any(not 0 <= x <= L for x in degs):
+        raise ValueError(f"degrees must be a non-empty list of degrees in [0, lmax={L}], got {degrees}")
     reg = SHDegreePrior(0.15) if regularizer is None else regularizer
-    shape = harmonics_from_ellipsoid(ellipsoid, max(2, min(int(lmax), 2)))
+    kw = dict(fit_kwargs)
+    want_sigmas = bool(kw.pop("uncertainties", True))
+    grid = kw.pop("grid", None)
+    pitch = kw.pop("pitch", None)
+    margin = float(kw.pop("grid_margin", 1.3))
+    shape = harmonics_from_ellipsoid(ellipsoid, L)
+    if grid is None:
+        grid = _fit_grid([shape], experiment, pitch, margin)
+    deg = sh_degrees((L + 1) ** 2)
     stages, res = [], None
-    for l in range(2, int(lmax) + 1) if int(lmax) >= 2 else [int(lmax)]:
-        shape = pad_harmonics(shape, l)
-        res = fit(data, experiment, shape, mask, free=("coefficients",), regularizer=reg, **fit_kwargs)
+    for i, l in enumerate(degs):
+        half = 0.5 * min(n * p for n, p in zip(grid.shape, grid.pitch, strict=True)) - 2 * max(grid.pitch)
+        if float(np.asarray(shape.bounding_radius())) > half:  # the shape outgrew the grid: a larger one
+            grid = _fit_grid([shape], experiment, pitch, margin)
+        starts = harmonics_twins(shape) if twins else shape
+        res = fit(
+            data,
+            experiment,
+            starts,
+            mask,
+            free=("coefficients",),
+            regularizer=reg,
+            grid=grid,
+            active={"coefficients": deg <= l},
+            uncertainties=want_sigmas and i == len(degs) - 1,
+            **kw,
+        )
         stages.append(res)
         shape = res.model
         if verbose:
-            print(f"harmonics lmax={l}: loss/pixel {res.loss / res.n_used:.4f}")
+            print(f"harmonics l<={l} (lmax {L}): loss/pixel {res.loss / res.n_used:.4f}")
     return res, stages

@@ -8,6 +8,7 @@ after aligning their centroids, and takes the best over those ambiguities.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 import diffscat as ds
@@ -36,7 +37,8 @@ def indicator(shape: ds.AbstractShape, points: np.ndarray) -> np.ndarray:
         res = out.reshape(-1)
         step = 1 << 18
         for i in range(0, flat.shape[0], step):
-            res[i : i + step] = np.asarray(shape.sdf(flat[i : i + step].astype(np.dtype(shape.dtype)))) < 0
+            pts = jnp.asarray(flat[i : i + step], shape.dtype)  # sdf takes a jax array (annotation)
+            res[i : i + step] = np.asarray(shape.sdf(pts)) < 0
         return out
     if p.ndim != 4:
         raise ValueError(f"points must be a grid (nx, ny, nz, 3) for a {type(shape).__name__}, got {p.shape}")

@@ -84,17 +84,32 @@ def default_free(shape: ds.AbstractShape) -> tuple[str, ...]:
     return tuple(n for n in _shape_fields(shape) if n not in OPTICAL + ("centre",))
 
 
-def _kind(name: str, value) -> str:
+# Shape fields that are positive by construction (sizes, exponents): log-parametrised. Every other shape
+# field (spherical-harmonic coefficients, ...) is "real" whatever the sign of its initial value, so the
+# parameter structure (and with it the compiled step) does not depend on the starting values.
+POSITIVE_FIELDS = (
+    "radius",
+    "semi_axes",
+    "edge",
+    "length",
+    "half_length",
+    "separation",
+    "neck",
+    "exponents",
+    "radii",
+    "distances",
+)
+
+
+def _kind(name: str) -> str:
+    """The transform kind of a parameter, from its name only (never from its value)."""
     if name == "orientation":
         return "orientation"
     if name in ("beta", "background"):
         return "nonneg"
-    if name in ("delta", "centre", "beam_center"):
-        return "real"
-    if name in ("wavelength", "distance", "pixel_size"):
+    if name in ("wavelength", "distance", "pixel_size") or name in POSITIVE_FIELDS:
         return "positive"
-    v = np.asarray(value)
-    return "positive" if v.size and np.all(v > 0) else "real"
+    return "real"
 
 
 def _get(obj, path):
@@ -109,6 +124,11 @@ class Parametrisation(eqx.Module):
     Build with `Parametrisation.create`; `initial_u()` gives u at the initial model; `build(u)` the model;
     `physical(u)` the free parameters' values in physical units. A pytree (templates and units are leaves), so
     several can be stacked for a vmapped multi-start.
+
+    `active` ({name: bool array shaped like the parameter}) freezes entries of "positive"/"real" parameters at
+    their reference value: an inactive entry's u is ignored (its gradient is zero), so L-BFGS never moves it.
+    The mask is data (an array leaf), not structure: fits that free different entries (the spherical-harmonic
+    ladder's degrees) share one compiled step.
     """
 
     shape: ds.AbstractShape
@@ -116,6 +136,7 @@ class Parametrisation(eqx.Module):
     background: Float[Array, ""]
     ref: dict[str, Array]
     unit: dict[str, Array]
+    active: dict[str, Array]
     names: tuple[str, ...] = eqx.field(static=True)
     kinds: tuple[str, ...] = eqx.field(static=True)
 
@@ -127,10 +148,13 @@ class Parametrisation(eqx.Module):
         free: Sequence[str] | None = None,
         background=0.0,
         data_level: float = 1.0,
+        active: dict[str, object] | None = None,
     ) -> Parametrisation:
         """Choose the free parameters by name (`free=None`: `default_free(shape)`).
 
-        `data_level`: a typical count per pixel, the unit of a fitted background. Unknown names raise
+        `data_level`: a typical count per pixel, the unit of a fitted background. `active`: optional
+        {name: boolean array shaped like the parameter}, False freezes that entry at its initial value (only
+        for sizes and real-valued leaves, e.g. spherical-harmonic coefficients). Unknown names raise
         `ValueError` listing the valid ones.
         """
         if not isinstance(shape, ds.AbstractShape):
@@ -156,7 +180,11 @@ class Parametrisation(eqx.Module):
             raise ValueError(f"background must be a finite number >= 0 (counts per pixel), got {background}")
         sf, ef = _shape_fields(shape), _experiment_fields(experiment)
         R = float(np.asarray(shape.bounding_radius()))
-        ref, unit, kinds = {}, {}, []
+        active = {} if active is None else dict(active)
+        bad_act = [n for n in active if n not in free]
+        if bad_act:
+            raise ValueError(f"active names parameters that are not free: {bad_act}; free: {list(free)}")
+        ref, unit, kinds, act = {}, {}, [], {}
         for n in free:
             if n in sf:
                 v = jnp.asarray(getattr(shape, sf[n]))
@@ -164,8 +192,19 @@ class Parametrisation(eqx.Module):
                 v = jnp.asarray(_get(experiment, ef[n]))
             else:
                 v = bg
-            k = _kind(n, v)
+            k = _kind(n)
             kinds.append(k)
+            if n in active:
+                a = np.asarray(active[n])
+                if a.dtype != bool or a.shape != v.shape:
+                    raise ValueError(
+                        f"active[{n!r}] must be a boolean array of shape {v.shape}, got {a.dtype} {a.shape}"
+                    )
+                if k not in ("positive", "real") and not a.all():
+                    raise ValueError(f"active can freeze entries of sizes and real leaves only, not {n!r}")
+            else:
+                a = np.ones((3,) if k == "orientation" else v.shape, bool)
+            act[n] = jnp.asarray(a)
             vn = np.asarray(v, dtype=float)
             if k == "positive":
                 u_ = vn
@@ -189,7 +228,7 @@ class Parametrisation(eqx.Module):
                 u_ = np.full(vn.shape, 0.1 * m if m > 0 else 0.1 * R)
             ref[n] = v.astype(dt)
             unit[n] = jnp.asarray(u_, dt)
-        return cls(shape, experiment, bg, ref, unit, free, tuple(kinds))
+        return cls(shape, experiment, bg, ref, unit, act, free, tuple(kinds))
 
     def initial_u(self) -> dict[str, Array]:
         """Unconstrained parameters of the initial model."""
@@ -209,6 +248,8 @@ class Parametrisation(eqx.Module):
         out = {}
         for n, k in zip(self.names, self.kinds, strict=True):
             r, un, x = self.ref[n], self.unit[n], u[n]
+            if k in ("positive", "real"):
+                x = jnp.where(self.active[n], x, jnp.zeros_like(x))  # inactive entries: the reference value
             if k == "positive":
                 out[n] = r * jnp.exp(STEP * x)
             elif k == "nonneg":

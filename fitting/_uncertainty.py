@@ -73,13 +73,31 @@ def laplace_sigmas(
     u: dict[str, Array],
     prob: Parametrisation,
     nuisance: int = 0,
+    active: dict[str, Array] | None = None,
 ) -> tuple[dict[str, np.ndarray], bool]:
     """Per-parameter standard deviations in physical units (orientation: degrees), and the Hessian's health.
 
     `hessian`: Hessian of the summed NLL in flattened u (or the NLL function itself); `u`: the optimum;
-    `prob`: the fit's parametrisation; `nuisance`: trailing nuisance rows of `hessian` (marginalised)."""
-    cov, ok = covariance(hessian, u, nuisance)
+    `prob`: the fit's parametrisation; `nuisance`: trailing nuisance rows of `hessian` (marginalised);
+    `active`: {name: bool array like u[name]}, frozen (False) entries are held fixed: their rows and
+    columns are dropped before the inversion and their sigma is 0."""
     x0, unravel = ravel_pytree(u)
+    if active is not None and not callable(hessian):
+        keep, _ = ravel_pytree({n: jnp.broadcast_to(jnp.asarray(active[n]), jnp.shape(u[n])) for n in u})
+        keep = np.concatenate([np.asarray(keep, bool), np.ones(int(nuisance), bool)])
+        if not keep.all():
+            H = np.asarray(hessian, dtype=float)
+            cov_a, ok = covariance(H[np.ix_(keep, keep)], None, nuisance)
+            n = x0.shape[0]
+            idx = np.flatnonzero(keep[:n])
+            cov = np.zeros((n, n))
+            cov[np.ix_(idx, idx)] = cov_a
+            return _sigmas_from_cov(cov, ok, u, prob, x0, unravel)
+    cov, ok = covariance(hessian, u, nuisance)
+    return _sigmas_from_cov(cov, ok, u, prob, x0, unravel)
+
+
+def _sigmas_from_cov(cov, ok, u, prob, x0, unravel):
     g = _local_physical(prob, u)
     J = np.asarray(jax.jacfwd(lambda x: g(unravel(x)))(x0), dtype=float)
     var = np.einsum("ij,jk,ik->i", J, cov, J)

@@ -1,0 +1,118 @@
+"""Compile once per geometry: fits of another pattern of similar size, and the stages of the harmonic
+ladder, reuse the compiled step (counted by the jit caches of `fitting._fit`'s compiled functions)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffscat as ds
+import fitting
+from fitting import _fit
+
+
+def _cache_sizes():
+    """Number of compiled variants held by each jitted function of the fit driver."""
+    return {name: getattr(_fit, name)._cached._cache_size() for name in ("_step", "_init_state", "_finalize")}
+
+
+def _counts(shape, exp, photons, seed):
+    mean = np.asarray(fitting.expected_signal(shape, exp, ds.VoxelGrid.around(5.0, 0.25)))
+    return np.random.default_rng(seed).poisson(mean / mean.sum() * photons).astype(float)
+
+
+@pytest.fixture(scope="module")
+def exp():
+    return ds.Experiment(1.0, ds.QGrid(n=24, theta_max_deg=30.0))
+
+
+def test_ladder_grid_rounds_up_to_shared_rungs():
+    p = 0.25
+    g1, g2 = fitting.ladder_grid(3.0, p), fitting.ladder_grid(3.05, p)
+    assert g1 == g2  # 2 % apart: one rung
+    # the rung holds the requested ball and is at most one ladder step (plus a voxel) larger
+    for r in (0.7, 3.0, 3.05, 11.0):
+        g = fitting.ladder_grid(r, p)
+        half = 0.5 * g.shape[0] * p - 2 * p
+        assert r <= half + 1e-9 and half <= r * fitting.GRID_LADDER + p
+    with pytest.raises(ValueError, match="radius"):
+        fitting.ladder_grid(0.0, p)
+
+
+def test_second_pattern_of_similar_size_compiles_nothing(exp):
+    mask = np.asarray(exp.theta) > np.radians(3.0)
+    d1 = _counts(ds.Sphere(3.0, -0.01, 0.001), exp, 1e5, 0)
+    d2 = _counts(ds.Sphere(3.05, -0.01, 0.001), exp, 2e5, 1)
+    kw = dict(max_steps=3, uncertainties=False, pitch=0.4)
+    starts = lambda r: [ds.Sphere(f * r, -0.01, 0.001) for f in (1.08, 1.1, 1.12)]
+    r1 = fitting.fit(d1, exp, starts(3.0), mask, **kw)
+    before = _cache_sizes()
+    r2 = fitting.fit(d2, exp, starts(3.05), mask, **kw)
+    assert r2.grid == r1.grid
+    assert _cache_sizes() == before
+    assert r2.n_starts == 3 and r2.start_losses.shape == (3,)  # padded to 4 internally, 3 reported
+
+
+def test_kinds_do_not_depend_on_the_sign_of_initial_values(exp):
+    a = ds.SphericalHarmonics([10.0, 0.1, 0.2, 0.3])
+    b = ds.SphericalHarmonics([10.0, -0.1, 0.2, -0.3])
+    pa = fitting.Parametrisation.create(a, exp, ("coefficients",))
+    pb = fitting.Parametrisation.create(b, exp, ("coefficients",))
+    assert pa.kinds == pb.kinds == ("real",)
+
+
+def test_active_mask_freezes_entries(exp):
+    sh = ds.SphericalHarmonics([10.0, 0.1, 0.2, 0.3])
+    act = np.array([True, False, True, False])
+    p = fitting.Parametrisation.create(sh, exp, ("coefficients",), active={"coefficients": act})
+    u = {"coefficients": jnp.full(4, 2.0, jnp.float32)}
+    c = np.asarray(p.physical(u)["coefficients"])
+    np.testing.assert_allclose(c[~act], [0.1, 0.3])  # frozen at the initial value
+    assert np.all(np.abs(c[act] - np.array([10.0, 0.2])) > 0.1)
+    # Laplace sigmas: the frozen entries' zero rows are dropped (sigma 0), the rest inverted
+    H = np.diag([4.0, 0.0, 16.0, 0.0, 1.0])  # 4 coefficients + the log scale (nuisance)
+    u0 = p.initial_u()
+    sig, ok = fitting.laplace_sigmas(H, u0, p, nuisance=1, active=p.active)
+    unit = np.asarray(p.unit["coefficients"])
+    np.testing.assert_allclose(sig["coefficients"], [unit[0] / 2, 0.0, unit[2] / 4, 0.0], rtol=1e-5)
+    assert ok
+    with pytest.raises(ValueError, match="active"):
+        fitting.Parametrisation.create(sh, exp, ("coefficients",), active={"coefficients": act[:3]})
+    with pytest.raises(ValueError, match="active"):
+        fitting.Parametrisation.create(sh, exp, ("coefficients",), active={"radius": act})
+
+
+@pytest.mark.slow  # ~15 s idle (an lmax-3 MSFT step compiles once)
+def test_harmonic_ladder_compiles_its_step_once(exp):
+    truth = ds.Ellipsoid([3.3, 3.0, 2.6], -0.01, 0.001, rotation=fitting.random_rotations(1, 2)[0])
+    data = _counts(truth, exp, 3e5, 2)
+    mask = np.asarray(exp.theta) > np.radians(3.0)
+    start = ds.Ellipsoid([3.2, 3.0, 2.7], -0.01, 0.001, rotation=truth.rotation)
+    before = _cache_sizes()
+    res, stages = fitting.harmonics_ladder(
+        data, exp, start, 3, mask, degrees=(1, 2, 3), max_steps=3, pitch=0.4, uncertainties=False
+    )
+    after = _cache_sizes()
+    assert after["_step"] - before["_step"] <= 1
+    assert after["_init_state"] - before["_init_state"] <= 1
+    assert after["_finalize"] - before["_finalize"] <= 1
+    assert len(stages) == 3 and all(s.model.coefficients.shape == (16,) for s in stages)
+    assert all(s.grid == stages[0].grid for s in stages)
+    # stage l = 1 freed degrees <= 1 only: the l = 2, 3 coefficients are the start's projection's
+    c0 = np.asarray(fitting.harmonics_from_ellipsoid(start, 3).coefficients)
+    np.testing.assert_allclose(np.asarray(stages[0].model.coefficients)[4:], c0[4:], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(np.asarray(stages[0].model.coefficients)[:4], c0[:4])
+
+
+def test_harmonics_twins_give_the_inverted_and_mirrored_bodies():
+    c = np.random.default_rng(0).normal(size=9) * 0.5
+    c[0] = 10.0
+    sh = ds.SphericalHarmonics(c, rotation=fitting.random_rotations(1, 3)[0])
+    same, inv, mir, both = fitting.harmonics_twins(sh)
+    assert same is sh
+    pts = np.random.default_rng(1).normal(size=(500, 3)) * 2.5
+    occ = lambda s, p: np.asarray(s.occupancy(p)) > 0.5
+    M = np.diag([1.0, 1.0, -1.0])
+    assert np.mean(occ(inv, pts) == occ(sh, -pts)) > 0.99
+    assert np.mean(occ(mir, pts) == occ(sh, pts @ M)) > 0.99
+    assert np.mean(occ(both, pts) == occ(sh, -(pts @ M))) > 0.99
+    assert np.mean(occ(mir, pts) == occ(sh, pts)) < 0.99  # the twin is another body
