@@ -322,22 +322,9 @@ def fit(
     Returns a `FitResult`. Raises `ValueError`/`TypeError` naming the argument for bad input.
     """
     t_start = time.perf_counter()
-    models = list(model) if isinstance(model, list | tuple) else [model]
-    if not models:
-        raise ValueError("model must be a shape or a non-empty list of shapes")
-    if not isinstance(experiment, ds.Experiment):
-        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
-    for m in models:
-        if not isinstance(m, ds.AbstractShape):
-            raise TypeError(f"model must be a diffscat shape, got {type(m).__name__}")
-    if len({type(m) for m in models}) != 1:
-        raise TypeError("all starting models must be of one class")
-    loss = as_loss(loss) if floor is None else as_loss(loss, floor=float(floor))
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    polarisation = _check_polarisation(polarisation)
-    if int(max_steps) < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    models, loss, polarisation = _check_arguments(
+        model, experiment, loss, floor, optimizer, polarisation, max_steps
+    )
     d, m = check_data(
         data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative, counts=loss.nonnegative
     )
@@ -443,19 +430,7 @@ def fit(
         sigmas, hess_ok = laplace_sigmas(np.asarray(H), u_b, p_b, nuisance=1, active=p_b.active)
 
     nll = nll[:n_starts]
-    alts = []
-    for i in np.argsort(nll):
-        i = int(i)
-        if i == ib or not np.isfinite(nll[i]) or nll[i] - nll[ib] > alternatives_tol:
-            continue
-        p_i, u_i = pick(prob, i), pick(best_u, i)
-        vals = {k: np.asarray(v) for k, v in p_i.physical(u_i).items()}
-        # the same solution reached from another start is not an alternative
-        if _same_solution(vals, values) or any(_same_solution(vals, a_.values) for a_ in alts):
-            continue
-        alts.append(
-            Alternative(model=p_i.build(u_i)[0], delta_loss=float(nll[i] - nll[ib]), values=vals, u=u_i)
-        )
+    alts = _alternatives(nll, ib, prob, best_u, values, alternatives_tol)
 
     hist = np.stack(history)[:, ib] * n_used if history else np.zeros(0)
     return FitResult(
@@ -484,6 +459,46 @@ def fit(
         model_counts=model_counts,
         grid=grid,
     )
+
+
+def _check_arguments(model, experiment, loss, floor, optimizer, polarisation, max_steps):
+    """`fit`'s structural checks (errors name the argument); returns (starting models, loss, polarisation)."""
+    models = list(model) if isinstance(model, list | tuple) else [model]
+    if not models:
+        raise ValueError("model must be a shape or a non-empty list of shapes")
+    if not isinstance(experiment, ds.Experiment):
+        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
+    for m in models:
+        if not isinstance(m, ds.AbstractShape):
+            raise TypeError(f"model must be a diffscat shape, got {type(m).__name__}")
+    if len({type(m) for m in models}) != 1:
+        raise TypeError("all starting models must be of one class")
+    loss = as_loss(loss) if floor is None else as_loss(loss, floor=float(floor))
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    polarisation = _check_polarisation(polarisation)
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    return models, loss, polarisation
+
+
+def _alternatives(nll, ib: int, prob, best_u, values: dict, tol: float) -> list[Alternative]:
+    """Other starts' optima within `tol` NLL units of the best (index `ib`) whose parameters differ from the best
+    and from each other (e.g. a twin / mirror solution), best first."""
+    alts = []
+    for i in np.argsort(nll):
+        i = int(i)
+        if i == ib or not np.isfinite(nll[i]) or nll[i] - nll[ib] > tol:
+            continue
+        p_i, u_i = _take(prob, i), _take(best_u, i)
+        vals = {k: np.asarray(v) for k, v in p_i.physical(u_i).items()}
+        # the same solution reached from another start is not an alternative
+        if _same_solution(vals, values) or any(_same_solution(vals, a_.values) for a_ in alts):
+            continue
+        alts.append(
+            Alternative(model=p_i.build(u_i)[0], delta_loss=float(nll[i] - nll[ib]), values=vals, u=u_i)
+        )
+    return alts
 
 
 def _progress_every(progress) -> int:
