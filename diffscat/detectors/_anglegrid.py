@@ -10,14 +10,14 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._checks import safe_sqrt
-from ._base import AbstractDetector, ConfigCheck, PixelDirections, check_n, check_theta_max, register_detector
-from ._qgrid import GRID_KEYS, check_grid_config, grid_center
+from ._base import PixelDirections, check_n, check_theta_max, register_detector
+from ._qgrid import GRID_KEYS, AbstractSquareGrid
 
 __all__ = ["AngleGrid"]
 
 
 @register_detector
-class AngleGrid(AbstractDetector):
+class AngleGrid(AbstractSquareGrid):
     """Pixels uniform in angle: (ax, ay) on an n x n grid tiling [-theta_max, theta_max]^2 (radians),
     theta = hypot(ax, ay), phi = atan2(ay, ax). Solid angle da^2 sin(theta)/theta.
 
@@ -63,31 +63,3 @@ class AngleGrid(AbstractDetector):
         omc = 2.0 * jnp.sin(th / 2.0) ** 2
         sa = jnp.where(valid, da**2 * sinc, 0.0)
         return PixelDirections(ax * sinc, ay * sinc, omc, sa, valid)
-
-    def beam_center(self) -> tuple[float, float]:
-        return grid_center(self.n)
-
-    def binned(self, factor: int) -> AngleGrid:
-        return AngleGrid(self.n // factor, self.theta_max_deg)
-
-    @classmethod
-    def check_config(cls, check: ConfigCheck) -> None:
-        check_grid_config(check)
-
-    @classmethod
-    def from_config(cls, d: dict) -> AngleGrid:
-        return cls(d["n"], float(d["theta_max_deg"]))
-
-    def to_config(self) -> dict:
-        return {"type": self.type_name, "n": self.n, "theta_max_deg": self.theta_max_deg}
-
-    @classmethod
-    def from_cxi(cls, det_group, saved, image_shape, metres_per_unit: float):
-        if saved is None:
-            return None, (False, False)
-        return cls(int(saved.attrs["n"]), float(saved.attrs["theta_max_deg"])), (False, False)
-
-    def to_cxi(self, det_group, saved, metres_per_unit: float) -> bool:
-        saved.attrs["n"] = self.n
-        saved.attrs["theta_max_deg"] = self.theta_max_deg
-        return True

@@ -30,8 +30,45 @@ def grid_center(n: int) -> tuple[float, float]:
     return ((n - 1) / 2.0, (n - 1) / 2.0)
 
 
+class AbstractSquareGrid(AbstractDetector):
+    """n x n pixels up to `theta_max_deg` (QGrid, AngleGrid): their beam centre, binning, config and CXI forms.
+
+    Subclasses declare the fields `n` and `theta_max_deg` and their pixel directions."""
+
+    n: eqx.AbstractVar[int]
+    theta_max_deg: eqx.AbstractVar[float]
+
+    def beam_center(self) -> tuple[float, float]:
+        return grid_center(self.n)
+
+    def binned(self, factor: int) -> AbstractSquareGrid:
+        return type(self)(self.n // factor, self.theta_max_deg)
+
+    @classmethod
+    def check_config(cls, check: ConfigCheck) -> None:
+        check_grid_config(check)
+
+    @classmethod
+    def from_config(cls, d: dict) -> AbstractSquareGrid:
+        return cls(d["n"], float(d["theta_max_deg"]))
+
+    def to_config(self) -> dict:
+        return {"type": self.type_name, "n": self.n, "theta_max_deg": self.theta_max_deg}
+
+    @classmethod
+    def from_cxi(cls, det_group, saved, image_shape, metres_per_unit: float):
+        if saved is None:
+            return None, (False, False)
+        return cls(int(saved.attrs["n"]), float(saved.attrs["theta_max_deg"])), (False, False)
+
+    def to_cxi(self, det_group, saved, metres_per_unit: float) -> bool:
+        saved.attrs["n"] = self.n
+        saved.attrs["theta_max_deg"] = self.theta_max_deg
+        return True
+
+
 @register_detector
-class QGrid(AbstractDetector):
+class QGrid(AbstractSquareGrid):
     """Pixels uniform in (qx, qy): an n x n grid of pixel centres tiling [-u_max, u_max]^2,
     u_max = k0 sin(theta_max). Pixel step du = 2 u_max / n; solid angle du^2 / (k0^2 cos theta).
 
@@ -83,37 +120,9 @@ class QGrid(AbstractDetector):
         sa = jnp.where(valid, ds**2 / jnp.where(valid, cos_t, 1.0), 0.0)
         return PixelDirections(sx, sy, omc, sa, valid)
 
-    def beam_center(self) -> tuple[float, float]:
-        return grid_center(self.n)
-
-    def binned(self, factor: int) -> QGrid:
-        return QGrid(self.n // factor, self.theta_max_deg)
-
     def plot_axes(self, wavelength, length_unit: str | None = None, *, plane_unit: str | None = None):
         """(q_x, q_y) in inverse length units: the grid spans +-k0 sin(theta_max) along both axes."""
         k0 = 2 * math.pi / float(wavelength)
         s = math.sin(math.radians(self.theta_max_deg))
         unit = "inverse length" if length_unit is None else f"1/{length_unit}"
         return [-k0 * s, k0 * s, -k0 * s, k0 * s], "q_x", "q_y", unit
-
-    @classmethod
-    def check_config(cls, check: ConfigCheck) -> None:
-        check_grid_config(check)
-
-    @classmethod
-    def from_config(cls, d: dict) -> QGrid:
-        return cls(d["n"], float(d["theta_max_deg"]))
-
-    def to_config(self) -> dict:
-        return {"type": self.type_name, "n": self.n, "theta_max_deg": self.theta_max_deg}
-
-    @classmethod
-    def from_cxi(cls, det_group, saved, image_shape, metres_per_unit: float):
-        if saved is None:
-            return None, (False, False)
-        return cls(int(saved.attrs["n"]), float(saved.attrs["theta_max_deg"])), (False, False)
-
-    def to_cxi(self, det_group, saved, metres_per_unit: float) -> bool:
-        saved.attrs["n"] = self.n
-        saved.attrs["theta_max_deg"] = self.theta_max_deg
-        return True
