@@ -32,6 +32,20 @@ def _preview_grid(shape: AbstractShape, n: int) -> VoxelGrid:
     return VoxelGrid.around(r, pitch, margin=2)
 
 
+def surface_voxels(inside: np.ndarray) -> np.ndarray:
+    """Boolean (nx, ny, nz): the voxels of `inside` with at least one face-neighbour outside (or on the edge)."""
+    pad = np.pad(inside, 1, constant_values=False)
+    interior = (
+        pad[2:, 1:-1, 1:-1]
+        & pad[:-2, 1:-1, 1:-1]
+        & pad[1:-1, 2:, 1:-1]
+        & pad[1:-1, :-2, 1:-1]
+        & pad[1:-1, 1:-1, 2:]
+        & pad[1:-1, 1:-1, :-2]
+    )
+    return inside & ~interior
+
+
 def plot_shape(
     shape: AbstractShape,
     path: str | os.PathLike | None = None,
@@ -102,16 +116,7 @@ def plot_shape(
 
     ax3 = fig.add_subplot(gs[0, 3], projection="3d")
     inside = occ >= 0.5
-    pad = np.pad(inside, 1, constant_values=False)
-    interior = (
-        pad[2:, 1:-1, 1:-1]
-        & pad[:-2, 1:-1, 1:-1]
-        & pad[1:-1, 2:, 1:-1]
-        & pad[1:-1, :-2, 1:-1]
-        & pad[1:-1, 1:-1, 2:]
-        & pad[1:-1, 1:-1, :-2]
-    )
-    surf = inside & ~interior
+    surf = surface_voxels(inside)
     X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
     pts = np.stack([X[surf], Y[surf], Z[surf]], -1)
     if len(pts) > 20000:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from diffscat._plot_shape import surface_voxels
+
 __all__ = ["DEFAULTS", "SHAPES", "Explorer", "to_toml"]
 
 LENGTH_UNIT = "nm"
@@ -447,16 +449,7 @@ class Explorer:
         with self._lock:
             occ = np.asarray(_occupancy(with_extent_hint(shape, None), grid))
         inside = occ >= 0.5
-        pad = np.pad(inside, 1, constant_values=False)
-        interior = (
-            pad[2:, 1:-1, 1:-1]
-            & pad[:-2, 1:-1, 1:-1]
-            & pad[1:-1, 2:, 1:-1]
-            & pad[1:-1, :-2, 1:-1]
-            & pad[1:-1, 1:-1, 2:]
-            & pad[1:-1, 1:-1, :-2]
-        )
-        surf = inside & ~interior
+        surf = surface_voxels(inside)
         x = (np.arange(n) - (n - 1) / 2) * (2 * r / n)
         X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
         pts = np.stack([X[surf], Y[surf], Z[surf]], -1)
