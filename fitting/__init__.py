@@ -34,6 +34,7 @@ from ._fit import (
     POLARISATIONS as POLARISATIONS,
     expected_signal as expected_signal,
     fit as fit,
+    fit_batch as fit_batch,
     ladder_grid as ladder_grid,
     make_optimizer as make_optimizer,
 )

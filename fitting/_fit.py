@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import types
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -35,7 +36,15 @@ from ._params import Parametrisation, stack_parametrisations
 from ._result import Alternative, FitResult
 from ._uncertainty import laplace_sigmas
 
-__all__ = ["fit", "expected_signal", "make_optimizer", "ladder_grid", "POLARISATIONS", "GRID_LADDER"]
+__all__ = [
+    "fit",
+    "fit_batch",
+    "expected_signal",
+    "make_optimizer",
+    "ladder_grid",
+    "POLARISATIONS",
+    "GRID_LADDER",
+]
 
 GRID_LADDER = 2.0**0.25  # ratio between consecutive default grid half-widths (4 rungs per doubling)
 
@@ -126,9 +135,10 @@ def _tree_norm(t):
 
 @eqx.filter_jit
 def _step(u, opt_state, prob, data, mask, norm, st: _Static, optimizer, is_lbfgs: bool):
-    """One optimiser step for a batch of starts (leading axis on u, opt_state, prob)."""
+    """One optimiser step for a batch of starts (leading axis on every argument but `st`, `optimizer`:
+    each start carries its own pattern, so starts of several patterns run in one vmapped call)."""
 
-    def one(u, opt_state, prob):
+    def one(u, opt_state, prob, data, mask, norm):
         f = lambda v: _nll(v, prob, data, mask, st)[0] / norm
         if is_lbfgs:
             value, grad = optax.value_and_grad_from_state(f)(u, state=opt_state)
@@ -138,12 +148,13 @@ def _step(u, opt_state, prob, data, mask, norm, st: _Static, optimizer, is_lbfgs
             updates, opt_state = optimizer.update(grad, opt_state, u)
         return optax.apply_updates(u, updates), opt_state, value, _tree_norm(grad)
 
-    return jax.vmap(one)(u, opt_state, prob)
+    return jax.vmap(one)(u, opt_state, prob, data, mask, norm)
 
 
 @eqx.filter_jit
 def _gn_step(u, lam, prob, data, mask, norm, st: _Static):
-    """One Levenberg-Marquardt step (Fisher scoring) for a batch of starts; `lam` (batch,) the damping.
+    """One Levenberg-Marquardt step (Fisher scoring) for a batch of starts; `lam` (batch,) the damping;
+    `data`, `mask`, `norm` per start (leading axis), as for `_step`.
 
     Direction: (F + lam diag(F) + eps I) d = -g, with g the gradient of the profiled NLL (autodiff) and F the
     expected Fisher information of (u, log scale) with the log scale profiled out (Schur complement),
@@ -151,7 +162,7 @@ def _gn_step(u, lam, prob, data, mask, norm, st: _Static):
     trial point is evaluated inside the step: accepted (lam / 3) if it lowers the NLL, else kept (lam * 4).
     Returns (u_next, (lam_next, value at u_next), value at u, |g|), values divided by `norm`."""
 
-    def one(u, lam, prob):
+    def one(u, lam, prob, data, mask, norm):
         x0, unravel = ravel_pytree(u)
         f = lambda x: _nll(unravel(x), prob, data, mask, st)
         (val, scale), g = jax.value_and_grad(f, has_aux=True)(x0)
@@ -177,7 +188,7 @@ def _gn_step(u, lam, prob, data, mask, norm, st: _Static):
         v_next = jnp.where(ok, val1, val)
         return unravel(x_next), (lam_next, v_next / norm), val / norm, jnp.sqrt(jnp.sum(g**2)) / norm
 
-    return jax.vmap(one)(u, lam, prob)
+    return jax.vmap(one)(u, lam, prob, data, mask, norm)
 
 
 @eqx.filter_jit
@@ -328,44 +339,258 @@ def fit(
     d, m = check_data(
         data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative, counts=loss.nonnegative
     )
-    dt = models[0].dtype
-    d = d.astype(dt)
-    n_used = int(np.sum(np.asarray(m)))
-    level = float(np.sum(np.asarray(d)[np.asarray(m)])) / n_used
-
-    if grid is None:
-        grid = _fit_grid(models, experiment, pitch, grid_margin)
-    elif not isinstance(grid, ds.VoxelGrid):
-        raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
+    grid = _grid_for(grid, models, experiment, pitch, grid_margin)
     check_memory(
         grid.shape,
         int(np.prod(experiment.shape)),
         batch=_batch_size(len(models)),
-        itemsize=np.dtype(dt).itemsize,
+        itemsize=np.dtype(models[0].dtype).itemsize,
         grad=True,
         budget=memory_budget,
         what=f"fit of {len(models)} start(s)",
         knobs="a coarser pitch=, a smaller grid= or grid_margin, fewer starts or fewer detector pixels",
     )
-    probs = [
-        Parametrisation.create(s, experiment, free, background, max(level, 1e-12), active=active)
-        for s in models
-    ]
-    n_starts = len(models)
-    # pad the batch to a power of two with copies of start 0 (one compilation serves 3 or 4 starts)
-    probs = probs + [probs[0]] * (_batch_size(n_starts) - n_starts)
-    live = jnp.arange(len(probs)) < n_starts
-    prob = stack_parametrisations(probs)
-    st = _Static(loss, method, bool(solid_angle), polarisation, grid, regularizer)
-    is_gn = optimizer == "gn"
-    opt = None if is_gn else make_optimizer(optimizer, learning_rate, int(max_steps))
-    is_lbfgs = optimizer.startswith("lbfgs")
-    u = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
-    norm = jnp.asarray(float(n_used), dt)
+    settings = _Settings(
+        free=free,
+        loss=loss,
+        background=background,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        max_steps=int(max_steps),
+        rtol=float(rtol),
+        gtol=float(gtol),
+        patience=int(patience),
+        method=method,
+        solid_angle=bool(solid_angle),
+        polarisation=polarisation,
+        grid=grid,
+        regularizer=regularizer,
+        uncertainties=bool(uncertainties),
+        alternatives_tol=float(alternatives_tol),
+        every=_progress_every(progress),
+        active=active,
+    )
+    return _fit_patterns([d], [m], experiment, [models], settings, t_start)[0]
 
-    n_batch = len(probs)
+
+def fit_batch(
+    data: ArrayLike,  # (N, *image): checked pattern by pattern by `check_data`, messages name `data`
+    experiment: object,  # ds.Experiment, shared by every pattern
+    model: object,  # a shape, N shapes, or N lists of K shapes: checked below
+    mask: ArrayLike | None = None,
+    free: Sequence[str] | None = None,
+    loss: str | AbstractLoss = "poisson",
+    *,
+    background: float = 0.0,
+    optimizer: str = "lbfgs",
+    learning_rate: float | None = None,
+    max_steps: int = 200,
+    rtol: float = 1e-7,
+    gtol: float = 1e-6,
+    patience: int = 5,
+    method: str = "msft",
+    solid_angle: bool = True,
+    polarisation: str = "none",
+    floor: float | None = None,
+    pitch: float | None = None,
+    grid: object = None,
+    grid_margin: float = 1.3,
+    regularizer: Callable[[ds.AbstractShape], Array] | None = None,
+    uncertainties: bool = True,
+    alternatives_tol: float = 5.0,
+    progress: bool | int = False,
+    memory_budget: object = None,
+    active: dict[str, ArrayLike] | None = None,
+) -> list[FitResult]:
+    """`fit` of N patterns of one experiment in one vmapped optimisation: every (pattern, start) pair is a
+    start of the same compiled step (`fit`'s), each with its own data, so a chunk of a dataset costs one
+    compiled program and its batch axis is what a GPU parallelises.
+
+    **Arguments** (as `fit`, except):
+    - `data`: (N, *image) photon counts, one pattern per row, all on `experiment`'s detector.
+    - `mask`: None, one image-shaped mask for every pattern, or (N, *image).
+    - `model`: one shape (the start of every pattern), a list of N shapes (one start each), or a list of N
+      lists of K shapes (K starts each, the same K for every pattern; one class throughout).
+    - `grid`: one voxel grid for every pattern; default `ladder_grid` around the largest start.
+
+    Every pattern runs until its own starts stop (`rtol`, `patience`, `gtol`) or `max_steps`; the call
+    returns when every pattern has stopped. Each result is what `fit` returns for that pattern (its
+    `converged` flag, best start, alternatives, uncertainties); `time_s` is the call's wall time divided
+    by N and `compile_s` the first step's time. Different N compile anew (pad the batch, as
+    `fitting.batch_fit` does, to reuse one program).
+    """
+    t_start = time.perf_counter()
+    if not isinstance(experiment, ds.Experiment):
+        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
+    img = tuple(experiment.shape)
+    arr = np.asarray(data)
+    if arr.ndim != len(img) + 1 or tuple(arr.shape[1:]) != img or arr.shape[0] < 1:
+        raise ValueError(f"data must have shape (N, *{img}) with N >= 1, got {arr.shape}")
+    n = arr.shape[0]
+    per = _starts_per_pattern(model, n)
+    models, loss, polarisation = _check_arguments(
+        [s for ss in per for s in ss], experiment, loss, floor, optimizer, polarisation, max_steps
+    )
+    if mask is None or np.ndim(mask) == len(img):
+        masks = [mask] * n
+    elif np.shape(mask) == arr.shape:
+        masks = list(np.asarray(mask))
+    else:
+        raise ValueError(f"mask must be None, {img}- or {arr.shape}-shaped, got {np.shape(mask)}")
+    ds_, ms_ = [], []
+    for i in range(n):
+        d, m = check_data(arr[i], masks[i], img, nonnegative=loss.nonnegative, counts=loss.nonnegative)
+        ds_.append(d)
+        ms_.append(m)
+    grid = _grid_for(grid, models, experiment, pitch, grid_margin)
+    check_memory(
+        grid.shape,
+        int(np.prod(img)),
+        batch=n * _batch_size(len(per[0])),
+        itemsize=np.dtype(models[0].dtype).itemsize,
+        grad=True,
+        budget=memory_budget,
+        what=f"fit of {n} pattern(s) x {len(per[0])} start(s)",
+        knobs="fewer patterns per call, a coarser pitch=, a smaller grid= or fewer starts",
+    )
+    settings = _Settings(
+        free=free,
+        loss=loss,
+        background=background,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        max_steps=int(max_steps),
+        rtol=float(rtol),
+        gtol=float(gtol),
+        patience=int(patience),
+        method=method,
+        solid_angle=bool(solid_angle),
+        polarisation=polarisation,
+        grid=grid,
+        regularizer=regularizer,
+        uncertainties=bool(uncertainties),
+        alternatives_tol=float(alternatives_tol),
+        every=_progress_every(progress),
+        active=active,
+    )
+    results = _fit_patterns(ds_, ms_, experiment, per, settings, t_start)
+    for r in results:
+        r.time_s = (time.perf_counter() - t_start) / n
+    return results
+
+
+def _starts_per_pattern(model, n: int) -> list[list]:
+    """`fit_batch`'s `model` as N lists of K starts (errors name `model`)."""
+    if isinstance(model, ds.AbstractShape):
+        return [[model] for _ in range(n)]
+    if not isinstance(model, list | tuple) or len(model) != n:
+        raise ValueError(f"model must be a shape or a list of {n} shapes / lists of starts (one per pattern)")
+    per = [list(x) if isinstance(x, list | tuple) else [x] for x in model]
+    if len({len(p) for p in per}) != 1 or not per[0]:
+        raise ValueError("model: every pattern needs the same (non-zero) number of starts")
+    return per
+
+
+def _grid_for(grid, models, experiment, pitch, margin) -> ds.VoxelGrid:
+    if grid is None:
+        return _fit_grid(models, experiment, pitch, margin)
+    if not isinstance(grid, ds.VoxelGrid):
+        raise TypeError(f"grid must be a diffscat.VoxelGrid, got {type(grid).__name__}")
+    return grid
+
+
+class _Settings(types.SimpleNamespace):
+    """`fit`'s settings after the argument checks, by keyword (free, loss, background, optimizer,
+    learning_rate, max_steps, rtol, gtol, patience, method, solid_angle, polarisation, grid, regularizer,
+    uncertainties, alternatives_tol, every (progress lines), active): one object for the shared core."""
+
+
+def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[FitResult]:
+    """The core of `fit` and `fit_batch`: N patterns (`ds_`, `ms_` checked arrays), `per` = N lists of K
+    starts. Start b of the vmapped batch belongs to pattern b // Kp (Kp = K padded to a power of two, the
+    padding repeating the pattern's first start)."""
+    n, k = len(per), len(per[0])
+    kp = _batch_size(k)
+    dt = per[0][0].dtype
+    ds_ = [jnp.asarray(d, dt) for d in ds_]
+    n_used = [int(np.sum(np.asarray(m))) for m in ms_]
+    probs = []
+    for i in range(n):
+        level = float(np.sum(np.asarray(ds_[i])[np.asarray(ms_[i])])) / n_used[i]
+        ps = [
+            Parametrisation.create(
+                s, experiment, cfg.free, cfg.background, max(level, 1e-12), active=cfg.active
+            )
+            for s in per[i]
+        ]
+        probs += ps + [ps[0]] * (kp - k)
+    group = np.repeat(np.arange(n), kp)
+    live_all = (np.arange(n * kp) % kp) < k
+    prob = stack_parametrisations(probs)
+    st = _Static(cfg.loss, cfg.method, cfg.solid_angle, cfg.polarisation, cfg.grid, cfg.regularizer)
+    d_b = jnp.stack([ds_[i] for i in group])
+    m_b = jnp.stack([jnp.asarray(ms_[i]) for i in group])
+    norm = jnp.asarray(np.asarray(n_used, float)[group], dt)
+    u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
+    u0, prob, d_b, m_b, norm = _shard_starts((u0, prob, d_b, m_b, norm))
+    run = _optimise(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start)
+    best_u, history, done, n_steps, t_compile = run
+
+    results = []
+    for i in range(n):
+        sl = slice(i * kp, (i + 1) * kp)
+        take = lambda t, sl=sl: jax.tree.map(lambda x: x[sl], t)
+        u_i, p_i = take(best_u), take(prob)
+        hist_i = [h[sl] for h in history]
+        converged = bool(np.all(done[sl]))
+        if converged and not _moved(take(u0), u_i, hist_i):
+            converged = (
+                False  # "converged" at the start: the data gave no gradient to follow (no silent success)
+            )
+        results.append(
+            _result(
+                u_i,
+                p_i,
+                live_all[sl],
+                ds_[i],
+                ms_[i],
+                st,
+                cfg,
+                per[i],
+                hist_i,
+                n_used[i],
+                n_steps,
+                converged,
+                t_start,
+                t_compile,
+            )  # fmt: skip
+        )
+    return results
+
+
+def _shard_starts(tree):
+    """Spread the start axis (leading axis of every leaf) over the local devices when there are several
+    and they divide it (the compiled step then runs data-parallel; one device: unchanged)."""
+    devices = jax.local_devices()
+    n_b = jax.tree.leaves(tree)[0].shape[0]
+    if len(devices) < 2 or n_b % len(devices):
+        return tree
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("starts",)), PartitionSpec("starts"))
+    return jax.device_put(tree, sharding)
+
+
+def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
+    """The optimiser loop over a batch of starts (each with its own data); every start stops on its own
+    (`rtol` for `patience` steps, or `gtol`), the loop when all have. Returns (best u per start, per-step
+    losses [(B,)], done flags (B,), steps, first step's seconds)."""
+    is_gn = cfg.optimizer == "gn"
+    opt = None if is_gn else make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.max_steps)
+    is_lbfgs = cfg.optimizer.startswith("lbfgs")
+    n_batch = norm.shape[0]
     if is_gn:
-        lam0 = 1e-3 if learning_rate is None else float(learning_rate)
+        lam0 = 1e-3 if cfg.learning_rate is None else float(cfg.learning_rate)
         state = (jnp.full(n_batch, lam0, dt), jnp.full(n_batch, jnp.inf, dt))
     else:
         state = _init_state(u, opt)
@@ -373,11 +598,9 @@ def fit(
     best_u, best_val = u, np.full(n_batch, np.inf)
     stall = np.zeros(n_batch, int)
     done = np.zeros(n_batch, bool)
-    converged = False
     t_compile = None
     n_steps = 0
-    every = _progress_every(progress)
-    for k in range(int(max_steps)):
+    for k in range(cfg.max_steps):
         t0 = time.perf_counter()
         if is_gn:
             lam_prev = np.asarray(state[0])
@@ -395,17 +618,17 @@ def fit(
         improved = val < best_val
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
         rel = np.abs(best_val - val) / np.maximum(np.abs(val), 1e-12)
-        stall = np.where(np.isfinite(best_val) & (rel < rtol), stall + 1, 0)
+        stall = np.where(np.isfinite(best_val) & (rel < cfg.rtol), stall + 1, 0)
         if is_gn:
             stall = np.where(rejected & (np.asarray(state[0]) < 1e7), stall - 1, stall)
         best_val = np.where(improved, val, best_val)
-        done = done | (stall >= patience) | (gnorm < gtol)
+        done = done | (stall >= cfg.patience) | (gnorm < cfg.gtol)
         u = u_new
-        if np.all(done):
-            converged = True
-        if every and (k == 0 or n_steps % every == 0 or converged or n_steps == int(max_steps)):
-            _print_progress(n_steps, int(max_steps), val, t_start, t_compile if k == 0 else None, converged)
-        if converged:
+        finished = bool(np.all(done))
+        last = n_steps == cfg.max_steps
+        if cfg.every and (k == 0 or n_steps % cfg.every == 0 or finished or last):
+            _print_progress(n_steps, cfg.max_steps, val, t_start, t_compile if k == 0 else None, finished)
+        if finished:
             break
     # the last update's point: L-BFGS's line search already evaluated it (its state holds the value there);
     # keep it where it is better. (Adam's last step is small; its best evaluated point is kept.)
@@ -413,25 +636,24 @@ def fit(
         final_val = np.asarray(state[1] if is_gn else optax.tree_utils.tree_get(state, "value"), float)
         improved = np.isfinite(final_val) & (final_val < best_val)
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+    return best_u, history, done, n_steps, float(t_compile or 0.0)
 
-    u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
-    if converged and not _moved(u0, best_u, history):
-        converged = False  # "converged" at the start: the data gave no gradient to follow (no silent success)
 
-    nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, live, d, m, st, bool(uncertainties))
+def _result(best_u, prob, live, d, m, st, cfg: _Settings, models, history, n_used, n_steps, converged,
+            t_start, t_compile) -> FitResult:  # fmt: skip
+    """One pattern's `FitResult` from its starts' best points (`best_u`, `prob`: its Kp starts)."""
+    n_starts = len(models)
+    nll, scales, ib, sig, bg_b, H = _finalize(best_u, prob, jnp.asarray(live), d, m, st, cfg.uncertainties)
     nll, scales, ib = np.asarray(nll), np.asarray(scales), int(ib)
-    pick = _take
-    u_b, p_b = pick(best_u, ib), pick(prob, ib)
+    u_b, p_b = _take(best_u, ib), _take(prob, ib)
     shape_b, exp_b, _ = p_b.build(u_b)
     values = {k: np.asarray(v) for k, v in p_b.physical(u_b).items()}
     model_counts = np.asarray(scales[ib] * sig + bg_b)
     sigmas, hess_ok = {}, False
-    if uncertainties:
+    if cfg.uncertainties:
         sigmas, hess_ok = laplace_sigmas(np.asarray(H), u_b, p_b, nuisance=1, active=p_b.active)
-
     nll = nll[:n_starts]
-    alts = _alternatives(nll, ib, prob, best_u, values, alternatives_tol)
-
+    alts = _alternatives(nll, ib, prob, best_u, values, cfg.alternatives_tol)
     hist = np.stack(history)[:, ib] * n_used if history else np.zeros(0)
     return FitResult(
         model=_restore_hint(shape_b, models[ib]),
@@ -439,8 +661,8 @@ def fit(
         scale=float(scales[ib]),
         background=float(bg_b),
         loss=float(nll[ib]),
-        loss_kind=loss.name,
-        loss_function=loss,
+        loss_kind=cfg.loss.name,
+        loss_function=cfg.loss,
         loss_history=np.asarray(hist, float),
         free=p_b.names,
         values=values,
@@ -449,7 +671,7 @@ def fit(
         n_steps=n_steps,
         converged=bool(converged),
         time_s=time.perf_counter() - t_start,
-        compile_s=float(t_compile or 0.0),
+        compile_s=t_compile,
         n_used=n_used,
         n_starts=n_starts,
         start_losses=np.asarray(nll, float),
@@ -457,7 +679,7 @@ def fit(
         data=np.asarray(d),
         mask=np.asarray(m),
         model_counts=model_counts,
-        grid=grid,
+        grid=st.grid,
     )
 
 
