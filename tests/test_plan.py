@@ -43,8 +43,16 @@ def droplet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sphere(tmp_path_factory):
-    out = tmp_path_factory.mktemp("plan") / "sphere.pdf"
-    return ds.plan_report(SPHERE, out, overrides=SPHERE_SMALL, png=False)
+    """The shipped sphere config without its [detector_model] section: the plan's defaults (fluence)."""
+    import re as _re
+
+    d = tmp_path_factory.mktemp("plan")
+    with open(SPHERE) as f:
+        text = _re.sub(r"\[detector_model\][^\[]*", "", f.read())
+    assert "fluence =" not in text
+    cfg = d / "sphere-no-detector-model.toml"
+    cfg.write_text(text)
+    return ds.plan_report(str(cfg), d / "sphere.pdf", overrides=SPHERE_SMALL, png=False)
 
 
 def test_report_files(droplet, sphere):
