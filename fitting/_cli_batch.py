@@ -8,26 +8,39 @@ Config (TOML; see configs/batch-sphere.toml):
                               # /entry_N, as CXIDB id-94) are read entry by entry when entry = "all"
 
     [model]
-    type = "Sphere"           # Sphere | Ellipsoid (semi-axes + orientation, configs/batch-ellipsoid.toml)
+    type = "Sphere"           # Sphere | Ellipsoid (fast vmapped fitters; configs/batch-sphere.toml,
+                              # batch-ellipsoid.toml) | SphericalHarmonics | Cube | Octahedron | Icosahedron |
+                              # Decahedron | TruncatedOctahedron | Cuboctahedron | Superellipsoid | auto
+                              # (per-pattern fitting.fit_auto; configs/batch-harmonics.toml, batch-polyhedra.toml)
+    candidates = ["Cube", "Octahedron"]   # type = "auto" only: classes compared per pattern by BIC
+    lmax = 4                  # SphericalHarmonics: largest degree
     delta = 0.0
     beta = 0.001
-    radius_min = 20.0         # range searched by the automatic initialisation (length unit)
-    radius_max = 200.0
+    radius_min = 20.0         # Sphere / Ellipsoid: range searched by the automatic initialisation (required);
+    radius_max = 200.0        # other types: optional check of the volume-equivalent radius (out-of-range)
 
     [fit]
     loss = "poisson"          # a name in fitting.LOSSES: poisson | anscombe | log
     polarisation = "unpolarised"
     beamstop_deg = 2.5        # pixels below this angle are not used (combined with the file's mask)
-    n_steps = 8
+    n_steps = 8               # vmapped fitters
     n_candidates = 64
+    driver = "vmapped"        # Sphere / Ellipsoid: "fit_auto" runs them through the per-pattern path
+    max_steps = 200           # per-pattern path: steps per fit stage; n_starts, n_orientations, n_refine,
+                              # criterion, seed, alternatives_tol, pitch, method as fitting.fit_auto
+    gof_draws = 8             # per-pattern path: "misfit" when (loss - mean) / sd over gof_draws Poisson
+    gof_threshold = 5.0       # realisations of the fit exceeds gof_threshold (docs/batch.md)
 
     [batch]
-    chunk_size = 16           # patterns per vmapped call, rounded up to a multiple of the local devices
+    chunk_size = 16           # patterns per vmapped call (per part file for the per-pattern path), rounded up
+                              # to a multiple of the local devices
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
-the config; parts in RESULTS.h5.parts/ make `--resume` exact. Multi-host: start one process per host with
-`--distributed` (jax.distributed.initialize auto-detects SLURM / Open MPI; `--coordinator`,
-`--num-processes`, `--process-id` for manual setups); each process fits its slice, the last one to finish
+the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,
+`radius` (volume-equivalent), `quaternion`, `scatman_angles`, `gof_z`, `n_alternatives`; docs/batch.md);
+parts in RESULTS.h5.parts/ make `--resume` exact. Multi-host: start one process per host with `--distributed`
+(jax.distributed.initialize auto-detects SLURM / Open MPI; `--coordinator`, `--num-processes`, `--process-id`
+for manual setups); each process fits its slice, the last one to finish
 writes the merged file (`--merge-only` rebuilds it from the parts).
 """
 
