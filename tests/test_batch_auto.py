@@ -292,9 +292,14 @@ def test_cli_spherical_harmonics_lmax2(tmp_path):
     assert list(res["class_name"]) == ["SphericalHarmonics"] * 2
     assert res["coefficients"].shape == (2, 9) and np.all(np.isfinite(res["coefficients"]))
     r_true = [(5.0 * 4.2 * 3.6) ** (1 / 3), 4.3]
-    np.testing.assert_allclose(res["radius"], r_true, rtol=0.05)
+    # the sphere to 1 %; the ellipsoid's lmax-2 shape (40 steps per stage, 24^2 pixels) to 8 %
+    np.testing.assert_allclose(res["radius"], r_true, rtol=[0.08, 0.01])
     # c_00 / sqrt(4 pi) is the mean radius
     np.testing.assert_allclose(res["coefficients"][:, 0] / np.sqrt(4 * np.pi), r_true, rtol=0.08)
+    # the radius column is the volume-equivalent radius of the stored coefficients
+    for i in range(2):
+        v = float(ds.SphericalHarmonics(res["coefficients"][i]).volume())
+        np.testing.assert_allclose(res["radius"][i], (3 * v / (4 * np.pi)) ** (1 / 3), rtol=1e-5)
     assert np.all(res["radius_sigma"] > 0)
     assert res["quaternion"].shape == (2, 4) and np.all(res["quaternion"][:, 0] >= 0)
     np.testing.assert_allclose(np.linalg.norm(res["quaternion"], axis=1), 1.0, rtol=1e-6)
