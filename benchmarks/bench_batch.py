@@ -122,7 +122,14 @@ def _general(a):
         fitter = AutoBatchFitter(
             exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, **OPT
         )
-        call = fitter
+        t_last = [time.perf_counter()]
+
+        def tick():  # per-pattern times as they come (a killed run still reports)
+            now = time.perf_counter()
+            print(f"pattern done in {now - t_last[0]:.1f} s, peak RSS {_peak_rss_mib():.0f} MiB", flush=True)
+            t_last[0] = now
+
+        call = lambda d, m: fitter(d, m, on_pattern=tick)  # noqa: E731
     t1 = time.perf_counter()
     # warm-up: the first chunk; with N <= chunk the per-pattern fitter warms up on one pattern, the vmapped one
     # on all N (one compilation per chunk size; nothing left to time: use it for the peak memory)
