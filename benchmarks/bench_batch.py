@@ -1,10 +1,21 @@
-"""Batch-inversion throughput: patterns/s of `fitting.SphereBatchFitter` (sphere fits, 128 x 128 flat detector).
+"""Batch-inversion throughput: patterns/s and peak memory of the batch fitters.
 
-    python benchmarks/bench_batch.py [--n 32] [--size 128] [--chunk 16]
+    python benchmarks/bench_batch.py [--model sphere] [--n 32] [--size 128] [--chunk 16]
+    python benchmarks/bench_batch.py --model ellipsoid --n 3 --size 64 --chunk 3      # EllipsoidBatchFitter
+    python benchmarks/bench_batch.py --model ellipsoid-auto --n 3 --size 64           # same data, fit_auto path
+    python benchmarks/bench_batch.py --model harmonics --lmax 4 --n 3 --size 64       # AutoBatchFitter, SH
+    python benchmarks/bench_batch.py --model Cube --n 3 --size 64                     # any fit_auto class
 
-Simulates N Poisson sphere patterns (radius 3-6 wavelengths, ~1e6 photons), then times the jit-compiled, vmapped
-fitter per chunk after warm-up (compile time reported separately). Prints a table and writes
-benchmarks/results/bench_batch.json.
+`sphere` (the original benchmark): N Poisson sphere patterns (radius 3-6 wavelengths, ~1e6 photons) on a
+`size`^2 flat detector, timed through the jit-compiled, vmapped `SphereBatchFitter` per chunk after warm-up.
+The other models: N Poisson patterns of random ellipsoids (equal-volume radius 4-6 nm, axis ratios 0.7-1,
+lambda 1 nm, ~1e5 photons, `size`^2 QGrid to 30 deg; `Cube` etc.: that polyhedron of the same volume) fitted by
+the vmapped `EllipsoidBatchFitter` (`ellipsoid`) or by `AutoBatchFitter` (per-pattern `fitting.fit_auto`:
+`ellipsoid-auto`, `harmonics`, any class of `fitting.CANDIDATES`). The first chunk (`--chunk` patterns) is the
+warm-up (it compiles); patterns/s are over the remaining patterns, or, when N <= chunk, over patterns 2..N of
+a one-pattern-at-a-time run after the first (per-pattern fitters; the vmapped one then times nothing and the
+run measures its peak memory for a chunk of N; `--steps` does not change that memory: the steps are a scan). Peak RSS of the process (`resource.getrusage`) is reported.
+Prints a table and writes benchmarks/results/bench_batch[_MODEL].json.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import sys
 import time
 
 import jax
@@ -20,16 +33,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffscat as ds
-from diffscat.detectors import polarisation_factor
-from fitting._batch_fitters import SphereBatchFitter
+from diffscat.detectors import expected_photons, polarisation_factor
+from fitting import POLYHEDRA
+from fitting._batch_fitters import EllipsoidBatchFitter, SphereBatchFitter
+
+OPT = dict(delta=0.01, beta=0.002)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--chunk", type=int, default=16)
-    a = ap.parse_args(argv)
+def _peak_rss_mib() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def _sphere(a):
     rng = np.random.default_rng(0)
     exp = ds.Experiment(1.0, ds.FlatDetector(60.0, 0.3 * 128 / a.size, (a.size, a.size)))
     pix = exp.pixels()
@@ -52,23 +68,133 @@ def main(argv=None):
     t3 = time.perf_counter()
     r = np.concatenate([np.asarray(o) for o in out])
     err = np.abs(r / radii - 1)
-    row = {
-        "device": jax.devices()[0].device_kind,
-        "platform": platform.processor() or platform.machine(),
-        "patterns": a.n,
-        "size": a.size,
-        "chunk": a.chunk,
+    return {
         "build_s": t1 - t0,
         "compile_first_chunk_s": t2 - t1,
         "fit_s": t3 - t2,
+        "patterns_timed": a.n,
         "patterns_per_s": a.n / (t3 - t2),
         "median_rel_err": float(np.median(err)),
         "max_rel_err": float(np.max(err)),
     }
+
+
+def _shapes(a):
+    """Random ellipsoids (or polyhedra of the same volume) and their true volume-equivalent radii."""
+    rng = np.random.default_rng(0)
+    shapes, radii = [], []
+    for _ in range(a.n):
+        r = rng.uniform(4.0, 6.0)
+        q = rng.uniform(0.7, 1.0, 2)
+        k = r / np.cbrt(q[0] * q[1])
+        R = np.asarray(ds.rotation_from_euler(rng.uniform(0, np.pi, 3)))
+        if a.model in POLYHEDRA:
+            cls = getattr(ds, a.model)
+            edge = (4 / 3 * np.pi * r**3 / float(np.asarray(cls(1.0).volume()))) ** (1 / 3)
+            shapes.append(cls(edge, rotation=R, **OPT))
+        else:
+            shapes.append(ds.Ellipsoid(np.array([k, k * q[0], k * q[1]]), rotation=R, **OPT))
+        radii.append(r)
+    return shapes, np.asarray(radii)
+
+
+def _general(a):
+    exp = ds.Experiment(1.0, ds.QGrid(a.size, 30.0))
+    shapes, radii = _shapes(a)
+    rng = np.random.default_rng(1)
+    grid = ds.VoxelGrid.around(1.1 * max(float(np.asarray(s.bounding_radius())) for s in shapes), 0.25)
+    data = []
+    for s in shapes:
+        mu = np.asarray(expected_photons(ds.simulate(s, exp, grid=grid), exp, 1.0))
+        data.append(rng.poisson(mu / mu.sum() * 1e5).astype(float))
+    data = np.stack(data)
+    mask = np.ones(data.shape, bool)
+    t0 = time.perf_counter()
+    if a.model == "ellipsoid":
+        fitter = EllipsoidBatchFitter(
+            exp, radius_range=(3.0, 7.5), polarisation="none", n_steps=a.steps or 200, **OPT
+        )
+        call = lambda d, m: jax.block_until_ready(fitter(jnp.asarray(d), jnp.asarray(m)))  # noqa: E731
+    else:
+        from fitting._batch_auto import AutoBatchFitter
+
+        cands = {"ellipsoid-auto": "Ellipsoid", "harmonics": "SphericalHarmonics"}.get(a.model, a.model)
+        fitter = AutoBatchFitter(
+            exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, **OPT
+        )
+        t_last = [time.perf_counter()]
+
+        def tick():  # per-pattern times as they come (a killed run still reports)
+            now = time.perf_counter()
+            print(f"pattern done in {now - t_last[0]:.1f} s, peak RSS {_peak_rss_mib():.0f} MiB", flush=True)
+            t_last[0] = now
+
+        call = lambda d, m: fitter(d, m, on_pattern=tick)  # noqa: E731
+    t1 = time.perf_counter()
+    # warm-up: the first chunk; with N <= chunk the per-pattern fitter warms up on one pattern, the vmapped one
+    # on all N (one compilation per chunk size; nothing left to time: use it for the peak memory)
+    warm = a.chunk if a.n > a.chunk else (a.n if a.model == "ellipsoid" else 1)
+    first = call(data[:warm], mask[:warm])
+    t2 = time.perf_counter()
+    outs = [first]
+    for s in range(warm, a.n, a.chunk):
+        outs.append(call(data[s : s + a.chunk], mask[s : s + a.chunk]))
+    t3 = time.perf_counter()
+    out = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+    if "radius" in out:
+        r = out["radius"]
+    else:
+        r = np.cbrt(np.prod(out["semi_axes"], axis=1))
+    err = np.abs(r / radii - 1)
+    timed = a.n - warm
+    row = {
+        "build_s": t1 - t0,
+        "first_chunk_s (compiles)": t2 - t1,
+        "patterns_in_first_chunk": warm,
+        "fit_s": t3 - t2,
+        "patterns_timed": timed,
+        "patterns_per_s": timed / (t3 - t2) if timed else float("nan"),
+        "median_rel_err_radius": float(np.median(err)),
+        "max_rel_err_radius": float(np.max(err)),
+    }
+    if "converged" in out:
+        row["converged"] = int(np.sum(out["converged"]))
+    if "misfit" in out:
+        row["misfit"] = int(np.sum(out["misfit"]))
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--model", default="sphere", help="sphere | ellipsoid | ellipsoid-auto | harmonics | a class"
+    )
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--lmax", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200; sphere: fixed 8)")
+    a = ap.parse_args(argv)
+    row = {
+        "model": a.model,
+        "device": jax.devices()[0].device_kind,
+        "platform": platform.processor() or platform.machine(),
+        "load_avg_1min": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "patterns": a.n,
+        "size": a.size,
+        "chunk": a.chunk,
+    }
+    if a.model == "harmonics":
+        row["lmax"] = a.lmax
+    row.update(_sphere(a) if a.model == "sphere" else _general(a))
+    row["peak_rss_MiB"] = _peak_rss_mib()
+    row["load_avg_1min_end"] = os.getloadavg()[0]
     for k, v in row.items():
-        print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+        print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
     os.makedirs("benchmarks/results", exist_ok=True)
-    with open("benchmarks/results/bench_batch.json", "w") as f:
+    name = "bench_batch.json" if a.model == "sphere" else f"bench_batch_{a.model}.json"
+    with open(os.path.join("benchmarks/results", name), "w") as f:
         json.dump(row, f, indent=1)
 
 

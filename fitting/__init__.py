@@ -17,6 +17,10 @@ from ._batch import (
     merge_parts as merge_parts,
     read_results as read_results,
 )
+from ._batch_auto import (
+    AutoBatchFitter as AutoBatchFitter,
+    noise_consistency as noise_consistency,
+)
 from ._batch_fitters import (
     EllipsoidBatchFitter as EllipsoidBatchFitter,
     SphereBatchFitter as SphereBatchFitter,

@@ -43,7 +43,18 @@ __all__ = [
 ]
 
 # Status codes stored in /results/status (names in its attribute "codes").
-STATUS = {"pending": -1, "ok": 0, "failed": 1, "skipped-bad-input": 2, "not-converged": 3}
+# "ok" = converged and (for fitters that check it: `AutoBatchFitter`) the loss consistent with the noise model;
+# "misfit": converged, but the loss lies > threshold sd above Poisson realisations of the fit (docs/batch.md);
+# "out-of-range": the fitted size lies outside the configured [radius_min, radius_max].
+STATUS = {
+    "pending": -1,
+    "ok": 0,
+    "failed": 1,
+    "skipped-bad-input": 2,
+    "not-converged": 3,
+    "misfit": 4,
+    "out-of-range": 5,
+}
 _STATUS_NAMES = {v: k for k, v in STATUS.items()}
 
 
@@ -175,15 +186,28 @@ def _parts_dir(out: str) -> str:
     return os.fspath(out) + ".parts"
 
 
-def _manifest(n: int, image_shape, names: Sequence[str], config: Mapping | None) -> dict:
+def _manifest(
+    n: int,
+    image_shape,
+    names: Sequence[str],
+    config: Mapping | None,
+    units: Mapping | None = None,
+    column_attrs: Mapping | None = None,
+) -> dict:
     cfg = json.dumps(config or {}, sort_keys=True, default=str)
-    return {
+    out = {
         "n_patterns": int(n),
         "image_shape": list(image_shape),
         "parameters": list(names),
         "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(),
         "config": cfg,
     }
+    # stored (not compared on resume) so that `merge_parts` alone (--merge-only) writes the same attributes
+    if units:
+        out["units"] = dict(units)
+    if column_attrs:
+        out["column_attrs"] = json.loads(json.dumps(column_attrs, default=str))
+    return out
 
 
 def _write_manifest(parts: str, manifest: dict, resume: bool) -> None:
@@ -211,12 +235,21 @@ def _done_ranges(parts: str) -> list[tuple[int, int, str]]:
     return sorted(out)
 
 
-def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: Mapping | None = None) -> dict:
+def merge_parts(
+    out: str,
+    units: Mapping[str, str] | None = None,
+    extra_attrs: Mapping | None = None,
+    column_attrs: Mapping[str, Mapping] | None = None,
+) -> dict:
     """Rebuild the results file `out` atomically from the part files in `out + '.parts'`.
 
-    Layout: `/results/<name>` datasets of length N (row i = input pattern i; NaN where not fitted),
-    `/results/status` (int8, codes in its attribute `codes`), units as attributes `unit`, and the job's
-    manifest (config, N, image shape) as attributes of `/results`. Returns counts per status.
+    Layout: `/results/<name>` datasets of length N (row i = input pattern i; NaN where not fitted, -1 for
+    integer columns), `/results/status` (int8, codes in its attribute `codes`), units as attributes `unit`,
+    `column_attrs` ({column: {attribute: value}}, e.g. `class: {names: [...]}`, `coefficients: {lmax: 4}`) as
+    attributes of those datasets (a list of strings as an HDF5 string array), and the job's manifest (config,
+    N, image shape) as attributes of `/results`. An integer column with a `names` attribute (class codes) also
+    gets `<name>_name`, the names as fixed-length byte strings ("" where not fitted). `units` and
+    `column_attrs` default to those stored in the manifest by `batch_fit`. Returns counts per status.
     """
     parts = _parts_dir(out)
     with open(os.path.join(parts, "manifest.json")) as f:
@@ -235,12 +268,16 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
                     v = f[key][...]
                     col = columns.get(key)
                     if col is None:  # (N,) for scalars, (N, k) for vector parameters (e.g. semi_axes)
-                        col = columns[key] = np.full((n,) + v.shape[1:], np.nan)
+                        if v.dtype.kind in "iu":  # integer columns (class codes, counts): -1 = not fitted
+                            col = columns[key] = np.full((n,) + v.shape[1:], -1, np.int64)
+                        else:
+                            col = columns[key] = np.full((n,) + v.shape[1:], np.nan)
                     col[a:b] = v
             merged.append(os.path.basename(path))
         except OSError:  # a part being written by another process right now is not there yet
             continue
-    units = dict(units or {})
+    units = dict(manifest.get("units", {}) if units is None else units)
+    cattrs = dict(manifest.get("column_attrs", {}) if column_attrs is None else column_attrs)
 
     def write(f):
         g = f.create_group("results")
@@ -249,6 +286,13 @@ def merge_parts(out: str, units: Mapping[str, str] | None = None, extra_attrs: M
             base = key[:-6] if key.endswith("_sigma") else key
             if base in units:
                 ds_.attrs["unit"] = units[base]
+            for k, v in cattrs.get(key, {}).items():
+                ds_.attrs[k] = v
+            names = cattrs.get(key, {}).get("names")
+            if names is not None and col.dtype.kind in "iu" and col.ndim == 1:
+                width = max([len(x) for x in names] + [1])
+                lookup = np.array([x.encode() for x in names] + [b""], dtype=f"S{width}")
+                g.create_dataset(key + "_name", data=lookup[np.where(col >= 0, col, len(names))])
         s = g.create_dataset("status", data=status)
         s.attrs["codes"] = json.dumps(STATUS)
         for k, v in manifest.items():
@@ -266,6 +310,8 @@ def read_results(path: str) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         g = f["results"]
         res = {k: g[k][...] for k in g}
+    for k in [k for k in res if res[k].dtype.kind == "S"]:
+        res[k] = res[k].astype(str)
     res["status_names"] = [_STATUS_NAMES[int(c)] for c in res["status"]]
     return res
 
@@ -310,8 +356,33 @@ def _plan(n: int, chunk: int, pidx: int, pcount: int, done: np.ndarray) -> list[
     return ranges
 
 
-def _fit_range(source, fitter, s: int, e: int, chunk: int, image_shape, sharding):
-    """Fit patterns [s, e) in one fitter call padded to `chunk` rows; returns (results, status, n fitted)."""
+def _status_of(ok: np.ndarray, res: dict) -> np.ndarray:
+    """Status codes from the screen (`ok`) and the fitter's flags, popped from `res`: "converged" (default
+    True), "misfit" and "out_of_range" (default False). Precedence: skipped-bad-input, failed (non-finite loss),
+    out-of-range, not-converged, misfit, ok."""
+    b = ok.shape[0]
+    conv = res.pop("converged", np.ones(b)).astype(bool)
+    misfit = res.pop("misfit", np.zeros(b)).astype(bool)
+    out_of_range = res.pop("out_of_range", np.zeros(b)).astype(bool)
+    finite = np.isfinite(res["loss"])
+    st = np.full(b, STATUS["ok"], np.int8)
+    for flag, name in (
+        (misfit, "misfit"),
+        (~conv, "not-converged"),
+        (out_of_range, "out-of-range"),
+        (~finite, "failed"),
+        (~ok, "skipped-bad-input"),
+    ):  # later rules win
+        st = np.where(flag, STATUS[name], st).astype(np.int8)
+    return st
+
+
+def _fit_range(source, fitter, s: int, e: int, chunk: int, image_shape, sharding, on_pattern=None):
+    """Fit patterns [s, e) in one fitter call padded to `chunk` rows; returns (results, status, n fitted).
+
+    A fitter with `per_pattern = True` (fits pattern by pattern, e.g. `AutoBatchFitter`) gets only the good
+    patterns, as NumPy arrays, no padding, and `on_pattern` (called after each pattern); its integer columns
+    stay integer (-1 where not fitted)."""
     data, mask = source.read(s, e)
     ok = screen_patterns(data, mask, image_shape) if data.ndim == 3 else np.zeros(e - s, bool)
     b = e - s
@@ -319,6 +390,20 @@ def _fit_range(source, fitter, s: int, e: int, chunk: int, image_shape, sharding
     status = np.where(ok, STATUS["ok"], STATUS["skipped-bad-input"]).astype(np.int8)
     if not ok.any():
         return res, status, 0
+    if getattr(fitter, "per_pattern", False):
+        idx = np.flatnonzero(ok)
+        out = fitter(np.nan_to_num(data[idx], nan=0.0), mask[idx], on_pattern=on_pattern)
+        for k, v in out.items():
+            v = np.asarray(v)
+            if v.dtype.kind in "iu":
+                col = np.full((b,) + v.shape[1:], -1, np.int64)
+            elif v.dtype.kind == "b":
+                col = np.zeros((b,) + v.shape[1:], bool)
+            else:
+                col = np.full((b,) + v.shape[1:], np.nan)
+            col[idx] = v
+            res[k] = col
+        return res, _status_of(ok, res), int(ok.sum())
     # Pad to the full chunk (bad and missing rows get a harmless dummy pattern: the first good one).
     first = int(np.argmax(ok))
     dd = np.empty((chunk,) + image_shape)
@@ -329,13 +414,7 @@ def _fit_range(source, fitter, s: int, e: int, chunk: int, image_shape, sharding
     mm[b:] = mask[first]
     out_dev = fitter(jax.device_put(dd, sharding), jax.device_put(mm, sharding))
     res = {k: np.asarray(v)[:b].astype(np.float64) for k, v in out_dev.items()}
-    conv = res.pop("converged", np.ones(b)).astype(bool)
-    finite = np.isfinite(res["loss"])
-    status = np.where(
-        ~ok,
-        STATUS["skipped-bad-input"],
-        np.where(~finite, STATUS["failed"], np.where(conv, STATUS["ok"], STATUS["not-converged"])),
-    ).astype(np.int8)
+    status = _status_of(ok, res)
     for k in res:
         keep = ok.reshape((-1,) + (1,) * (res[k].ndim - 1))
         res[k] = np.where(keep, res[k], np.nan)
@@ -376,7 +455,12 @@ def batch_fit(
     - `source`: an `ArraySource`-like object (`len`, `image_shape`, `read(start, stop) -> (data, mask)`).
     - `fitter`: a `BatchFitter` (or any callable `(data[B, ny, nx], mask[B, ny, nx]) -> dict of (B,) arrays`
       that includes "loss" and "converged"; it is jit-compiled and vmapped by the caller's design and called on
-      device-sharded arrays).
+      device-sharded arrays). Optional attributes: `names` (stored in the manifest), `column_attrs`
+      ({column: {attribute: value}} written on the merged datasets), and `per_pattern = True` for a fitter
+      that fits pattern by pattern (`AutoBatchFitter`): it is called as `fitter(data, mask,
+      on_pattern=callback)` on the good patterns only (NumPy, unpadded) and the progress bar advances per
+      pattern (rate and ETA per pattern); vmapped fitters advance it per chunk. Optional boolean outputs
+      "misfit" and "out_of_range" set those statuses.
     - `out`: results file; parts go to `out + ".parts/"`. Never overwritten by a different job.
     - `chunk_size`: patterns per fitter call (rounded up to a multiple of the local device count).
     - `resume`: continue an interrupted job. Without it, an existing unfinished job is an error (nothing is
@@ -392,7 +476,8 @@ def batch_fit(
     image_shape = tuple(source.image_shape)
     names = list(getattr(fitter, "names", []))
     parts = _parts_dir(out)
-    manifest = _manifest(n, image_shape, names, config)
+    column_attrs = getattr(fitter, "column_attrs", None)
+    manifest = _manifest(n, image_shape, names, config, units, column_attrs)
     pidx = jax.process_index() if process_index is None else int(process_index)
     pcount = jax.process_count() if process_count is None else int(process_count)
 
@@ -426,17 +511,19 @@ def batch_fit(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=sum(e - s for s, e in todo), unit="pattern", desc="batch-fit")
+        per_pattern = bool(getattr(fitter, "per_pattern", False))
+        on_pattern = (lambda: bar.update(1)) if (bar is not None and per_pattern) else None
         for s, e in todo:
-            res, status, k = _fit_range(source, fitter, s, e, chunk, image_shape, sharding)
+            res, status, k = _fit_range(source, fitter, s, e, chunk, image_shape, sharding, on_pattern)
             fitted += k
             _write_part(parts, s, e, res, status)
-            merge_parts(out, units)
-            if bar is not None:
-                bar.update(e - s)
+            merge_parts(out, units, column_attrs=column_attrs)
+            if bar is not None:  # per-pattern fitters advanced it already for the patterns they fitted
+                bar.update(e - s - (k if per_pattern else 0))
         if bar is not None:
             bar.close()
         if _done_ranges(parts) and (todo or not os.path.exists(out) or _is_stale(out)):
-            counts = merge_parts(out, units)
+            counts = merge_parts(out, units, column_attrs=column_attrs)
         elif os.path.exists(out):  # nothing to do and the file is current: leave it untouched
             st = read_results(out)["status"]
             counts = {name: int(np.sum(st == code)) for name, code in STATUS.items()}

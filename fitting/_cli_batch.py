@@ -8,26 +8,39 @@ Config (TOML; see configs/batch-sphere.toml):
                               # /entry_N, as CXIDB id-94) are read entry by entry when entry = "all"
 
     [model]
-    type = "Sphere"           # Sphere | Ellipsoid (semi-axes + orientation, configs/batch-ellipsoid.toml)
+    type = "Sphere"           # Sphere | Ellipsoid (fast vmapped fitters; configs/batch-sphere.toml,
+                              # batch-ellipsoid.toml) | SphericalHarmonics | Cube | Octahedron | Icosahedron |
+                              # Decahedron | TruncatedOctahedron | Cuboctahedron | Superellipsoid | auto
+                              # (per-pattern fitting.fit_auto; configs/batch-harmonics.toml, batch-polyhedra.toml)
+    candidates = ["Cube", "Octahedron"]   # type = "auto" only: classes compared per pattern by BIC
+    lmax = 4                  # SphericalHarmonics: largest degree
     delta = 0.0
     beta = 0.001
-    radius_min = 20.0         # range searched by the automatic initialisation (length unit)
-    radius_max = 200.0
+    radius_min = 20.0         # Sphere / Ellipsoid: range searched by the automatic initialisation (required);
+    radius_max = 200.0        # other types: optional check of the volume-equivalent radius (out-of-range)
 
     [fit]
     loss = "poisson"          # a name in fitting.LOSSES: poisson | anscombe | log
     polarisation = "unpolarised"
     beamstop_deg = 2.5        # pixels below this angle are not used (combined with the file's mask)
-    n_steps = 8
+    n_steps = 8               # vmapped fitters
     n_candidates = 64
+    driver = "vmapped"        # Sphere / Ellipsoid: "fit_auto" runs them through the per-pattern path
+    max_steps = 200           # per-pattern path: steps per fit stage; n_starts, n_orientations, n_refine,
+                              # criterion, seed, alternatives_tol, pitch, method as fitting.fit_auto
+    gof_draws = 8             # per-pattern path: "misfit" when (loss - mean) / sd over gof_draws Poisson
+    gof_threshold = 5.0       # realisations of the fit exceeds gof_threshold (docs/batch.md)
 
     [batch]
-    chunk_size = 16           # patterns per vmapped call, rounded up to a multiple of the local devices
+    chunk_size = 16           # patterns per vmapped call (per part file for the per-pattern path), rounded up
+                              # to a multiple of the local devices
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
-the config; parts in RESULTS.h5.parts/ make `--resume` exact. Multi-host: start one process per host with
-`--distributed` (jax.distributed.initialize auto-detects SLURM / Open MPI; `--coordinator`,
-`--num-processes`, `--process-id` for manual setups); each process fits its slice, the last one to finish
+the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,
+`radius` (volume-equivalent), `quaternion`, `scatman_angles`, `gof_z`, `n_alternatives`; docs/batch.md);
+parts in RESULTS.h5.parts/ make `--resume` exact. Multi-host: start one process per host with `--distributed`
+(jax.distributed.initialize auto-detects SLURM / Open MPI; `--coordinator`, `--num-processes`, `--process-id`
+for manual setups); each process fits its slice, the last one to finish
 writes the merged file (`--merge-only` rebuilds it from the parts).
 """
 
@@ -40,7 +53,15 @@ import os
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "load_batch_config", "config_keys", "CXISource"]
+__all__ = [
+    "add_arguments",
+    "run",
+    "load_batch_config",
+    "config_keys",
+    "CXISource",
+    "make_fitter",
+    "uses_vmapped",
+]
 
 
 def _schemas() -> dict:
@@ -49,6 +70,7 @@ def _schemas() -> dict:
     from diffscat.engines import METHODS
     from diffscat.io import Key
 
+    from ._auto import CANDIDATES
     from ._losses import LOSSES
 
     return {
@@ -59,11 +81,23 @@ def _schemas() -> dict:
             ),
         },
         "model": {
-            "type": Key("str", "model class", default="Sphere", choices=("Sphere", "Ellipsoid")),
+            "type": Key(
+                "str",
+                'model class ("auto": chosen per pattern among `candidates` by BIC)',
+                default="Sphere",
+                choices=(*CANDIDATES, "auto"),
+            ),
+            "candidates": Key("list", 'type = "auto": class names among the types above'),
+            "lmax": Key("int", "SphericalHarmonics: largest degree", default=4, min=0),
             "delta": Key("number", "n = 1 - delta + i beta", default=0.0),
             "beta": Key("number", "absorption (>= 0)", default=0.0, min=0.0),
-            "radius_min": Key("number", "smallest size searched (length unit)", required=True, positive=True),
-            "radius_max": Key("number", "largest size searched (length unit)", required=True, positive=True),
+            "radius_min": Key(
+                "number",
+                "smallest size (length unit): searched by the fast Sphere / Ellipsoid fitters (required "
+                "there); for the other models a check of the fitted volume-equivalent radius (out-of-range)",
+                positive=True,
+            ),
+            "radius_max": Key("number", "largest size (length unit), as radius_min", positive=True),
             "max_aspect": Key("number", "Ellipsoid: largest axis ratio searched", positive=True),
         },
         "fit": {
@@ -79,6 +113,33 @@ def _schemas() -> dict:
             "pitch": Key("number", "voxel pitch (length unit); default from the q range", positive=True),
             "n_starts": Key("int", "Ellipsoid: orientation starts", min=1),
             "learning_rate": Key("number", "Ellipsoid: Adam learning rate", positive=True),
+            "driver": Key(
+                "str",
+                'Sphere / Ellipsoid: "vmapped" (fast batch fitters) or "fit_auto" (the per-pattern path of '
+                "every other model); other models always use fit_auto",
+                default="vmapped",
+                choices=("vmapped", "fit_auto"),
+            ),
+            "max_steps": Key("int", "fit_auto path: optimiser steps per fit stage", default=200, min=1),
+            "n_orientations": Key(
+                "int", "fit_auto path: orientations searched (polyhedra...)", default=96, min=1
+            ),
+            "n_refine": Key("int", "fit_auto path: best orientations refined", default=4, min=1),
+            "criterion": Key(
+                "str", "fit_auto path: class selection", default="bic", choices=("bic", "aic", "nll")
+            ),
+            "seed": Key("int", "fit_auto path: seed of the starts (same for every pattern)", default=0),
+            "alternatives_tol": Key(
+                "number",
+                "fit_auto path: starts within this NLL of the best count as alternatives",
+                default=5.0,
+            ),
+            "gof_draws": Key(
+                "int", "fit_auto path: Poisson draws of the noise-consistency check", default=8, min=2
+            ),
+            "gof_threshold": Key(
+                "number", "fit_auto path: misfit when (loss - mean) / sd of the draws exceeds it", default=5.0
+            ),
         },
         "batch": {
             "chunk_size": Key(
@@ -131,10 +192,89 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"unknown section [{sec}]; valid: {sorted(schemas)}")
     out = {sec: check_section(cfg.get(sec), schema, sec) for sec, schema in schemas.items()}
     m = out["model"]
-    if m["radius_min"] >= m["radius_max"]:
+    fast = uses_vmapped(out)
+    if fast:
+        for k in ("radius_min", "radius_max"):
+            if k not in m:
+                raise ConfigError(
+                    f"missing key model.{k} (the size range the {m['type']} batch fitter searches)"
+                )
+    if ("radius_min" in m) != ("radius_max" in m):
+        raise ConfigError("model.radius_min and model.radius_max go together")
+    if "radius_min" in m and m["radius_min"] >= m["radius_max"]:
         raise ConfigError("model.radius_min must be below model.radius_max")
+    from ._auto import CANDIDATES
+
+    if m["type"] == "auto":
+        c = m.get("candidates")
+        if not c or not all(isinstance(x, str) for x in c):
+            raise ConfigError('model.candidates must be a non-empty list of class names when type = "auto"')
+        bad = [x for x in c if x not in CANDIDATES]
+        if bad:
+            raise ConfigError(f"model.candidates = {bad} are not among {', '.join(CANDIDATES)}")
+    elif "candidates" in m:
+        raise ConfigError(f'model.candidates needs type = "auto" (type is {m["type"]!r})')
     out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
     return out
+
+
+def uses_vmapped(cfg: dict) -> bool:
+    """True when a validated config runs a vmapped batch fitter (Sphere / Ellipsoid with driver "vmapped")."""
+    return cfg["model"]["type"] in ("Sphere", "Ellipsoid") and cfg["fit"]["driver"] == "vmapped"
+
+
+def make_fitter(cfg: dict, experiment):
+    """The batch fitter of a validated config and the units of its columns ("length" -> the config's
+    length_unit): `SphereBatchFitter` / `EllipsoidBatchFitter` for Sphere / Ellipsoid (driver "vmapped"),
+    `AutoBatchFitter` (per-pattern `fitting.fit_auto`) otherwise."""
+    from ._batch_auto import AutoBatchFitter
+    from ._batch_fitters import EllipsoidBatchFitter, SphereBatchFitter
+
+    m, fit, lu = cfg["model"], cfg["fit"], cfg["data"]["length_unit"]
+    if uses_vmapped(cfg):
+        common = dict(
+            delta=m["delta"],
+            beta=m["beta"],
+            radius_range=(m["radius_min"], m["radius_max"]),
+            n_candidates=fit["n_candidates"],
+            loss=fit["loss"],
+            polarisation=fit["polarisation"],
+            pitch=fit.get("pitch"),
+            method=fit["method"],
+        )
+        if m["type"] == "Sphere":
+            fitter = SphereBatchFitter(experiment, n_steps=fit["n_steps"], n_theta=fit["n_theta"], **common)
+            return fitter, {"radius": lu}
+        extra = {k: fit[k] for k in ("n_starts", "learning_rate") if k in fit}
+        if "max_aspect" in m:
+            extra["max_aspect"] = m["max_aspect"]
+        fitter = EllipsoidBatchFitter(experiment, n_steps=fit["n_steps"], **extra, **common)
+        return fitter, {"semi_axes": lu}
+    cands = m["candidates"] if m["type"] == "auto" else [m["type"]]
+    rr = (m["radius_min"], m["radius_max"]) if "radius_min" in m else None
+    fitter = AutoBatchFitter(
+        experiment,
+        cands,
+        delta=m["delta"],
+        beta=m["beta"],
+        lmax=m["lmax"],
+        loss=fit["loss"],
+        polarisation=fit["polarisation"],
+        method=fit["method"],
+        pitch=fit.get("pitch"),
+        max_steps=fit["max_steps"],
+        n_starts=fit.get("n_starts", 8),
+        n_orientations=fit["n_orientations"],
+        n_refine=fit["n_refine"],
+        criterion=fit["criterion"],
+        seed=fit["seed"],
+        alternatives_tol=fit["alternatives_tol"],
+        radius_range=rr,
+        gof_draws=fit["gof_draws"],
+        gof_threshold=fit["gof_threshold"],
+    )
+    units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
+    return fitter, units
 
 
 class CXISource:
@@ -227,7 +367,6 @@ def run(args) -> int:
     from diffscat.detectors import angular_mask
 
     from ._batch import batch_fit, merge_parts
-    from ._batch_fitters import EllipsoidBatchFitter, SphereBatchFitter
 
     check_input_file(args.config, "config")
     check_input_file(args.data, "data")
@@ -247,37 +386,19 @@ def run(args) -> int:
     fit = cfg["fit"]
     if fit["beamstop_deg"] > 0:
         src.extra_mask = np.asarray(angular_mask(src.experiment, theta_min_deg=fit["beamstop_deg"]))
-    m = cfg["model"]
-    common = dict(
-        delta=m["delta"],
-        beta=m["beta"],
-        radius_range=(m["radius_min"], m["radius_max"]),
-        n_candidates=fit["n_candidates"],
-        loss=fit["loss"],
-        polarisation=fit["polarisation"],
-        pitch=fit.get("pitch"),
-        method=fit["method"],
-    )
-    if m["type"] == "Sphere":
-        fitter = SphereBatchFitter(src.experiment, n_steps=fit["n_steps"], n_theta=fit["n_theta"], **common)
-        units = {"radius": cfg["data"]["length_unit"]}
-    else:
-        extra = {k: fit[k] for k in ("n_starts", "learning_rate") if k in fit}
-        if "max_aspect" in m:
-            extra["max_aspect"] = m["max_aspect"]
-        fitter = EllipsoidBatchFitter(src.experiment, n_steps=fit["n_steps"], **extra, **common)
-        units = {"semi_axes": cfg["data"]["length_unit"]}
+    fitter, units = make_fitter(cfg, src.experiment)
     chunk = args.chunk_size or cfg["batch"]["chunk_size"]
     if chunk < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {chunk}")
-    check_memory(
-        fitter.grid.shape,
-        math.prod(src.image_shape),
-        batch=chunk,
-        grad=True,
-        what=f"batch-fit of {chunk} patterns per chunk",
-        knobs="a smaller --chunk-size / [batch] chunk_size, a smaller [model] radius_max or a coarser pitch",
-    )
+    if uses_vmapped(cfg):  # the per-pattern path checks each fit's memory itself (fitting.fit)
+        check_memory(
+            fitter.grid.shape,
+            math.prod(src.image_shape),
+            batch=chunk,
+            grad=True,
+            what=f"batch-fit of {chunk} patterns per chunk",
+            knobs="a smaller --chunk-size / [batch] chunk_size, a smaller [model] radius_max or a coarser pitch",
+        )
     job = {"config": cfg, "data": os.path.abspath(args.data), "n": len(src)}
     summary = batch_fit(
         src,
@@ -328,14 +449,18 @@ def fits_figure(out: str, source, fitter, n: int = 3, length_unit: str | None = 
     names = {c: k for k, c in STATUS.items()}
     for row, i in enumerate(picks):
         data, mask = source.read(int(i), int(i) + 1)
-        if "radius" in res:
-            model = np.asarray(fitter.model_image(res["radius"][i]))
+        if hasattr(fitter, "model_image_row"):  # AutoBatchFitter: expected counts, scale included
+            model = np.asarray(fitter.model_image_row(res, int(i)))
+        elif "radius" in res:
+            model = np.asarray(fitter.model_image(res["radius"][i])) * float(res["scale"][i])
         else:
             model = np.asarray(fitter.model_image(res["semi_axes"][i], res["quaternion"][i]))
-        model = model * float(res["scale"][i])
+            model = model * float(res["scale"][i])
         kind = "best" if row < n else "worst"
         vmax = float(np.nanmax(np.where(mask[0], data[0], np.nan)))
         title = f"{kind}: #{i} ({names[int(res['status'][i])]}), loss/pixel {loss[i]:.3g}"
+        if "class_name" in res:
+            title += f", {res['class_name'][i]}"
         kw = dict(mask=mask[0], label="counts per pixel", length_unit=length_unit, vmax=vmax)
         plot_pattern(data[0], source.experiment, ax=axes[row, 0], title="data " + title, **kw)
         plot_pattern(model, source.experiment, ax=axes[row, 1], title="model", **kw)
@@ -356,7 +481,9 @@ def _histograms(out: str, length_unit: str | None = None) -> str:
 def histogram_figure(out: str, length_unit: str | None = None):
     """Histograms of the fitted parameters of a results file (status ok only): size (radius, or the three
     semi-axes), scale and loss per pixel, each labelled with its unit (the results' `unit` attributes, "length"
-    read as `length_unit`) and titled with the count and median. Returns the figure."""
+    read as `length_unit`) and titled with the count and median; the status counts; and, when the class was
+    selected per pattern (`/results/class` with several `names`), the patterns per class (fitted and ok).
+    Returns the figure."""
     import h5py
 
     from diffscat.plot import pyplot as _plt
@@ -366,6 +493,9 @@ def histogram_figure(out: str, length_unit: str | None = None):
     res = read_results(out)
     with h5py.File(out, "r") as f:
         units = {k: str(f["results"][k].attrs.get("unit", "")) for k in f["results"]}
+        classes = None
+        if "class" in f["results"] and "names" in f["results/class"].attrs:
+            classes = [str(x) for x in f["results/class"].attrs["names"]]
     names = [k for k in ("radius", "semi_axes", "scale", "loss") if k in res]
     ok = np.asarray(res["status"]) == 0
     if "semi_axes" in res:  # aspect ratios b/a and c/a of the sorted semi-axes (a <= b <= c)
@@ -374,9 +504,22 @@ def histogram_figure(out: str, length_unit: str | None = None):
         units["aspect_ratios"] = "1"
         names.append("aspect_ratios")
     plt = _plt()
-    ncol = len(names) + 1
+    with_classes = classes is not None and len(classes) > 1
+    ncol = len(names) + 1 + int(with_classes)
     fig, axes = plt.subplots(1, ncol, figsize=(4.0 * ncol, 3.4), dpi=100, layout="constrained")
     axes = np.atleast_1d(axes)
+    if with_classes:  # patterns per selected class (every fitted pattern, hatched part: status ok)
+        code = np.asarray(res["class"])
+        n_all = [int(np.sum(code == j)) for j in range(len(classes))]
+        n_ok = [int(np.sum((code == j) & ok)) for j in range(len(classes))]
+        ax = axes[-2]
+        ax.bar(range(len(classes)), n_all, color="0.75", label="fitted")
+        ax.bar(range(len(classes)), n_ok, color="C0", label="ok")
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("patterns")
+        ax.legend(fontsize=8)
+        ax.set_title(f"class (selected per pattern): {sum(n_all)} fitted", fontsize=9)
+        axes = np.concatenate([axes[:-2], axes[-1:]])
     counts = {n: int(np.sum(np.asarray(res["status"]) == c)) for n, c in STATUS.items()}
     axes[-1].bar(range(len(counts)), list(counts.values()), color="0.4")
     axes[-1].set_xticks(range(len(counts)), list(counts), rotation=30, ha="right", fontsize=8)

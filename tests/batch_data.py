@@ -47,3 +47,22 @@ def make_dataset(path, n=12, seed=0, bad=()):
         data[i] = np.nan if i % 2 == 0 else -1.0
     write_cxi(path, data, exp, length_unit="nm", quantity="photons")
     return radii
+
+
+def make_shape_dataset(path, shapes, photons=2e5, n=24, seed=0, pitch=0.25):
+    """Write Poisson patterns of `shapes` (diffscat shapes, length unit nm, lambda 1 nm) on an n x n QGrid up to
+    30 deg to `path`, each scaled to `photons` expected photons in total (solid angle included, polarisation
+    "none"). Full 2-D simulation on one voxel grid of `pitch`; independent of the fitters. Returns the
+    experiment."""
+    from diffscat.detectors import expected_photons
+
+    rng = np.random.default_rng(seed)
+    exp = ds.Experiment(1.0, ds.QGrid(n, 30.0))
+    rmax = max(float(np.asarray(s.bounding_radius())) for s in shapes)
+    grid = ds.VoxelGrid.around(1.1 * rmax, pitch)
+    imgs = []
+    for s in shapes:
+        mu = np.asarray(expected_photons(ds.simulate(s, exp, grid=grid), exp, 1.0))
+        imgs.append(rng.poisson(mu / mu.sum() * photons).astype(float))
+    write_cxi(path, np.stack(imgs), exp, length_unit="nm", quantity="photons")
+    return exp

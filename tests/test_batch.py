@@ -176,7 +176,7 @@ def test_shipped_batch_configs_validate(tmp_path):
         ("[data]\nlength_unit='nm'\n[model]\nradius_min=1.0\nradius_max=2.0\nfoo=1\n", "model.foo"),
         ("[data]\nlength_unit='nm'\n[model]\nradius_min=3.0\nradius_max=2.0\n", "radius_min"),
         ("[model]\nradius_min=1.0\nradius_max=2.0\n", "length_unit"),
-        ("[data]\nlength_unit='nm'\n[model]\ntype='Cube'\nradius_min=1.0\nradius_max=2.0\n", "model.type"),
+        ("[data]\nlength_unit='nm'\n[model]\ntype='Torus'\nradius_min=1.0\nradius_max=2.0\n", "model.type"),
         ("[data]\nlength_unit='nm'\n[spam]\n", "spam"),
     ]:
         bad.write_text(text)

@@ -1,0 +1,404 @@
+"""`AutoBatchFitter`: every model class of `fitting.fit_auto` in `batch_fit`, one pattern at a time.
+
+`batch_fit` calls a fitter on a chunk of patterns and stores one row per pattern. The vmapped fitters of
+`_batch_fitters` (Sphere, Ellipsoid) fit a whole chunk in one compiled call; this one loops `fitting.fit_auto`
+over the chunk's patterns (`_fit_chunk`, the one place to swap in a pattern-vmapped engine later). fit_auto's
+compiled steps are reused across patterns of one geometry ("compile once"), so after the first pattern the loop
+costs the run time only. Because it fits pattern by pattern, it declares `per_pattern = True`: `batch_fit` then
+passes only the good patterns of a chunk (no padding) and an `on_pattern` callback that advances the progress bar
+per pattern.
+
+Per pattern it also decides whether the fit is consistent with the noise model (`noise_consistency`): the
+observed loss is compared with the loss of `gof_draws` Poisson realisations of the fitted expected counts.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+import diffscat as ds
+
+from ._auto import CANDIDATES, data_loss
+from ._evalset import POLYHEDRA
+from ._losses import AbstractLoss, as_loss
+
+__all__ = ["AutoBatchFitter", "noise_consistency", "GOF_THRESHOLD"]
+
+GOF_THRESHOLD = 5.0
+"""Default misfit threshold on z = (loss - mean) / sd of the loss over Poisson realisations of the fit (see
+`noise_consistency` and docs/batch.md)."""
+
+
+def noise_consistency(result, n_draws: int = 8, seed: int = 0) -> tuple[float, float, float]:
+    """How far a fit's loss lies above what its own noise model gives.
+
+    The fit's data loss (`fitting._auto.data_loss`: `result.loss_function` on `result.model_counts`, scale 1,
+    background 0, over the used pixels) is compared with the same loss evaluated on `n_draws` Poisson
+    realisations of `result.model_counts` (expected photon counts) on the same pixels.
+
+    Returns (z, mean, sd): z = (loss - mean) / sd, with mean and sd (ddof 1) over the draws (loss units:
+    summed negative log-likelihood). z ~ N(0, 1) (Student t with n_draws - 1 degrees of freedom) when the data
+    are a Poisson realisation of the fitted model; a model that cannot describe the pattern gives z >> 1.
+    Deterministic for a given `seed`. NaN when the draws have no spread (e.g. all expected counts 0).
+    """
+    if int(n_draws) < 2:
+        raise ValueError(f"n_draws must be >= 2 (a spread is needed), got {n_draws}")
+    loss_function = getattr(result, "loss_function", None)
+    loss = as_loss(loss_function if loss_function is not None else result.loss_kind)
+    m = np.asarray(result.mask, bool)
+    mu = np.clip(np.nan_to_num(np.asarray(result.model_counts, np.float64)), 0.0, None)
+    observed = data_loss(result)
+    rng = np.random.default_rng(seed)
+    sims = np.array(
+        [
+            float(
+                loss.value(
+                    mu, np.where(m, rng.poisson(np.where(m, mu, 0.0)), 0.0), m, scale=1.0, background=0.0
+                )
+            )
+            for _ in range(int(n_draws))
+        ]
+    )
+    mean, sd = float(sims.mean()), float(sims.std(ddof=1))
+    z = (observed - mean) / sd if sd > 0 else float("nan")
+    return z, mean, sd
+
+
+def _canonical_ellipsoid(axes, sig, R):
+    """Semi-axes ascending (a <= b <= c), sigmas and rotation columns permuted alike, kept proper (det +1): the
+    labelling of `EllipsoidBatchFitter`."""
+    order = np.argsort(axes)
+    Rc = np.asarray(R, float)[:, order]
+    Rc[:, 2] *= np.sign(np.linalg.det(Rc))
+    return np.asarray(axes)[order], np.asarray(sig)[order], Rc
+
+
+class AutoBatchFitter:
+    """Per-pattern `fitting.fit_auto` for `batch_fit`: one class, or a class chosen by BIC among `candidates`.
+
+    **Arguments:**
+    - `experiment`: the dataset's geometry.
+    - `candidates`: class names among `fitting.CANDIDATES` ("Sphere", "Ellipsoid", "SphericalHarmonics", the
+      six polyhedra, "Superellipsoid"); one name = that class only, several = selection by `criterion`.
+    - `delta`, `beta`: optical constants (fixed).
+    - `lmax`: largest harmonic degree of "SphericalHarmonics" (the ladder sphere -> ellipsoid -> l = 2..lmax).
+    - `loss`, `polarisation`, `method`, `pitch`, `max_steps`, `alternatives_tol`: to every `fitting.fit` call.
+    - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes), `criterion`, `seed`:
+      to `fit_auto` (the same seed for every pattern: results do not depend on the chunking, so resume is exact).
+    - `radius_range`: optional (min, max) of the volume-equivalent radius (length unit); a fit outside it is
+      flagged `out_of_range` (fit_auto's size estimate has no range: the range is a check, not a search bound).
+    - `gof_draws`, `gof_threshold`: the noise-consistency check (`noise_consistency`): `misfit` when
+      z > `gof_threshold`.
+
+    Calling it on (data[B, ny, nx], mask[B, ny, nx]) returns a dict of per-pattern arrays (row b = pattern b):
+    `class` (int code into `candidates`), `radius` (volume-equivalent, length) and `radius_sigma`, `scale`
+    (photons per length^2), `loss` (data loss per used pixel), `gof_z`, `quaternion` (4: w, x, y, z, w >= 0,
+    r_lab = R r_body; NaN for a sphere), `scatman_angles` (3: latitude, longitude, rotation in degrees, as
+    `diffscat.scatman_from_rotation`), `n_alternatives` (int: other starts within `alternatives_tol`, e.g. twins),
+    `n_steps`, `time_s`; with several candidates `class_losses` and `class_criterion` (B, n_candidates);
+    `edge`(+sigma) when a polyhedron is a candidate, `semi_axes`(+sigma) for Ellipsoid / Superellipsoid
+    (ellipsoid axes ascending, the rotation relabelled alike), `exponents` for Superellipsoid, `coefficients`
+    (+sigma) ((lmax + 1)^2, body frame) for SphericalHarmonics; NaN where the pattern's class has no such
+    parameter. Plus the flags `converged`, `misfit`, `out_of_range` that `batch_fit` turns into the status.
+    """
+
+    per_pattern = True
+
+    def __init__(
+        self,
+        experiment: ds.Experiment,
+        candidates: Sequence[str] = ("Sphere",),
+        *,
+        delta: float = 0.0,
+        beta: float = 0.0,
+        lmax: int = 4,
+        loss: str | AbstractLoss = "poisson",
+        polarisation: str = "unpolarised",
+        method: str = "msft",
+        pitch: float | None = None,
+        max_steps: int = 200,
+        n_starts: int = 8,
+        n_orientations: int = 96,
+        n_refine: int = 4,
+        criterion: str = "bic",
+        seed: int = 0,
+        alternatives_tol: float = 5.0,
+        radius_range: tuple[float, float] | None = None,
+        gof_draws: int = 8,
+        gof_threshold: float = GOF_THRESHOLD,
+    ):
+        if isinstance(candidates, str):
+            candidates = (candidates,)
+        cands = list(dict.fromkeys(candidates))
+        if not cands:
+            raise ValueError("candidates must name at least one shape class")
+        bad = [c for c in cands if c not in CANDIDATES]
+        if bad:
+            raise ValueError(f"candidates must be among {CANDIDATES}, got {bad}")
+        if int(lmax) < 0:
+            raise ValueError(f"lmax must be >= 0, got {lmax}")
+        if int(gof_draws) < 2:
+            raise ValueError(f"gof_draws must be >= 2, got {gof_draws}")
+        if radius_range is not None:
+            rmin, rmax = (float(v) for v in radius_range)
+            if not 0 < rmin < rmax:
+                raise ValueError(f"radius_range must be 0 < min < max, got {radius_range}")
+            radius_range = (rmin, rmax)
+        self.experiment = experiment
+        self.candidates = tuple(cands)
+        self.delta, self.beta = float(delta), float(beta)
+        self.lmax = int(lmax)
+        self.loss = as_loss(loss)
+        self.polarisation = polarisation
+        self.method = method
+        self.pitch = pitch
+        self.radius_range = radius_range
+        self.gof_draws = int(gof_draws)
+        self.gof_threshold = float(gof_threshold)
+        self.seed = int(seed)
+        self.auto_kwargs = dict(
+            lmax=self.lmax,
+            criterion=criterion,
+            n_starts=int(n_starts),
+            n_orientations=int(n_orientations),
+            n_refine=int(n_refine),
+            seed=self.seed,
+            loss=self.loss,
+            polarisation=polarisation,
+            method=method,
+            max_steps=int(max_steps),
+            alternatives_tol=float(alternatives_tol),
+        )
+        if pitch is not None:
+            self.auto_kwargs["pitch"] = float(pitch)
+        c = set(cands)
+        self._has_edge = bool(c & set(POLYHEDRA))
+        self._has_axes = bool(c & {"Ellipsoid", "Superellipsoid"})
+        self._has_exp = "Superellipsoid" in c
+        self._has_sh = "SphericalHarmonics" in c
+        self._select = len(cands) > 1
+        names = ["class", "radius", "scale", "loss", "gof_z", "quaternion", "scatman_angles"]
+        names += ["n_alternatives", "n_steps", "time_s"]
+        if self._select:
+            names += ["class_losses", "class_criterion"]
+        if self._has_edge:
+            names.append("edge")
+        if self._has_axes:
+            names.append("semi_axes")
+        if self._has_exp:
+            names.append("exponents")
+        if self._has_sh:
+            names.append("coefficients")
+        self.names = tuple(names)
+        self.units = {
+            "radius": "length",
+            "edge": "length",
+            "semi_axes": "length",
+            "coefficients": "length",
+            "exponents": "1",
+            "scale": "photons per length^2",
+            "loss": "negative log-likelihood per used pixel",
+            "class_losses": "negative log-likelihood",
+            "class_criterion": "negative log-likelihood + penalty",
+            "gof_z": "1",
+            "scatman_angles": "deg",
+            "quaternion": "1",
+            "time_s": "s",
+        }
+        self.int_columns = ("class", "n_alternatives", "n_steps")
+        cn = list(self.candidates)
+        self.column_attrs = {
+            "class": {"names": cn},
+            "quaternion": {"convention": "(w, x, y, z), w >= 0, r_lab = R r_body"},
+            "scatman_angles": {"order": "latitude, longitude, rotation (diffscat.scatman_from_rotation)"},
+            "radius": {"meaning": "volume-equivalent radius (3 V / 4 pi)^(1/3)"},
+            "gof_z": {"threshold": self.gof_threshold, "n_draws": self.gof_draws},
+        }
+        if self._select:
+            self.column_attrs["class_losses"] = {"names": cn}
+            self.column_attrs["class_criterion"] = {"names": cn, "criterion": criterion}
+        if self._has_sh:
+            self.column_attrs["coefficients"] = {
+                "lmax": self.lmax,
+                "index": "c_lm at l^2 + l + m (body frame)",
+            }
+
+    # --- the per-pattern engine (swap point for a pattern-vmapped one) -----------------------------------
+    def _fit_chunk(self, data, mask, on_pattern: Callable[[], None] | None = None) -> list:
+        """`fitting.fit_auto` on each pattern: data (B, ny, nx) counts, mask (B, ny, nx) True = use. Returns a
+        list of B `FitResult`s (None where the fit raised a ValueError: the pattern is then `failed`), calling
+        `on_pattern()` after each pattern."""
+        from ._auto import fit_auto
+
+        out = []
+        for d, m in zip(np.asarray(data), np.asarray(mask, bool), strict=True):
+            t0 = time.perf_counter()
+            try:
+                r = fit_auto(
+                    d,
+                    self.experiment,
+                    self.candidates,
+                    m,
+                    self.delta,
+                    self.beta,
+                    **self.auto_kwargs,
+                )
+                r.batch_time_s = time.perf_counter() - t0
+            except (ValueError, ArithmeticError) as e:  # a bad pattern must not stop the batch
+                print(f"batch-fit: a pattern failed: {e}", file=sys.stderr)
+                r = None
+            out.append(r)
+            if on_pattern is not None:
+                on_pattern()
+        return out
+
+    # --- one FitResult -> one row ------------------------------------------------------------------------
+    def _empty_row(self) -> dict:
+        nc = len(self.candidates)
+        nan = np.nan
+        row = {
+            "class": -1,
+            "radius": nan,
+            "radius_sigma": nan,
+            "scale": nan,
+            "loss": nan,
+            "gof_z": nan,
+            "quaternion": np.full(4, nan),
+            "scatman_angles": np.full(3, nan),
+            "n_alternatives": -1,
+            "n_steps": -1,
+            "time_s": nan,
+            "converged": False,
+            "misfit": False,
+            "out_of_range": False,
+        }
+        if self._select:
+            row["class_losses"] = np.full(nc, nan)
+            row["class_criterion"] = np.full(nc, nan)
+        if self._has_edge:
+            row["edge"] = row["edge_sigma"] = nan
+        if self._has_axes:
+            row["semi_axes"] = np.full(3, nan)
+            row["semi_axes_sigma"] = np.full(3, nan)
+        if self._has_exp:
+            row["exponents"] = np.full(2, nan)
+        if self._has_sh:
+            n = (self.lmax + 1) ** 2
+            row["coefficients"] = np.full(n, nan)
+            row["coefficients_sigma"] = np.full(n, nan)
+        return row
+
+    def row(self, r) -> dict:
+        """The per-pattern values of one `FitResult` of `fit_auto` (see the class docstring)."""
+        row = self._empty_row()
+        if r is None:
+            return row
+        model = r.model
+        name = type(model).__name__
+        sig = {k: np.asarray(v, float) for k, v in r.sigmas.items()}
+        row["class"] = self.candidates.index(name)
+        vol = float(np.asarray(model.volume()))
+        radius = (3.0 * vol / (4.0 * math.pi)) ** (1 / 3)
+        row["radius"] = radius
+        n_used = max(int(r.n_used), 1)
+        row["loss"] = data_loss(r) / n_used
+        row["scale"] = float(r.scale)
+        row["n_alternatives"] = len(r.alternatives)
+        row["n_steps"] = int(r.n_steps)
+        row["time_s"] = float(getattr(r, "batch_time_s", r.time_s))
+        row["converged"] = bool(r.converged)
+        R = None
+        if name == "Sphere":
+            row["radius_sigma"] = float(sig.get("radius", np.nan))
+        elif name in POLYHEDRA:
+            e = float(np.asarray(model.edge))
+            row["edge"] = e
+            row["edge_sigma"] = float(sig.get("edge", np.nan))
+            row["radius_sigma"] = radius * row["edge_sigma"] / e  # r is proportional to the edge
+            R = np.asarray(model.rotation, float)
+        elif name in ("Ellipsoid", "Superellipsoid"):
+            ax = np.asarray(model.semi_axes, float)
+            s = sig.get("semi_axes", np.full(3, np.nan))
+            R = np.asarray(model.rotation, float)
+            if name == "Ellipsoid":
+                ax, s, R = _canonical_ellipsoid(ax, s, R)
+            else:
+                row["exponents"] = np.asarray(model.exponents, float)
+            row["semi_axes"], row["semi_axes_sigma"] = ax, s
+            # r is proportional to (abc)^(1/3) at fixed exponents; axes' errors taken as independent
+            row["radius_sigma"] = radius / 3.0 * float(np.sqrt(np.sum((s / ax) ** 2)))
+        elif name == "SphericalHarmonics":
+            c = np.asarray(model.coefficients, float)
+            s = sig.get("coefficients", np.full(c.shape, np.nan))
+            row["coefficients"], row["coefficients_sigma"] = c, s
+            # first order about a sphere: r = c_00 / sqrt(4 pi)
+            row["radius_sigma"] = float(s[0]) / math.sqrt(4.0 * math.pi)
+            R = np.asarray(model.rotation, float)
+        if R is not None:
+            q = np.asarray(ds.quaternion_from_rotation(R), float)
+            row["quaternion"] = q if q[0] >= 0 else -q
+            row["scatman_angles"] = np.asarray(ds.scatman_from_rotation(R), float)
+        if self._select and r.ranking is not None:
+            for cname, nll, _k, crit in r.ranking:
+                j = self.candidates.index(cname)
+                row["class_losses"][j] = nll
+                row["class_criterion"][j] = crit
+        z, _, _ = noise_consistency(r, self.gof_draws, seed=self.seed + 1)
+        row["gof_z"] = z
+        row["misfit"] = bool(np.isfinite(z) and z > self.gof_threshold)
+        if self.radius_range is not None:
+            row["out_of_range"] = not (self.radius_range[0] <= radius <= self.radius_range[1])
+        return row
+
+    def __call__(self, data, mask, on_pattern: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """Fit patterns data (B, ny, nx) with masks (B, ny, nx); returns {column: (B, ...) array}."""
+        rows = [self.row(r) for r in self._fit_chunk(data, mask, on_pattern)]
+        if not rows:
+            return {k: np.asarray([v])[:0] for k, v in self._empty_row().items()}
+        return {k: np.stack([np.asarray(rw[k]) for rw in rows]) for k in rows[0]}
+
+    # --- reports -----------------------------------------------------------------------------------------
+    def shape_of(self, res: dict, i: int):
+        """The fitted shape of row `i` of a results dict (`fitting.read_results`), or None when not fitted."""
+        code = int(res["class"][i])
+        if code < 0:
+            return None
+        name = self.candidates[code]
+        kw = dict(delta=self.delta, beta=self.beta)
+        q = np.asarray(res["quaternion"][i], float)
+        R = ds.rotation_from_quaternion(q, normalise=True) if np.all(np.isfinite(q)) else None
+        if name == "Sphere":
+            return ds.Sphere(float(res["radius"][i]), **kw)
+        if name in POLYHEDRA:
+            return getattr(ds, name)(float(res["edge"][i]), rotation=R, **kw)
+        if name == "Ellipsoid":
+            return ds.Ellipsoid(np.asarray(res["semi_axes"][i], float), rotation=R, **kw)
+        if name == "Superellipsoid":
+            return ds.Superellipsoid(
+                np.asarray(res["semi_axes"][i], float),
+                np.asarray(res["exponents"][i], float),
+                rotation=R,
+                **kw,
+            )
+        return ds.SphericalHarmonics(np.asarray(res["coefficients"][i], float), rotation=R, **kw)
+
+    def model_image_row(self, res: dict, i: int) -> np.ndarray:
+        """Expected counts (image-shaped) of row `i` of a results dict: the fitted shape, simulated as the fit
+        did (`fitting.expected_signal`, solid angle and polarisation), times the fitted scale."""
+        from ._fit import expected_signal
+
+        shape = self.shape_of(res, i)
+        if shape is None:
+            return np.full(self.experiment.shape, np.nan)
+        lam, tmax = self.experiment.sampling_hint
+        pitch = self.pitch or ds.default_pitch(lam, tmax)
+        grid = ds.VoxelGrid.around(1.3 * float(np.asarray(shape.bounding_radius())), pitch)
+        sig = expected_signal(
+            shape, self.experiment, grid, method=self.method, polarisation=self.polarisation
+        )
+        return np.asarray(sig) * float(res["scale"][i])
