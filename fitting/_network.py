@@ -280,7 +280,7 @@ def _shape_from(cls_name: str, r_eq: float, log_axes, R, delta: float, beta: flo
         return ds.Ellipsoid(np.array([a, b, c]), delta, beta, rotation=np.asarray(R))
     unit = float(np.asarray(getattr(ds, cls_name)(1.0).volume()))
     edge = (4.0 / 3.0 * math.pi * r_eq**3 / unit) ** (1 / 3)
-    return getattr(ds, cls_name)(edge, delta, beta, rotation=np.asarray(R))
+    return getattr(ds, cls_name)(edge, delta=delta, beta=beta, rotation=np.asarray(R))
 
 
 class NetworkPredictor:
@@ -370,9 +370,24 @@ def sidecar_path(path) -> str:
     return os.fspath(path) + ".json"
 
 
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.eqx")
+_LOADED: dict = {}
+
+
 def load_network(path) -> NetworkPredictor:
     """Load a model written by `diffscat train` (`path`: the .eqx file; its JSON sidecar `path.json` holds the
-    config). Deserialises leaves into a freshly built model of the same config (never pickle)."""
+    config). Deserialises leaves into a freshly built model of the same config (never pickle).
+
+    `path="default"` loads the shipped model, `fitting/models/default.eqx` (trained by `make model` from
+    configs/train-shipped.toml; see docs/network.md for its accuracy); it is loaded once per process."""
+    if isinstance(path, str) and path == "default":
+        if not os.path.exists(DEFAULT_MODEL):
+            raise FileNotFoundError(
+                f"the shipped model {DEFAULT_MODEL} is missing (an incomplete install?); `make model` retrains it"
+            )
+        if "default" not in _LOADED:
+            _LOADED["default"] = load_network(DEFAULT_MODEL)
+        return _LOADED["default"]
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")

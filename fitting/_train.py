@@ -222,7 +222,7 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
         if family == "ellipsoid":
             shape = ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
         else:
-            shape = getattr(ds, family)(t["edge"], t["delta"], t["beta"], rotation=t["rotation"])
+            shape = getattr(ds, family)(t["edge"], delta=t["delta"], beta=t["beta"], rotation=t["rotation"])
         inten = ds.simulate(shape, exp, grid=grid)
         mask = exp.valid & (theta >= nz["beamstop"])
         e = expected_photons(inten, exp, 1.0)
