@@ -213,6 +213,8 @@ def fit_from_network(
     size_spread: float = 0.04,
     n_orientations: int = 48,
     n_refine: int = 4,
+    search_steps: int = 20,
+    search_coarsening: float = 1.5,
     criterion: str = "bic",
     seed: int = 0,
     search_kwargs: dict | None = None,
@@ -231,10 +233,14 @@ def fit_from_network(
     - `n_orientations`, `n_refine`: polyhedra only (the network has no polyhedron orientation): the
       `n_refine` best of `fitting.orientation_search` over `n_orientations` random orientations at the
       predicted size join the network's starts (0 = network starts only). `search_kwargs` go to the search.
+    - `search_steps`, `search_coarsening`: ellipsoids and polyhedra: all starts first run `search_steps`
+      optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
+      `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
+      refine every start at full resolution).
     - other keywords go to every `fitting.fit` call (`pitch`, `loss`, `uncertainties`, ...).
 
     **Returns:** the best candidate's `FitResult` with `.ranking` = [(class, data loss, k, criterion), ...]
-    best first (as `fit_auto`), `.stages` = [that fit], and `.network_prediction` = the network's dict.
+    best first (as `fit_auto`), `.stages` = [the coarse search (if any), the refinement], and `.network_prediction` = the network's dict.
     """
     from ._fit import fit
     from ._losses import check_data
@@ -250,6 +256,10 @@ def fit_from_network(
         )
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if int(search_steps) < 0 or not float(search_coarsening) >= 1:
+        raise ValueError(
+            f"search_steps must be >= 0 and search_coarsening >= 1, got {search_steps}, {search_coarsening}"
+        )
     if int(n_orientations) < 0 or int(n_refine) < 0:
         raise ValueError(f"n_orientations and n_refine must be >= 0, got {n_orientations}, {n_refine}")
     check_data(data, mask, tuple(experiment.shape))
@@ -281,9 +291,31 @@ def fit_from_network(
                 **dict({"seed": seed} | (search_kwargs or {})),
             )
             s = s + found[: int(n_refine)]
-        results[name] = fit(
-            data, experiment, s, mask, free=_free_for(name), max_steps=int(max_steps), **fit_kwargs
+        kw = dict(fit_kwargs)
+        pitch = kw.pop("pitch", None)
+        if pitch is None and experiment.sampling_hint is not None:
+            pitch = ds.default_pitch(*experiment.sampling_hint)
+        stages = []
+        if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
+            # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
+            search = fit(
+                data,
+                experiment,
+                s,
+                mask,
+                free=_free_for(name),
+                pitch=None if pitch is None else pitch * float(search_coarsening),
+                max_steps=int(search_steps),
+                uncertainties=False,
+                **{k: v for k, v in kw.items() if k not in ("uncertainties", "grid")},
+            )
+            stages.append(search)
+            s = search.model
+        res = fit(
+            data, experiment, s, mask, free=_free_for(name), pitch=pitch, max_steps=int(max_steps), **kw
         )
+        res.stages = stages + [res]
+        results[name] = res
     n = max(int(next(iter(results.values())).n_used), 1)
     ranking = []
     for name, r in results.items():
@@ -294,7 +326,6 @@ def fit_from_network(
     ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
     best = results[ranking[0][0]]
     best.ranking = ranking
-    best.stages = [best]
     best.network_prediction = p
     best.total_s = time.perf_counter() - t0
     return best

@@ -397,6 +397,14 @@ def load_network(path) -> NetworkPredictor:
     with open(side) as f:
         meta = json.load(f)
     template = build_model(meta["config"], jax.random.PRNGKey(0))
-    with open(path, "rb") as f:
-        model = eqx.tree_deserialise_leaves(f, template)
+    # the file keeps the dtype it was trained in (float32, or float64 under jax_enable_x64): try both
+    for dt in (jnp.float32, jnp.float64):
+        like = jax.tree.map(lambda x, dt=dt: x.astype(dt) if eqx.is_inexact_array(x) else x, template)
+        try:
+            with open(path, "rb") as f:
+                model = eqx.tree_deserialise_leaves(f, like)
+            break
+        except RuntimeError as e:
+            if "dtype" not in str(e) or dt is jnp.float64:
+                raise
     return NetworkPredictor(model, meta)

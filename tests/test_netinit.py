@@ -94,7 +94,7 @@ def test_fit_from_network_converges_on_a_sphere():
     net = _fixed_network(4.0, "Sphere")
     counts, mask = _msft_sphere_counts(4.2)
     res = fitting.fit_from_network(
-        counts, EXP, net, mask, delta=0.005, beta=0.002, max_steps=40, uncertainties=False
+        counts, EXP, net, mask, delta=0.005, beta=0.002, max_steps=30, n_per_class=2, uncertainties=False
     )
     assert isinstance(res.model, ds.Sphere)
     assert abs(float(res.model.radius) / 4.2 - 1) < 0.01
