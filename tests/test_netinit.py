@@ -159,3 +159,30 @@ def test_shipped_model_loads_and_predicts():
     p = net.predict(_sphere_counts(exp, 5.0), exp)
     assert np.isfinite(p["radius_eq"]) and 1.0 < p["radius_eq"] < 20.0
     assert np.all(np.isfinite(p["rotation"])) and abs(sum(p["class_probs"].values()) - 1) < 1e-5
+
+
+def test_mixed_family_batches_span_the_classes():
+    """`data.mix_families`: one batch holds every family (the class head then sees them all at once); the
+    default keeps one family per batch. (The simulation is stubbed: this checks the batch composition.)"""
+    from fitting._train import DataStream
+
+    cfg = check_config(
+        {
+            "classes": ["Sphere", "Cube", "Octahedron"],
+            "data": {"size_buckets": [1.0, 1.5, 2.0], "mix_families": True},
+        }
+    )
+
+    def stub(fam, bucket):
+        return lambda t, nz, key: (jnp.zeros((len(t["delta"]), 2, 4, 4)), None, None)
+
+    mixed = DataStream(cfg, 12)
+    mixed.fn = stub
+    for step in range(3):
+        _, tg = mixed.batch(step)
+        assert len(tg["label"]) == 12 and sorted(set(tg["label"].tolist())) == [0, 1, 2]
+        r = np.exp(tg["log_size"])
+        assert np.sum(r < 1.5) == 6 and np.sum(r >= 1.5) == 6  # both size buckets, evenly
+    one = DataStream(check_config({**cfg, "data": {**cfg["data"], "mix_families": False}}), 12)
+    one.fn = stub
+    assert all(len(set(one.batch(k)[1]["label"].tolist())) == 1 for k in range(3))
