@@ -10,7 +10,7 @@ OUT ?= out
 # pytest workers (pytest-xdist); files stay on one worker so module fixtures are built once
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-slow lint format bench clean
+.PHONY: venv demo test test-slow lint format bench model bench-network clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Using interpreter: $(PYTHON_BOOT)"
@@ -34,6 +34,17 @@ test-slow: venv
 
 bench: venv
 	$(PY) benchmarks/bench_forward.py
+
+# Retrain the shipped network (fitting/models/default.eqx + .json) from its config; the optimiser state
+# (default.eqx.state, for --resume) stays out of the package. CPU: ~35 min for the shipped step count.
+MODEL ?= fitting/models/default.eqx
+model: venv
+	rm -f $(MODEL) $(MODEL).json $(MODEL).state
+	$(PY) -m diffscat train configs/train-shipped.toml -o $(MODEL)
+	rm -f $(MODEL).state
+
+bench-network: venv
+	$(PY) benchmarks/bench_network.py
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -73,6 +73,12 @@ from ._losses import (
     residuals as residuals,
 )
 from ._metrics import iou as iou
+from ._netinit import (
+    START_CLASSES as START_CLASSES,
+    fit_from_network as fit_from_network,
+    network_starts as network_starts,
+    resolve_network as resolve_network,
+)
 from ._network import (
     NETWORK_CLASSES as NETWORK_CLASSES,
     CanonicalMap as CanonicalMap,

@@ -280,7 +280,7 @@ def _shape_from(cls_name: str, r_eq: float, log_axes, R, delta: float, beta: flo
         return ds.Ellipsoid(np.array([a, b, c]), delta, beta, rotation=np.asarray(R))
     unit = float(np.asarray(getattr(ds, cls_name)(1.0).volume()))
     edge = (4.0 / 3.0 * math.pi * r_eq**3 / unit) ** (1 / 3)
-    return getattr(ds, cls_name)(edge, delta, beta, rotation=np.asarray(R))
+    return getattr(ds, cls_name)(edge, delta=delta, beta=beta, rotation=np.asarray(R))
 
 
 class NetworkPredictor:
@@ -370,9 +370,24 @@ def sidecar_path(path) -> str:
     return os.fspath(path) + ".json"
 
 
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.eqx")
+_LOADED: dict = {}
+
+
 def load_network(path) -> NetworkPredictor:
     """Load a model written by `diffscat train` (`path`: the .eqx file; its JSON sidecar `path.json` holds the
-    config). Deserialises leaves into a freshly built model of the same config (never pickle)."""
+    config). Deserialises leaves into a freshly built model of the same config (never pickle).
+
+    `path="default"` loads the shipped model, `fitting/models/default.eqx` (trained by `make model` from
+    configs/train-shipped.toml; see docs/network.md for its accuracy); it is loaded once per process."""
+    if isinstance(path, str) and path == "default":
+        if not os.path.exists(DEFAULT_MODEL):
+            raise FileNotFoundError(
+                f"the shipped model {DEFAULT_MODEL} is missing (an incomplete install?); `make model` retrains it"
+            )
+        if "default" not in _LOADED:
+            _LOADED["default"] = load_network(DEFAULT_MODEL)
+        return _LOADED["default"]
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
@@ -382,6 +397,14 @@ def load_network(path) -> NetworkPredictor:
     with open(side) as f:
         meta = json.load(f)
     template = build_model(meta["config"], jax.random.PRNGKey(0))
-    with open(path, "rb") as f:
-        model = eqx.tree_deserialise_leaves(f, template)
+    # the file keeps the dtype it was trained in (float32, or float64 under jax_enable_x64): try both
+    for dt in (jnp.float32, jnp.float64):
+        like = jax.tree.map(lambda x, dt=dt: x.astype(dt) if eqx.is_inexact_array(x) else x, template)
+        try:
+            with open(path, "rb") as f:
+                model = eqx.tree_deserialise_leaves(f, like)
+            break
+        except RuntimeError as e:
+            if "dtype" not in str(e) or dt is jnp.float64:
+                raise
     return NetworkPredictor(model, meta)

@@ -63,6 +63,7 @@ DEFAULT_CONFIG: dict = {
         "delta_range": [0.001, 0.01],
         "beta_range": [0.0, 0.002],
         "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
+        "mix_families": False,  # True: every batch spans all families (else one family per step)
     },
     "network": {"n": 64, "widths": [16, 32, 64, 64], "hidden": 128},
     "train": {
@@ -222,7 +223,7 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
         if family == "ellipsoid":
             shape = ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
         else:
-            shape = getattr(ds, family)(t["edge"], t["delta"], t["beta"], rotation=t["rotation"])
+            shape = getattr(ds, family)(t["edge"], delta=t["delta"], beta=t["beta"], rotation=t["rotation"])
         inten = ds.simulate(shape, exp, grid=grid)
         mask = exp.valid & (theta >= nz["beamstop"])
         e = expected_photons(inten, exp, 1.0)
@@ -296,19 +297,29 @@ class DataStream:
         return self._fns[fam, bucket]
 
     def batch(self, step: int, with_truth: bool = False):
-        """Batch `step`: one family, the batch split evenly over the size buckets (one sub-batch per bucket,
-        so every batch spans the whole size range; sizes that do not divide go to the first buckets)."""
+        """Batch `step`: one family (or, with `data.mix_families`, every family), the batch split evenly over
+        the size buckets (one sub-batch per (family, bucket), so every batch spans the whole size range; sizes
+        that do not divide go to the first pairs, rotated by step when mixing). A batch of one family lets the
+        class logits chase the family of the moment: with many families, mix them."""
         rng = np.random.default_rng([self.seed, int(step)])
         fam = self.fams[int(rng.integers(len(self.fams)))]
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
-        sizes = [self.b // self.nb + (1 if i < self.b % self.nb else 0) for i in range(self.nb)]
+        if self.cfg["data"]["mix_families"]:
+            pairs = [(f, bk) for f in self.fams for bk in range(self.nb)]
+            off = int(step) % len(pairs)
+            pairs = pairs[off:] + pairs[:off]
+        else:
+            pairs = [(fam, bk) for bk in range(self.nb)]
+        sizes = [self.b // len(pairs) + (1 if i < self.b % len(pairs) else 0) for i in range(len(pairs))]
         xs, tgs, extra = [], [], []
-        for bucket, n in enumerate(sizes):
+        for (fam, bucket), n in zip(pairs, sizes, strict=True):
             if n == 0:
                 continue
             t = sample_truths(self.cfg, fam, bucket, n, rng)
             nz = sample_noise(self.cfg, n, rng)
-            x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, jax.random.fold_in(key, bucket))
+            # (one family per step: the key of old checkpoints' data, fold_in(key, bucket), is kept)
+            sub = self.fams.index(fam) * self.nb + bucket if self.cfg["data"]["mix_families"] else bucket
+            x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, jax.random.fold_in(key, sub))
             xs.append(x)
             tgs.append(targets_of(self.cfg, t))
             extra.append((t, counts, mask))
@@ -428,7 +439,7 @@ def train(config: dict | None, out, *, resume: bool = False, progress: Callable 
             raise FileNotFoundError(f"--resume: no checkpoint sidecar {sidecar_path(out)}")
         with open(sidecar_path(out)) as f:
             old = json.load(f)["config"]
-        if not _same_except_steps(old, cfg):
+        if not _same_except_steps(check_config(old), cfg):  # older sidecars lack newer (default) keys
             raise ValueError(
                 f"--resume: {out} was trained with a different config (only train.steps may change)"
             )

@@ -1,0 +1,297 @@
+"""Evaluate the amortised-inversion network (default: the shipped model) on held-out patterns.
+
+Held-out patterns, all made by paths other than the training data's:
+
+- "sim": the training generator's noise model (photons 1e4-1e7, background, beamstop 0-4 deg, centre offset)
+  with another seed and a FINER voxel pitch (`--pitch`, default 0.3 wavelengths; training: 0.4), every class
+  of the model, sizes over the training buckets (2-12 wavelengths);
+- "mie": exact Mie spheres (miepython, unpolarised), radius 2-12 wavelengths, photons 1e4-1e7, beamstop 0-4 deg;
+- "evalset": `fitting.evaluation_set` (the project's independent-path set: supersampled box-averaged occupancy,
+  float64 exact slice sum), ellipsoids and the six polyhedra on a 64^2 QGrid.
+
+Reported for the network alone: size error |r_pred / r_true - 1| (median, 90th percentile, per class and size
+bucket), class accuracy and confusion, ellipsoid orientation error up to the twins (geodesic angle to the
+nearest of `twin_rotations`), inference time per pattern at batch 64 (canonical transform + model, and the
+model alone). Then, on `--n-fit` evalset/Mie patterns: `fitting.fit_from_network` (true class as the only
+candidate) against the multi-start `fitting.fit_auto` restricted to the true class: the fraction where the
+network-started fit reaches the multi-start optimum (data NLL within 1 unit or better) and the time per pattern.
+
+    python benchmarks/bench_network.py [--model default] [--n-sim 504] [--n-mie 48] [--n-eval 28] [--n-fit 8]
+
+Writes benchmarks/results/bench_network.json. CPU timings depend on the machine's load: say so when quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import diffscat as ds
+import fitting
+from fitting._network import rotation_from_6d, twin_rotations
+from fitting._train import DataStream
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def mie_counts(exp, radius, delta, beta, photons, beamstop_deg, rng):
+    """Poisson counts of an exact Mie sphere (unpolarised), total `photons` in the used pixels."""
+    import miepython
+
+    k0 = 2 * np.pi / float(exp.wavelength)
+    th = np.asarray(exp.theta)
+    fine = np.linspace(0, th.max(), 4000)
+    s1, s2 = miepython.S1_S2(complex(1 - delta, beta), k0 * radius, np.cos(fine), norm="wiscombe")
+    dcs = np.interp(th, fine, (np.abs(s1) ** 2 + np.abs(s2) ** 2) / (2 * k0**2))
+    mask = np.asarray(exp.valid) & (th >= np.radians(beamstop_deg))
+    mean = np.where(mask, dcs * np.asarray(exp.solid_angle), 0.0)
+    return rng.poisson(mean / mean.sum() * photons).astype(float), mask
+
+
+def angle_to_twins(R_pred, R_true) -> float:
+    """Smallest geodesic angle [deg] between R_pred and the twins of R_true."""
+    tw = np.asarray(twin_rotations(jnp.asarray(R_true, jnp.float32)), float)
+    c = (np.einsum("ij,kij->k", np.asarray(R_pred, float), tw) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(c.max(), -1, 1))))
+
+
+def summarise(rows, classes) -> dict:
+    err = np.array([abs(r["r_pred"] / r["r_true"] - 1) for r in rows])
+    out = {
+        "n": len(rows),
+        "size_err_median": float(np.median(err)),
+        "size_err_p90": float(np.percentile(err, 90)),
+        "class_accuracy": float(np.mean([r["cls_pred"] == r["cls_true"] for r in rows])),
+    }
+    by_cls = {}
+    for c in classes:
+        e = [e for e, r in zip(err, rows) if r["cls_true"] == c]
+        if e:
+            acc = np.mean([r["cls_pred"] == c for r in rows if r["cls_true"] == c])
+            by_cls[c] = {"n": len(e), "size_err_median": float(np.median(e)), "accuracy": float(acc)}
+    out["by_class"] = by_cls
+    by_size = {}
+    for lo, hi in ((2, 4), (4, 7), (7, 12.01)):
+        e = [e for e, r in zip(err, rows) if lo <= r["r_true"] < hi]
+        if e:
+            by_size[f"{lo}-{hi:g}"] = {"n": len(e), "size_err_median": float(np.median(e))}
+    out["by_size"] = by_size
+    conf = np.zeros((len(classes), len(classes)), int)
+    for r in rows:
+        conf[classes.index(r["cls_true"]), classes.index(r["cls_pred"])] += 1
+    out["confusion"] = conf.tolist()
+    ang = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None]
+    if ang:
+        out["ellipsoid_orientation_deg"] = {
+            "n": len(ang),
+            "median": float(np.median(ang)),
+            "p90": float(np.percentile(ang, 90)),
+        }
+        an = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None and r["aniso"] >= 1.3]
+        if an:
+            out["ellipsoid_orientation_deg_c_over_a_ge_1.3"] = {"n": len(an), "median": float(np.median(an))}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--n-sim", type=int, default=504)
+    ap.add_argument("--n-mie", type=int, default=48)
+    ap.add_argument("--n-eval", type=int, default=28, help="evaluation_set patterns (ellipsoids + polyhedra)")
+    ap.add_argument("--n-fit", type=int, default=8, help="patterns for the fit comparison (0: skip)")
+    ap.add_argument("--fit-steps", type=int, default=100)
+    ap.add_argument("--pitch", type=float, default=0.3, help="voxel pitch of the 'sim' part [wavelengths]")
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network.json"))
+    args = ap.parse_args(argv)
+
+    net = fitting.load_network(args.model)
+    cfg = net.meta["config"]
+    classes = list(net.classes)
+    exp = ds.Experiment(1.0, ds.QGrid(int(cfg["data"]["n_pixels"]), float(cfg["data"]["theta_max_deg"])))
+    report: dict = {"model": args.model, "model_step": net.meta["step"], "args": vars(args)}
+    rows: dict[str, list] = {"sim": [], "mie": [], "evalset": []}
+    t_all = time.perf_counter()
+
+    # --- "sim": the training generator at another seed and a finer pitch
+    b = 24
+    stream = DataStream(cfg, b, pitch=args.pitch, seed_offset=args.seed)
+    apply = jax.jit(jax.vmap(net.model))
+    for step in range(math.ceil(args.n_sim / b)):
+        x, tg, extra = stream.batch(step, with_truth=True)
+        o = {k: np.asarray(v) for k, v in apply(x).items()}
+        for i in range(len(tg["label"])):
+            c_true = classes[int(tg["label"][i])]
+            c_pred = classes[int(np.argmax(o["logits"][i]))]
+            row = {
+                "r_true": float(np.exp(tg["log_size"][i])),
+                "r_pred": float(np.exp(o["log_size"][i])),
+                "cls_true": c_true,
+                "cls_pred": c_pred,
+            }
+            if c_true == "Ellipsoid":
+                Rp = np.asarray(rotation_from_6d(jnp.asarray(o["rot6d"][i])))
+                row["orient_deg"] = angle_to_twins(Rp, tg["rotation"][i])
+                row["aniso"] = float(np.exp(tg["log_axes"][i][1] - tg["log_axes"][i][0]))
+            rows["sim"].append(row)
+        print(f"sim: {len(rows['sim'])} patterns ({time.perf_counter() - t_all:.0f} s)", flush=True)
+
+    # --- "mie": exact spheres
+    rng = np.random.default_rng([args.seed, 1])
+    mie = []
+    for _ in range(args.n_mie):
+        r = float(rng.uniform(2.0, 12.0))
+        delta, beta = float(rng.uniform(0.001, 0.01)), float(rng.uniform(0.0, 0.002))
+        photons = float(np.exp(rng.uniform(np.log(1e4), np.log(1e7))))
+        c, m = mie_counts(exp, r, delta, beta, photons, float(rng.uniform(0, 4)), rng)
+        mie.append((c, m, r, delta, beta))
+        p = net.predict(c, exp, m)
+        rows["mie"].append(
+            {"r_true": r, "r_pred": p["size_wavelengths"], "cls_true": "Sphere", "cls_pred": p["class"]}
+        )
+    print(f"mie: {len(mie)} patterns ({time.perf_counter() - t_all:.0f} s)", flush=True)
+
+    # --- "evalset": the project's independent-path set
+    es = None
+    if args.n_eval > 0:
+        n_ell = args.n_eval // 2
+        n_or = max(1, (args.n_eval - n_ell) // 6)
+        t0 = time.perf_counter()
+        es = fitting.evaluation_set(
+            args.seed,
+            families=("ellipsoid", "polyhedra"),
+            n_ellipsoids=n_ell,
+            n_orientations=n_or,
+            n_pixels=64,
+            size_range=(2.5, 8.0),
+            photons_range=(1e5, 1e7),
+            pitch_factor=1.0,
+            supersample=2,
+            cache_dir=os.path.join(HERE, "results"),
+        )
+        report["evalset_build_s"] = time.perf_counter() - t0
+        for pat in es:
+            t = pat.truth
+            p = net.predict(pat.counts, es.experiment, pat.mask)
+            row = {
+                "r_true": t["radius_eq"],
+                "r_pred": p["size_wavelengths"],
+                "cls_true": t["class"],
+                "cls_pred": p["class"],
+            }
+            if t["class"] == "Ellipsoid":
+                row["orient_deg"] = angle_to_twins(p["rotation"], np.asarray(t["rotation"]))
+                a = np.asarray(t["params"]["semi_axes"])
+                row["aniso"] = float(a.max() / a.min())
+            rows["evalset"].append(row)
+        print(f"evalset: {len(es)} patterns ({time.perf_counter() - t_all:.0f} s)", flush=True)
+
+    everything = rows["sim"] + rows["mie"] + rows["evalset"]
+    report["network"] = {"all": summarise(everything, classes)} if everything else {}
+    for k, v in rows.items():
+        if v:
+            report["network"][k] = summarise(v, classes)
+    report["classes"] = classes
+
+    # --- inference time at batch 64 (best of 5): canonical transform + model on 64 Mie patterns; model alone
+    if mie:
+        counts = np.stack([m[0] for m in (mie * 64)[:64]])
+        masks = np.stack([m[1] for m in (mie * 64)[:64]])
+        xs = jax.vmap(net._map(exp))(jnp.asarray(counts, jnp.float32), jnp.asarray(masks))
+        jax.block_until_ready(apply(xs))
+        net.raw(counts, exp, masks)
+        tm, tt = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(apply(xs))
+            tm.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            net.raw(counts, exp, masks)
+            tt.append(time.perf_counter() - t0)
+        report["inference_ms_per_pattern_batch64"] = {
+            "model": 1e3 * min(tm) / 64,
+            "transform_and_model": 1e3 * min(tt) / 64,
+        }
+        print(json.dumps(report["inference_ms_per_pattern_batch64"]), flush=True)
+
+    # --- fit comparison: network + refinement vs multi-start fit_auto restricted to the true class
+    cases = []
+    if args.n_fit > 0:
+        pool = []
+        if es is not None:
+            ell = es.family("ellipsoid")
+            pol = es.family("polyhedra")
+            for i in range(max(len(ell), len(pol))):
+                pool += [
+                    (p.counts, p.mask, p.truth["class"], p.truth["delta"], p.truth["beta"])
+                    for p in (ell[i : i + 1] + pol[i : i + 1])
+                ]
+        mie_pool = [(c, m, "Sphere", d, bt) for c, m, r, d, bt in mie if r < 8.0]
+        # interleave: sphere, ellipsoid, polyhedron, ...
+        order = []
+        while (pool or mie_pool) and len(order) < args.n_fit:
+            if mie_pool:
+                order.append(mie_pool.pop(0))
+            for _ in range(2):
+                if pool and len(order) < args.n_fit:
+                    order.append(pool.pop(0))
+        for c, m, cls, delta, beta in order:
+            kw = dict(delta=delta, beta=beta, uncertainties=False)
+            t0 = time.perf_counter()
+            rn = fitting.fit_from_network(c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **kw)
+            tn = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ra = fitting.fit_auto(c, exp, (cls,), m, **kw)
+            ta = time.perf_counter() - t0
+            ln, la = fitting.data_loss(rn), fitting.data_loss(ra)
+            cases.append(
+                {
+                    "class": cls,
+                    "nll_net": ln,
+                    "nll_auto": la,
+                    "t_net": tn,
+                    "t_auto": ta,
+                    "reached": ln <= la + 1.0,
+                }
+            )
+            print(f"fit {cls}: net NLL {ln:.1f} ({tn:.1f} s), multi-start {la:.1f} ({ta:.1f} s)", flush=True)
+            with open(args.out + ".partial", "w") as f:  # so an interrupted run keeps what it has
+                json.dump({**report, "fit_cases": cases}, f, indent=1)
+        if cases:
+            report["fits"] = {
+                "cases": cases,
+                "fraction_reached": float(np.mean([k["reached"] for k in cases])),
+                "median_t_net": float(np.median([k["t_net"] for k in cases])),
+                "median_t_auto": float(np.median([k["t_auto"] for k in cases])),
+                "total_t_net": float(np.sum([k["t_net"] for k in cases])),
+                "total_t_auto": float(np.sum([k["t_auto"] for k in cases])),
+            }
+    report["wall_s"] = time.perf_counter() - t_all
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    for k in ("all", "sim", "mie", "evalset"):
+        if k in report["network"]:
+            s = report["network"][k]
+            print(
+                f"  {k}: n {s['n']}, median {s['size_err_median']:.3f}, p90 {s['size_err_p90']:.3f}, acc {s['class_accuracy']:.2f}"
+            )
+    if "fits" in report:
+        f = report["fits"]
+        print(
+            f"fits: reached {f['fraction_reached']:.2f}; median time net {f['median_t_net']:.1f} s, multi-start {f['median_t_auto']:.1f} s"
+        )
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""The amortised-inversion network as a start for the gradient fits.
+
+`network_starts` turns one network prediction (volume-equivalent radius, class probabilities, sorted semi-axes,
+orientation) into starting shapes per class; `fit_from_network` refines them with a short `fitting.fit` and, for
+several candidate classes, picks the best by the same penalised likelihood as `fitting.fit_auto`.
+
+Starts per class (`n_per_class` of them; r = the predicted volume-equivalent radius, in the experiment's length
+unit):
+
+- "Sphere": radii r x (1, 1 + s, 1 - s, 1 + 2 s, ...), s = `size_spread`. Sphere fits have local minima about
+  one fringe apart (Delta r ~ lambda / (2 sin theta_max)), so a start a few per cent off can land in the wrong
+  one; the spread covers the network's typical size error.
+- "Ellipsoid": the predicted semi-axes (made at least `min_anisotropy` anisotropic, else the orientation has no
+  gradient) at the predicted rotation R and at its z-mirror twin (`twin_rotations`: of its 8 rotations, the
+  4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)), each at the
+  size factors above. The network cannot tell the twins apart (its loss takes the minimum over them), so both
+  are refined and the fit picks the better one.
+- a polyhedron: the edge of the predicted volume at the size factors above, and orientations: the network's
+  rotation first, then seeded uniform random rotations. The shipped network is NOT trained on polyhedron
+  orientations (their loss weight is 0: their rotation groups are not enumerated), so `fit_from_network` also
+  runs `fitting.orientation_search` at the predicted size for them (`n_orientations`).
+
+Public here (re-exported by `fitting`): `network_starts`, `fit_from_network`, `resolve_network`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+import diffscat as ds
+
+from ._auto import data_loss, n_parameters, orientation_search
+from ._evalset import POLYHEDRA
+from ._network import NetworkPredictor, load_network, twin_rotations
+
+__all__ = ["network_starts", "fit_from_network", "resolve_network", "START_CLASSES"]
+
+START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
+_MZ = np.diag([1.0, 1.0, -1.0])
+
+
+def resolve_network(network) -> NetworkPredictor:
+    """A `NetworkPredictor` from `network`: a `NetworkPredictor` (returned as is), a path to a model written
+    by `diffscat train` (loaded with `load_network`), or "default" (the shipped model)."""
+    if isinstance(network, NetworkPredictor):
+        return network
+    if isinstance(network, str | os.PathLike):
+        return load_network(network)
+    raise TypeError(
+        f"network must be a fitting.NetworkPredictor, a model path or 'default', got {type(network).__name__}"
+    )
+
+
+def _size_factors(n: int, spread: float) -> list[float]:
+    """n factors 1, 1 + s, 1 - s, 1 + 2 s, 1 - 2 s, ..."""
+    out = [1.0]
+    j = 1
+    while len(out) < n:
+        out.append(1.0 + j * spread)
+        if len(out) < n:
+            out.append(1.0 - j * spread)
+        j += 1
+    return out
+
+
+def _check_classes(classes) -> list[str]:
+    if isinstance(classes, str):
+        classes = [classes]
+    names = list(dict.fromkeys(classes))
+    if not names:
+        raise ValueError("classes must name at least one shape class")
+    bad = [c for c in names if c not in START_CLASSES]
+    if bad:
+        raise ValueError(f"classes must be among {START_CLASSES}, got {bad}")
+    return names
+
+
+def _random_rotations(n: int, seed: int) -> np.ndarray:
+    from ._train import _random_rotations as rr
+
+    return rr(np.random.default_rng([int(seed), 17]), int(n))
+
+
+def _ellipsoid_axes(semi_axes: np.ndarray, r: float, min_anisotropy: float) -> np.ndarray:
+    """Sorted semi-axes of volume-equivalent radius `r` with c / a >= (1 + m) / (1 - m)."""
+    a = np.sort(np.asarray(semi_axes, float))
+    a = a * r / np.prod(a) ** (1 / 3)
+    m = float(min_anisotropy)
+    if m > 0 and a[2] / a[0] < (1 + m) / (1 - m):
+        a = r * np.array([1 - m, 1.0, 1 + m]) / ((1 - m) * (1 + m)) ** (1 / 3)
+    return a
+
+
+def starts_from_prediction(
+    prediction: dict,
+    classes: Sequence[str],
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    n_per_class: int = 4,
+    size_spread: float = 0.04,
+    min_anisotropy: float = 0.05,
+    seed: int = 0,
+) -> dict[str, list[ds.AbstractShape]]:
+    """Starting shapes per class from one `NetworkPredictor.predict` dict (see the module docstring)."""
+    r = float(prediction["radius_eq"])
+    R = np.asarray(prediction["rotation"], float)
+    out: dict[str, list[ds.AbstractShape]] = {}
+    for name in classes:
+        if name == "Sphere":
+            fs = _size_factors(n_per_class, size_spread)
+            out[name] = [ds.Sphere(r * f, delta=delta, beta=beta) for f in fs]
+        elif name == "Ellipsoid":
+            # the distinct twins: R and the z-mirror twin M R diag(1, 1, -1) (the other 6 of `twin_rotations`
+            # are body symmetries of these two: the same ellipsoid)
+            tw = np.asarray(twin_rotations(jnp.asarray(R, jnp.float32)), float)
+            twins = [tw[0], tw[4]]
+            axes = _ellipsoid_axes(prediction["semi_axes"], r, min_anisotropy)
+            fs = _size_factors(max(1, math.ceil(n_per_class / 2)), size_spread)
+            out[name] = [
+                ds.Ellipsoid(axes * f, delta=delta, beta=beta, rotation=T) for f in fs for T in twins
+            ][: max(n_per_class, 2)]
+        else:
+            cls = getattr(ds, name)
+            v1 = float(np.asarray(cls(1.0).volume()))
+            edge = (4.0 / 3.0 * math.pi * r**3 / v1) ** (1 / 3)
+            rots = np.concatenate([R[None], _random_rotations(max(n_per_class - 1, 0), seed)])
+            fs = _size_factors(n_per_class, size_spread)
+            out[name] = [
+                cls(edge * f, delta=delta, beta=beta, rotation=Rk) for f, Rk in zip(fs, rots, strict=True)
+            ]
+    return out
+
+
+def network_starts(
+    network,
+    data,
+    experiment: ds.Experiment,
+    mask=None,
+    *,
+    delta: float = 0.0,
+    beta: float = 0.0,
+    classes: Sequence[str] | str | None = None,
+    n_per_class: int = 4,
+    size_spread: float = 0.04,
+    min_anisotropy: float = 0.05,
+    seed: int = 0,
+) -> dict[str, list[ds.AbstractShape]]:
+    """Starting shapes for `fitting.fit`, per class, from one network prediction.
+
+    **Arguments:**
+    - `network`: a `fitting.NetworkPredictor`, the path of a model written by `diffscat train`, or "default"
+      (the shipped model, `fitting/models/default.eqx`).
+    - `data`: ONE pattern of photon counts, shaped like `experiment.shape`; `mask`: True = used pixel.
+    - `delta`, `beta`: optical constants of the starts (the network does not predict them).
+    - `classes`: class names among `START_CLASSES` ("Sphere", "Ellipsoid", the six polyhedra); default the
+      network's predicted class only.
+    - `n_per_class` (>= 1): starts per class (ellipsoids: at least 2, the predicted orientation and its
+      z-mirror twin); `size_spread`: relative size step between starts; `min_anisotropy`: ellipsoid starts
+      get c / a >= (1 + m) / (1 - m); `seed`: the random orientations of polyhedron starts.
+
+    **Returns:** {class name: [shape, ...]}, sizes in the experiment's length unit. The full prediction is
+    available from `resolve_network(network).predict(data, experiment, mask)`.
+    """
+    net = resolve_network(network)
+    if not isinstance(experiment, ds.Experiment):
+        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
+    if int(n_per_class) < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if not 0 <= float(size_spread) < 0.5:
+        raise ValueError(f"size_spread must be in [0, 0.5), got {size_spread}")
+    if not 0 <= float(min_anisotropy) < 0.5:
+        raise ValueError(f"min_anisotropy must be in [0, 0.5), got {min_anisotropy}")
+    p = net.predict(data, experiment, mask)
+    names = [p["class"]] if classes is None else _check_classes(classes)
+    return starts_from_prediction(
+        p,
+        names,
+        delta=delta,
+        beta=beta,
+        n_per_class=int(n_per_class),
+        size_spread=float(size_spread),
+        min_anisotropy=float(min_anisotropy),
+        seed=seed,
+    )
+
+
+def _free_for(name: str) -> tuple[str, ...]:
+    if name == "Sphere":
+        return ("radius",)
+    if name == "Ellipsoid":
+        return ("semi_axes", "orientation")
+    return ("edge", "orientation")
+
+
+def fit_from_network(
+    data,
+    experiment: ds.Experiment,
+    network,
+    mask=None,
+    *,
+    candidates: Sequence[str] | str | None = None,
+    delta: float,
+    beta: float,
+    max_steps: int = 60,
+    n_per_class: int = 4,
+    size_spread: float = 0.04,
+    n_orientations: int = 48,
+    n_refine: int = 4,
+    search_steps: int = 20,
+    search_coarsening: float = 1.5,
+    criterion: str = "bic",
+    seed: int = 0,
+    search_kwargs: dict | None = None,
+    **fit_kwargs,
+):
+    """Network prediction, then a short `fitting.fit` refinement from its starts (`network_starts`).
+
+    **Arguments:**
+    - `data`, `experiment`, `mask`: as for `fitting.fit` (ONE pattern of photon counts).
+    - `network`: a `NetworkPredictor`, a model path, or "default" (the shipped model).
+    - `candidates`: class names among `START_CLASSES`; default the network's predicted class. Each is fitted
+      (one vmapped multi-start of its starts) and the best is chosen by `criterion` exactly as in
+      `fitting.fit_auto` ("bic": data loss + (k / 2) ln n_used, "aic": + k, "nll": the data loss alone).
+    - `delta`, `beta` (required): fixed optical constants (not both 0); `max_steps`: optimiser steps of each refinement.
+    - `n_per_class`, `size_spread`, `seed`: see `network_starts`.
+    - `n_orientations`, `n_refine`: polyhedra only (the network has no polyhedron orientation): the
+      `n_refine` best of `fitting.orientation_search` over `n_orientations` random orientations at the
+      predicted size join the network's starts (0 = network starts only). `search_kwargs` go to the search.
+    - `search_steps`, `search_coarsening`: ellipsoids and polyhedra: all starts first run `search_steps`
+      optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
+      `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
+      refine every start at full resolution).
+    - other keywords go to every `fitting.fit` call (`pitch`, `loss`, `uncertainties`, ...).
+
+    **Returns:** the best candidate's `FitResult` with `.ranking` = [(class, data loss, k, criterion), ...]
+    best first (as `fit_auto`), `.stages` = [the coarse search (if any), the refinement], and `.network_prediction` = the network's dict.
+    """
+    from ._fit import fit
+    from ._losses import check_data
+
+    net = resolve_network(network)
+    if not isinstance(experiment, ds.Experiment):
+        raise TypeError(f"experiment must be a diffscat.Experiment, got {type(experiment).__name__}")
+    if criterion not in ("bic", "aic", "nll"):
+        raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
+    if float(delta) == 0 and float(beta) == 0:
+        raise ValueError(
+            "delta and beta are both 0: such a particle does not scatter (give its optical constants)"
+        )
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if int(search_steps) < 0 or not float(search_coarsening) >= 1:
+        raise ValueError(
+            f"search_steps must be >= 0 and search_coarsening >= 1, got {search_steps}, {search_coarsening}"
+        )
+    if int(n_orientations) < 0 or int(n_refine) < 0:
+        raise ValueError(f"n_orientations and n_refine must be >= 0, got {n_orientations}, {n_refine}")
+    check_data(data, mask, tuple(experiment.shape))
+    t0 = time.perf_counter()
+    p = net.predict(data, experiment, mask)
+    names = [p["class"]] if candidates is None else _check_classes(candidates)
+    starts = starts_from_prediction(
+        p,
+        names,
+        delta=delta,
+        beta=beta,
+        n_per_class=int(n_per_class),
+        size_spread=float(size_spread),
+        seed=seed,
+    )
+    results = {}
+    for name in names:
+        s = starts[name]
+        if name in POLYHEDRA and int(n_orientations) > 0 and int(n_refine) > 0:
+            found, _, _ = orientation_search(
+                name,
+                data,
+                experiment,
+                mask,
+                float(p["radius_eq"]),
+                delta=delta,
+                beta=beta,
+                n_orientations=int(n_orientations),
+                **dict({"seed": seed} | (search_kwargs or {})),
+            )
+            s = s + found[: int(n_refine)]
+        kw = dict(fit_kwargs)
+        pitch = kw.pop("pitch", None)
+        if pitch is None and experiment.sampling_hint is not None:
+            pitch = ds.default_pitch(*experiment.sampling_hint)
+        stages = []
+        if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
+            # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
+            search = fit(
+                data,
+                experiment,
+                s,
+                mask,
+                free=_free_for(name),
+                pitch=None if pitch is None else pitch * float(search_coarsening),
+                max_steps=int(search_steps),
+                uncertainties=False,
+                **{k: v for k, v in kw.items() if k not in ("uncertainties", "grid")},
+            )
+            stages.append(search)
+            s = search.model
+        res = fit(
+            data, experiment, s, mask, free=_free_for(name), pitch=pitch, max_steps=int(max_steps), **kw
+        )
+        res.stages = stages + [res]
+        results[name] = res
+    n = max(int(next(iter(results.values())).n_used), 1)
+    ranking = []
+    for name, r in results.items():
+        k = n_parameters(r)
+        pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
+        nll = data_loss(r)
+        ranking.append((name, nll, k, nll + pen))
+    ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
+    best = results[ranking[0][0]]
+    best.ranking = ranking
+    best.network_prediction = p
+    best.total_s = time.perf_counter() - t0
+    return best

@@ -1,0 +1,188 @@
+"""The network as a fit start (`network_starts`, `fit_from_network`) and the shipped default model."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffscat as ds
+import fitting
+from diffscat.detectors import expected_photons
+from fitting._network import InversionCNN, NetworkPredictor
+from fitting._train import check_config
+
+CLASSES = ["Sphere", "Ellipsoid", "Cube"]
+
+
+def _fixed_network(radius: float, cls: str = "Sphere", axes=(-0.1, 0.15), rot6d=(1, 0, 0, 0, 1, 0)):
+    """A tiny `InversionCNN` whose output does not depend on its input: the last layer's weights are zero and
+    its bias says `radius` [wavelengths], class `cls`, log axis ratios `axes`, rotation `rot6d`."""
+    cfg = check_config(
+        {"classes": CLASSES, "network": {"n": 32, "widths": [8, 16], "hidden": 16}, "data": {"n_pixels": 32}}
+    )
+    m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=len(CLASSES))
+    k = len(CLASSES)
+    b = np.zeros(1 + k + 2 + 6, np.float32)
+    b[0] = math.log(radius) - 1.5  # the model adds log(4.5) ~ 1.5
+    b[1 + CLASSES.index(cls)] = 5.0
+    # softplus^-1 of the wanted |log axes|
+    b[1 + k] = math.log(math.expm1(-axes[0]))
+    b[2 + k] = math.log(math.expm1(axes[1]))
+    b[3 + k :] = rot6d
+    last = m.head.layers[-1]
+    m = eqx.tree_at(lambda t: (t.head.layers[-1].weight, t.head.layers[-1].bias), m, (0 * last.weight, b))
+    return NetworkPredictor(m, {"config": cfg})
+
+
+def _sphere_counts(exp, radius, photons=1e6, seed=0):
+    """Poisson counts of a homogeneous sphere (Born form factor at each pixel's |q|: an independent path)."""
+    x = np.linalg.norm(np.asarray(exp.q), axis=-1) * radius
+    x = np.where(x < 1e-6, 1e-6, x)
+    inten = jnp.asarray((3 * (np.sin(x) - x * np.cos(x)) / x**3) ** 2)
+    e = np.asarray(expected_photons(inten, exp, 1.0))
+    e = e / e[np.asarray(exp.valid)].sum() * photons
+    return np.random.default_rng(seed).poisson(e).astype(float)
+
+
+EXP = ds.Experiment(1.0, ds.QGrid(32, 30.0))
+
+
+def test_starts_have_the_predicted_classes_sizes_and_twins():
+    R = np.asarray(fitting.rotation_from_6d(jnp.array([1.0, 0.3, 0.0, 0.0, 1.0, 0.4])), float)
+    net = _fixed_network(3.0, "Ellipsoid", rot6d=(1.0, 0.3, 0.0, 0.0, 1.0, 0.4))
+    counts = _sphere_counts(EXP, 3.0)
+    # default: the predicted class only
+    s = fitting.network_starts(net, counts, EXP)
+    assert list(s) == ["Ellipsoid"] and len(s["Ellipsoid"]) == 4
+    s = fitting.network_starts(net, counts, EXP, classes=CLASSES, n_per_class=4, delta=0.002, beta=0.001)
+    assert list(s) == CLASSES and all(len(v) == 4 for v in s.values())
+    radii = sorted(float(x.radius) for x in s["Sphere"])
+    np.testing.assert_allclose(radii, [3.0 * 0.96, 3.0, 3.0 * 1.04, 3.0 * 1.08], rtol=1e-4)
+    assert float(s["Sphere"][0].delta) == pytest.approx(0.002) and float(
+        s["Sphere"][0].beta
+    ) == pytest.approx(0.001)
+    # ellipsoids: predicted axes (r e^-0.1, ., r e^0.15) and volume; the predicted rotation and its z-mirror twin
+    e0, e1 = s["Ellipsoid"][0], s["Ellipsoid"][1]
+    ax = np.asarray(e0.semi_axes, float)
+    np.testing.assert_allclose([ax[0], ax[2]], [3.0 * math.exp(-0.1), 3.0 * math.exp(0.15)], rtol=1e-4)
+    np.testing.assert_allclose(np.prod(ax) ** (1 / 3), 3.0, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(e0.rotation), R, atol=1e-5)
+    Mz = np.diag([1.0, 1.0, -1.0])
+    # the z-mirror image M R M of the body, up to the ellipsoid's own symmetries R D (D = diag(+-1), det 1)
+    Ds = [np.diag(d) for d in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))]
+    assert min(np.abs(np.asarray(e1.rotation) - Mz @ R @ Mz @ D).max() for D in Ds) < 1e-5
+    assert np.abs(np.asarray(e1.rotation) - R).max() > 0.1  # a different body orientation
+    # polyhedra: the predicted volume; first orientation the network's, others different
+    cube = s["Cube"][0]
+    np.testing.assert_allclose(float(cube.volume()), 4 / 3 * math.pi * 3.0**3, rtol=1e-4)
+    assert np.abs(np.asarray(s["Cube"][1].rotation) - np.asarray(cube.rotation)).max() > 1e-3
+
+
+def _msft_sphere_counts(radius, photons=1e5, seed=0):
+    truth = ds.Sphere(radius, delta=0.005, beta=0.002)
+    e = np.asarray(expected_photons(ds.simulate(truth, EXP), EXP, 1.0))
+    mask = np.asarray(EXP.valid) & (np.asarray(EXP.theta) > np.radians(2.0))
+    e = np.where(mask, e, 0.0)
+    return np.random.default_rng(seed).poisson(e / e.sum() * photons).astype(float), mask
+
+
+def test_fit_from_network_converges_on_a_sphere():
+    """The network says 4.0 wavelengths; the truth is 4.2; the refinement from its starts finds the truth."""
+    net = _fixed_network(4.0, "Sphere")
+    counts, mask = _msft_sphere_counts(4.2)
+    res = fitting.fit_from_network(
+        counts, EXP, net, mask, delta=0.005, beta=0.002, max_steps=30, n_per_class=2, uncertainties=False
+    )
+    assert isinstance(res.model, ds.Sphere)
+    assert abs(float(res.model.radius) / 4.2 - 1) < 0.01
+    assert [r[0] for r in res.ranking] == ["Sphere"] and res.ranking[0][2] == 1
+    assert res.network_prediction["class"] == "Sphere"
+    assert res.network_prediction["radius_eq"] == pytest.approx(4.0, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_fit_from_network_ranks_candidates_by_bic():
+    net = _fixed_network(4.0, "Ellipsoid")
+    counts, mask = _msft_sphere_counts(4.2, seed=1)
+    res = fitting.fit_from_network(
+        counts,
+        EXP,
+        net,
+        mask,
+        candidates=["Ellipsoid", "Sphere"],
+        delta=0.005,
+        beta=0.002,
+        max_steps=40,
+        uncertainties=False,
+    )
+    assert [r[0] for r in res.ranking] == ["Sphere", "Ellipsoid"]
+    assert isinstance(res.model, ds.Sphere) and abs(float(res.model.radius) / 4.2 - 1) < 0.01
+    assert res.ranking[1][1] <= res.ranking[0][1] + 1.0  # the ellipsoid fits about as well ...
+    assert res.ranking[1][3] > res.ranking[0][3]  # ... but pays for its extra parameters
+
+
+def test_bad_arguments_give_clear_errors(tmp_path):
+    net = _fixed_network(3.0)
+    counts = _sphere_counts(EXP, 3.0)
+    with pytest.raises(TypeError, match="network"):
+        fitting.network_starts(42, counts, EXP)
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        fitting.network_starts(str(tmp_path / "none.eqx"), counts, EXP)
+    with pytest.raises(ValueError, match="classes"):
+        fitting.network_starts(net, counts, EXP, classes=["Blob"])
+    with pytest.raises(ValueError, match="n_per_class"):
+        fitting.network_starts(net, counts, EXP, n_per_class=0)
+    with pytest.raises(TypeError, match="experiment"):
+        fitting.network_starts(net, counts, "exp")
+    with pytest.raises(ValueError, match="data"):
+        fitting.network_starts(net, counts[:5], EXP)
+    with pytest.raises(ValueError, match="criterion"):
+        fitting.fit_from_network(counts, EXP, net, delta=0.005, beta=0.0, criterion="xic")
+    with pytest.raises(ValueError, match="delta and beta"):
+        fitting.fit_from_network(counts, EXP, net, delta=0.0, beta=0.0)
+    with pytest.raises(ValueError, match="candidates|classes"):
+        fitting.fit_from_network(counts, EXP, net, delta=0.005, beta=0.0, candidates=[])
+    with pytest.raises(ValueError, match="data"):
+        fitting.fit_from_network(counts[:5], EXP, net, delta=0.005, beta=0.0)
+
+
+def test_shipped_model_loads_and_predicts():
+    net = fitting.load_network("default")
+    assert fitting.load_network("default") is net  # loaded once
+    assert set(net.classes) == set(fitting.NETWORK_CLASSES)
+    side = net.meta
+    assert side["step"] >= 100 and side["loss_curve"] and "jax" in side["versions"]
+    exp = ds.Experiment(1.0, ds.QGrid(64, 30.0))
+    p = net.predict(_sphere_counts(exp, 5.0), exp)
+    assert np.isfinite(p["radius_eq"]) and 1.0 < p["radius_eq"] < 20.0
+    assert np.all(np.isfinite(p["rotation"])) and abs(sum(p["class_probs"].values()) - 1) < 1e-5
+
+
+def test_mixed_family_batches_span_the_classes():
+    """`data.mix_families`: one batch holds every family (the class head then sees them all at once); the
+    default keeps one family per batch. (The simulation is stubbed: this checks the batch composition.)"""
+    from fitting._train import DataStream
+
+    cfg = check_config(
+        {
+            "classes": ["Sphere", "Cube", "Octahedron"],
+            "data": {"size_buckets": [1.0, 1.5, 2.0], "mix_families": True},
+        }
+    )
+
+    def stub(fam, bucket):
+        return lambda t, nz, key: (jnp.zeros((len(t["delta"]), 2, 4, 4)), None, None)
+
+    mixed = DataStream(cfg, 12)
+    mixed.fn = stub
+    for step in range(3):
+        _, tg = mixed.batch(step)
+        assert len(tg["label"]) == 12 and sorted(set(tg["label"].tolist())) == [0, 1, 2]
+        r = np.exp(tg["log_size"])
+        assert np.sum(r < 1.5) == 6 and np.sum(r >= 1.5) == 6  # both size buckets, evenly
+    one = DataStream(check_config({**cfg, "data": {**cfg["data"], "mix_families": False}}), 12)
+    one.fn = stub
+    assert all(len(set(one.batch(k)[1]["label"].tolist())) == 1 for k in range(3))
