@@ -292,6 +292,7 @@ def fit(
     progress: bool | int = False,
     memory_budget: object = None,  # bytes, "8GiB", "75%", "off" or None: parsed with a message
     active: dict[str, ArrayLike] | None = None,
+    init: object = None,  # None | "network" | NetworkPredictor | path: checked by `fitting.resolve_network`
 ) -> FitResult:
     """Fit `model` (a shape, or a list of starting shapes of one class for a vmapped multi-start) to `data`.
 
@@ -324,6 +325,11 @@ def fit(
       `progress` steps when an int > 0): step, loss per pixel of the best start, elapsed seconds. Default off.
     - `memory_budget`: bytes (or "8GiB", "off") for the estimated peak memory of the fit; default
       $DIFFSCAT_MEMORY_BUDGET, else 50 % of the available memory (docs/errors.md).
+    - `init`: None (start from `model`), or a network (`fitting.NetworkPredictor`, a model file written by
+      `diffscat train`, or "network" / "default" for the shipped model): the starts are then
+      `fitting.network_starts` for `model`'s class (its predicted size, axes, orientation and twins, with
+      `model`'s delta and beta); `model` gives the class and optical constants only. Classes the network
+      knows: `fitting.START_CLASSES`.
 
     Refused before any work (`ValueError`): data 0 in every used pixel, no used pixel, NaN/inf or negative
     counts in used pixels; a plan over the memory budget raises `diffscat.MemoryBudgetError`. Non-integer
@@ -339,6 +345,8 @@ def fit(
     d, m = check_data(
         data, mask, tuple(experiment.shape), nonnegative=loss.nonnegative, counts=loss.nonnegative
     )
+    if init is not None:
+        models = _network_models(init, d, experiment, m, models[0])
     grid = _grid_for(grid, models, experiment, pitch, grid_margin)
     check_memory(
         grid.shape,
@@ -477,6 +485,17 @@ def fit_batch(
     for r in results:
         r.time_s = (time.perf_counter() - t_start) / n
     return results
+
+
+def _network_models(init, data, experiment, mask, like: ds.AbstractShape) -> list:
+    """`fit(init=network)`: the network's starts for `like`'s class, with `like`'s optical constants."""
+    from ._netinit import START_CLASSES, network_starts
+
+    name = type(like).__name__
+    if name not in START_CLASSES:
+        raise ValueError(f"init: the network has no starts for {name}; its classes are {START_CLASSES}")
+    delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
+    return network_starts(init, data, experiment, mask, delta=delta, beta=beta, classes=[name])[name]
 
 
 def _starts_per_pattern(model, n: int) -> list[list]:

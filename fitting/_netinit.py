@@ -45,13 +45,25 @@ START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
 _MZ = np.diag([1.0, 1.0, -1.0])
 
 
+_BY_FILE: dict = {}  # (absolute path, mtime) -> NetworkPredictor: a batch loads its model once
+
+
 def resolve_network(network) -> NetworkPredictor:
     """A `NetworkPredictor` from `network`: a `NetworkPredictor` (returned as is), a path to a model written
-    by `diffscat train` (loaded with `load_network`), or "default" (the shipped model)."""
+    by `diffscat train` (loaded with `load_network`, once per file version), or "default" / "network" (the
+    shipped model)."""
     if isinstance(network, NetworkPredictor):
         return network
+    if isinstance(network, str) and network in ("default", "network"):
+        return load_network("default")
     if isinstance(network, str | os.PathLike):
-        return load_network(network)
+        path = os.path.abspath(os.fspath(network))
+        key = (path, os.stat(path).st_mtime_ns) if os.path.exists(path) else None
+        if key is None:
+            return load_network(path)  # its own clear error
+        if key not in _BY_FILE:
+            _BY_FILE[key] = load_network(path)
+        return _BY_FILE[key]
     raise TypeError(
         f"network must be a fitting.NetworkPredictor, a model path or 'default', got {type(network).__name__}"
     )

@@ -186,3 +186,21 @@ def test_mixed_family_batches_span_the_classes():
     one = DataStream(check_config({**cfg, "data": {**cfg["data"], "mix_families": False}}), 12)
     one.fn = stub
     assert all(len(set(one.batch(k)[1]["label"].tolist())) == 1 for k in range(3))
+
+
+def test_fit_init_network_replaces_the_starts():
+    """`fitting.fit(data, exp, model, init=net)`: the network's starts for model's class (size from the
+    network, not from `model`), model's delta / beta; an unknown class is refused naming `init`."""
+    net = _fixed_network(2.9, "Sphere")
+    counts = _sphere_counts(EXP, 3.0)
+    far = ds.Sphere(6.0, 0.001, 0.002)  # far from the truth: only its class and optical constants are used
+    res = fitting.fit(
+        counts, EXP, far, free=("radius",), init=net, max_steps=30, uncertainties=False, pitch=0.4
+    )
+    assert res.n_starts == 4
+    assert float(res.model.delta) == pytest.approx(0.001) and float(res.model.beta) == pytest.approx(0.002)
+    assert abs(float(res.model.radius) - 3.0) < 0.1
+    with pytest.raises(ValueError, match="init"):
+        fitting.fit(counts, EXP, ds.SphericalHarmonics([10.0]), init=net, max_steps=1)
+    with pytest.raises(TypeError, match="network"):
+        fitting.fit(counts, EXP, far, init=3.0, max_steps=1)
