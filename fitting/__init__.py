@@ -68,6 +68,12 @@ from ._losses import (
     residuals as residuals,
 )
 from ._metrics import iou as iou
+from ._multires import (
+    COARSE_MIN_QR as COARSE_MIN_QR,
+    STAGE_RTOL as STAGE_RTOL,
+    coarse_factor as coarse_factor,
+    low_q_crop as low_q_crop,
+)
 from ._network import (
     NETWORK_CLASSES as NETWORK_CLASSES,
     CanonicalMap as CanonicalMap,
