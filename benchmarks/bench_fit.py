@@ -1,13 +1,19 @@
 """Fit speed, compile and run times apart: sphere, ellipsoid and spherical harmonics (lmax 3 and 6), all
 from no initial guess, on an n x n QGrid (30 deg) pattern.
 
-python benchmarks/bench_fit.py [--size 128] [--cases sphere,ellipsoid,sh3,sh6] [--x64]
+python benchmarks/bench_fit.py [--size 128] [--cases sphere,ellipsoid,sh3,sh6] [--x64] [--patterns 2]
+    [--coarse N]
+
+`--coarse N` passes `coarse=N` to the drivers (1: every stage at full resolution; 2 or 4: the early stages on
+the central n/N x n/N low-q crop, docs/fitting.md "Multi-resolution"); left out, the drivers' default.
+`--patterns 1` fits only the first pattern (compile + run together).
 
 Per case two patterns of similar size (true sizes 2 % apart, other noise; the number of new compilations of
 the fit's jitted steps is printed): the first fit includes the
 compilation; the second, of ANOTHER pattern, finds every step compiled (the voxel grid is on a coarse size
 ladder, the start batch padded, the harmonic degrees a data mask), so compile ~ t(first) - t(second) and
-run = t(second). Also prints the sum of the stages' first-step times (`FitResult.compile_s`) and the load
+run = t(second). Also prints the process CPU time (user + system, all threads: less sensitive to other jobs
+on a shared machine than the wall time), the sum of the stages' first-step times (`FitResult.compile_s`) and the load
 average (the machine may be shared: times scale with it).
 Targets (idle 2-core CPU, 128^2): ellipsoid <= 20 s; SH lmax 3 <= 60 s including compilation and <= 20 s
 compiled; SH lmax 6 <= 120 s.
@@ -70,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--cases", default="sphere,ellipsoid,sh3,sh6")
     ap.add_argument("--photons", type=float, default=1e7)
     ap.add_argument("--x64", action="store_true", help="float64 (default float32)")
+    ap.add_argument("--patterns", type=int, default=2, choices=(1, 2), help="patterns per case")
+    ap.add_argument("--coarse", type=int, default=None, help="coarse= for the drivers (default: theirs)")
     args = ap.parse_args(argv)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -80,14 +88,16 @@ def main(argv=None):
     exp = ds.Experiment(1.0, ds.QGrid(n=args.size, theta_max_deg=30.0))
     mask = np.asarray(exp.theta) > np.radians(2.5)
     kw = dict(delta=-0.01, beta=0.001)
+    if args.coarse is not None:
+        kw["coarse"] = args.coarse
     for case in args.cases.split(","):
         lmax = int(case[2:]) if case.startswith("sh") else 0
         times, line = [], []
-        for k, scale in enumerate((1.0, 0.98)):
+        for k, scale in enumerate((1.0, 0.98)[: args.patterns]):
             n0 = _n_compiled()
             truth = _truth(case, scale, lmax)
             data = _pattern(truth, exp, args.photons, 10 + k)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if case == "sphere":
                 res = fitting.fit_sphere_auto(data, exp, mask, **kw)
             elif case == "ellipsoid":
@@ -95,17 +105,20 @@ def main(argv=None):
             else:
                 res = fitting.fit_spherical_harmonics(data, exp, lmax, mask, **kw)
             times.append(time.perf_counter() - t)
+            cpu = time.process_time() - c
             stages = res.stages or [res]
             first_steps = sum(s.compile_s for s in stages)
             steps = "/".join(str(s.n_steps) for s in stages)
+            stage_s = "/".join(f"{s.time_s:.0f}" for s in stages)
             line.append(
-                f"{'first' if k == 0 else 'second pattern'} {times[-1]:.1f} s (first steps {first_steps:.1f} s, "
-                f"steps {steps}, {_n_compiled() - n0} compilations, IoU {_iou(truth, res.model):.3f})"
+                f"{'first' if k == 0 else 'second pattern'} {times[-1]:.1f} s, CPU {cpu:.1f} s "
+                f"(first steps {first_steps:.1f} s, "
+                f"steps {steps}, stage s {stage_s}, {_n_compiled() - n0} compilations, "
+                f"NLL {res.loss:.1f}, IoU {_iou(truth, res.model):.3f})"
             )
+        split = f"compile ~{times[0] - times[1]:.1f} s, run {times[1]:.1f} s" if len(times) > 1 else ""
         print(
-            f"{case:9s} {args.size}^2: compile ~{times[0] - times[1]:.1f} s, run {times[1]:.1f} s | "
-            + "; ".join(line)
-            + f" | load {os.getloadavg()[0]:.1f}",
+            f"{case:9s} {args.size}^2: {split} | " + "; ".join(line) + f" | load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
 

@@ -2,7 +2,7 @@
 
 python benchmarks/bench_retrieval.py [--n 4] [--size 64] [--families harmonics,ellipsoid,polyhedra]
     [--candidates Sphere,Ellipsoid,SphericalHarmonics,Cube,...] [--lmax 4] [--quick] [--seed 0] [--x64]
-    [--cache-dir DIR] [--no-split]
+    [--cache-dir DIR] [--no-split] [--coarse N]
 
 Per pattern: fit_auto with the candidates, then the IoU of the chosen shape against the truth (best over the
 twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids the sorted semi-axes error, and
@@ -11,6 +11,8 @@ Time per pattern is split into compile and run: the first pattern of each family
 call finds every function compiled (same pattern, so the same voxel grids), so compile = t(first call) -
 t(second call) and run = t(second call). Later patterns reuse the compiled steps when their size falls on
 the same rung of the grid ladder (`fitting.ladder_grid`), else they compile too. Success: IoU >= 0.9.
+`--coarse N`: `fit_auto(coarse=N)` (1: every stage at full resolution; default: the drivers' default, the
+multi-resolution ladder on the low-q crop). The CPU time per pattern (process user + system) is printed too.
 `--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
 """
 
@@ -38,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--x64", action="store_true")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--no-split", action="store_true", help="skip the second call that splits compile / run")
+    ap.add_argument("--coarse", type=int, default=None, help="coarse= for fit_auto (default: its own)")
     a = ap.parse_args(argv)
     import jax
 
@@ -67,13 +70,14 @@ def main(argv=None):
         keep = [p for p in es.patterns if p.truth["family"] != "polyhedra"] + es.family("polyhedra")[: a.n]
         es.patterns = keep
     print(f"evaluation set: {len(es)} patterns, {a.size}^2, generated in {time.perf_counter() - t0:.1f} s")
-    print(f"candidates: {cands}, lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}")
+    print(f"candidates: {cands}, lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}")
     rows = []
     split = {}
 
     def run(p):
         t = p.truth
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
+        extra = {} if a.coarse is None else {"coarse": a.coarse}
         res = fitting.fit_auto(
             p.counts,
             es.experiment,
@@ -85,14 +89,15 @@ def main(argv=None):
             max_steps=a.max_steps,
             uncertainties=False,
             seed=t["index"],
+            **extra,
         )
-        return res, time.perf_counter() - t1
+        return res, time.perf_counter() - t1, time.process_time() - c1
 
     for p in es:
         t = p.truth
-        res, dt = run(p)
+        res, dt, cpu = run(p)
         if t["family"] not in split and not a.no_split:
-            _, dt2 = run(p)
+            _, dt2, _ = run(p)
             split[t["family"]] = (dt, dt2)
         truth = p.truth_shape()
         iou = fitting.iou(truth, res.model)
@@ -123,7 +128,7 @@ def main(argv=None):
         )
         print(
             f"{t['family']:9s} {t['class']:19s} R={t['radius_eq']:5.2f} ph={t['photons']:.1e} -> {chosen:19s} "
-            f"IoU {iou:.3f} size {100 * size_err:5.2f} % time {dt:6.1f} s  ranking "
+            f"IoU {iou:.3f} size {100 * size_err:5.2f} % time {dt:6.1f} s CPU {cpu:6.1f} s ranking "
             + ", ".join(f"{n}:{c:.0f}" for n, _, _, c in res.ranking)
         )
     print()

@@ -73,6 +73,13 @@ from ._losses import (
     residuals as residuals,
 )
 from ._metrics import iou as iou
+from ._multires import (
+    COARSE_MIN_QR as COARSE_MIN_QR,
+    STAGE_MAX_STEPS as STAGE_MAX_STEPS,
+    STAGE_RTOL as STAGE_RTOL,
+    coarse_factor as coarse_factor,
+    low_q_crop as low_q_crop,
+)
 from ._netinit import (
     START_CLASSES as START_CLASSES,
     fit_from_network as fit_from_network,

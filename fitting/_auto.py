@@ -195,12 +195,19 @@ def fit_oriented(
     n_orientations: int = 96,
     n_refine: int = 4,
     search_kwargs: dict | None = None,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
     **fit_kwargs,
 ):
     """A class with an orientation (polyhedra, "Superellipsoid") from a volume-equivalent `radius`:
     `orientation_search`, then `fitting.fit` of the `n_refine` best starts (one vmapped multi-start, full
-    resolution). `result.stages` = [the refinement]; `result.search_s` holds the search time."""
+    resolution). `result.stages` = [the refinement]; `result.search_s` holds the search time.
+
+    `coarse` (default True): the `n_refine` starts are refined on the low-q crop of the pattern
+    (`fitting.low_q_crop`, rtol loosened to `stage_rtol`), then the best one at full resolution;
+    `result.stages` = [crop refinement, full refinement]. 1 / False: as above."""
     from ._fit import fit
+    from ._multires import coarse_level, stage_kwargs
 
     starts, losses, t_search = orientation_search(
         name,
@@ -213,8 +220,26 @@ def fit_oriented(
         n_orientations=n_orientations,
         **(search_kwargs or {}),
     )
-    res = fit(data, experiment, starts[: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
+    lev = coarse_level(data, experiment, mask, coarse, radius)
+    if lev is None:
+        res = fit(data, experiment, starts[: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
+        res.time_s += t_search
+        return res
+    dc, ec, mc, _ = lev
+    first = fit(
+        dc,
+        ec,
+        starts[: int(n_refine)],
+        mc,
+        free=_free_for(name),
+        **stage_kwargs(fit_kwargs, stage_rtol, experiment, ec),
+    )
+    res = fit(data, experiment, first.model, mask, free=_free_for(name), **fit_kwargs)
     res.time_s += t_search
+    res.alternatives = first.alternatives
+    res.start_losses = first.start_losses
+    res.n_starts = first.n_starts
+    res.stages = [first, res]
     return res
 
 
@@ -235,6 +260,8 @@ def fit_auto(
     regularizer=None,
     search_kwargs: dict | None = None,
     verbose: bool = False,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -250,6 +277,10 @@ def fit_auto(
     - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes: search size and
       the number refined), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
       `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).
+    - `coarse`, `stage_rtol`: the multi-resolution ladder (docs/fitting.md): the sphere, the ellipsoid
+      search and the harmonic degrees on the low-q crop of the pattern (`fitting.low_q_crop`), each
+      candidate's final fit at full resolution; `coarse=False` (or 1): every stage at full resolution.
+      The oriented classes' refinement: the `n_refine` starts on the crop, the best one at full resolution.
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -274,9 +305,22 @@ def fit_auto(
         raise ValueError(f"candidates must be among {CANDIDATES}, got {bad}")
     if criterion not in ("bic", "aic", "nll"):
         raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
+    from ._multires import stage_kwargs
+
     results = {}
     t0 = time.perf_counter()
-    sph = fit_sphere_auto(data, experiment, mask, delta=delta, beta=beta, **fit_kwargs)
+    ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
+    sph_final = "Sphere" in cands
+    sph = fit_sphere_auto(
+        data,
+        experiment,
+        mask,
+        delta=delta,
+        beta=beta,
+        refine=sph_final,
+        **ckw,
+        **(fit_kwargs if sph_final else stage_kwargs(fit_kwargs, stage_rtol)),
+    )
     radius = float(np.asarray(sph.model.radius))
     if verbose:
         print(f"Sphere: radius {radius:.4g}, loss {sph.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
@@ -284,6 +328,7 @@ def fit_auto(
         results["Sphere"] = sph
     ell = None
     if "Ellipsoid" in cands or "SphericalHarmonics" in cands:
+        ell_final = "Ellipsoid" in cands
         ell = fit_ellipsoid_auto(
             data,
             experiment,
@@ -293,7 +338,9 @@ def fit_auto(
             radius=radius,
             n_starts=n_starts,
             seed=seed,
-            **fit_kwargs,
+            refine=ell_final,
+            **ckw,
+            **(fit_kwargs if ell_final else stage_kwargs(fit_kwargs, stage_rtol)),
         )
         if "Ellipsoid" in cands:
             results["Ellipsoid"] = ell
@@ -301,7 +348,7 @@ def fit_auto(
             print(f"Ellipsoid: loss {ell.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
     if "SphericalHarmonics" in cands:
         res, stages = harmonics_ladder(
-            data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, **fit_kwargs
+            data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, **ckw, **fit_kwargs
         )
         res.stages = [sph, ell] + stages
         results["SphericalHarmonics"] = res
@@ -321,11 +368,13 @@ def fit_auto(
             n_orientations=n_orientations,
             n_refine=n_refine,
             search_kwargs=dict(search_kwargs or {}, seed=seed),
+            **ckw,
             **fit_kwargs,
         )
         if verbose:
             print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
-    n = max(int(sph.n_used), 1)
+    _, m_full = check_data(data, mask, tuple(experiment.shape))
+    n = max(int(np.sum(np.asarray(m_full))), 1)
     ranking = []
     for name, r in results.items():
         k = n_parameters(r)

@@ -304,16 +304,39 @@ def fit_sphere_auto(
     delta: float = 0.0,
     beta: float = 0.0,
     n_starts: int = 3,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
+    refine: bool = True,
     **fit_kwargs,
 ):
     """Sphere fit without an initial guess: `estimate_radius`, then a multi-start fit from radii on both
-    sides of the estimate (fringe aliasing gives local minima near +- one fringe). Returns a `FitResult`."""
+    sides of the estimate (fringe aliasing gives local minima near +- one fringe). Returns a `FitResult`.
+
+    `coarse` (default True): run the multi-start on the low-q crop of the pattern (`fitting.low_q_crop`,
+    factor `coarse_factor`: up to 4 for True, up to `coarse` for an int, 1 / False = full resolution), then
+    refine the best start at full resolution (`refine=False`: return the crop's fit, for ladders that only
+    need the radius; its `data`/`mask`/`experiment` are the crop's). `stage_rtol`: `fit`'s rtol of the
+    crop stage (default `STAGE_RTOL`). `result.stages` = [crop fit, refinement] when a crop was used."""
     from ._fit import fit
+    from ._multires import coarse_level, stage_kwargs
 
     r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
     factors = [1.0] if n_starts <= 1 else list(np.linspace(0.97, 1.03, int(n_starts)))
     starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
-    return fit(data, experiment, starts, mask, free=("radius",), **fit_kwargs)
+    lev = coarse_level(data, experiment, mask, coarse, r0)
+    if lev is None:
+        return fit(data, experiment, starts, mask, free=("radius",), **fit_kwargs)
+    dc, ec, mc, _ = lev
+    search = fit(dc, ec, starts, mc, free=("radius",), **stage_kwargs(fit_kwargs, stage_rtol, experiment, ec))
+    if not refine:
+        search.stages = [search]
+        return search
+    res = fit(data, experiment, search.model, mask, free=("radius",), **fit_kwargs)
+    res.alternatives = search.alternatives
+    res.start_losses = search.start_losses
+    res.n_starts = search.n_starts
+    res.stages = [search, res]
+    return res
 
 
 def fit_ellipsoid_auto(
@@ -329,6 +352,9 @@ def fit_ellipsoid_auto(
     free: Sequence[str] = ("semi_axes", "orientation"),
     search_steps: int = 30,
     search_coarsening: float = 1.5,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
+    refine: bool = True,
     **fit_kwargs,
 ):
     """Triaxial ellipsoid without an initial guess.
@@ -339,36 +365,56 @@ def fit_ellipsoid_auto(
        (finding the basin needs no sub-percent accuracy).
     3. Refinement of the best start at the default pitch to convergence (with uncertainties).
 
+    `coarse` (default True; see `fit_sphere_auto`): steps 2 and 3 run on the low-q crop of the pattern
+    (`fitting.low_q_crop`: a proportionally coarser pitch, f^2 fewer pixels, f^3 fewer voxels), the crop's
+    refinement with `fit`'s rtol loosened to `stage_rtol` (default `STAGE_RTOL`), then 4. a refinement at full
+    resolution from there (`refine=False`: skipped, the crop's result returned, e.g. for the harmonic ladder
+    which only needs a start). Falls back to full resolution where the detector has no exact crop or the
+    particle is too small for one (`coarse_factor`).
+
     The result's `alternatives` lists other starts of the search that ended within `alternatives_tol` of the
-    best (twins, permuted axes); `stages` holds (search, refinement). Returns a `FitResult`.
+    best (twins, permuted axes); `stages` holds (search, refinement(s)). Returns a `FitResult`.
     """
     from ._fit import fit
+    from ._multires import coarse_level, stage_kwargs
 
     if radius is None:
         radius = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
     starts = ellipsoid_starts(radius, n_starts, delta=delta, beta=beta, seed=seed)
+    lev = coarse_level(data, experiment, mask, coarse, radius)
     kw = dict(fit_kwargs)
-    pitch = kw.pop("pitch", None)
-    if pitch is None and experiment.sampling_hint is not None:
-        pitch = ds.default_pitch(*experiment.sampling_hint)
+    if lev is None:
+        d_s, e_s, m_s = data, experiment, mask
+        ref_kw = kw
+    else:
+        d_s, e_s, m_s, _ = lev
+        ref_kw = stage_kwargs(kw, stage_rtol, experiment, e_s)
+    pitch = ref_kw.pop("pitch", None)
+    if pitch is None and e_s.sampling_hint is not None:
+        pitch = ds.default_pitch(*e_s.sampling_hint)
     search_pitch = None if pitch is None else pitch * float(search_coarsening)
-    search_kw = {k: v for k, v in kw.items() if k not in ("max_steps", "uncertainties", "grid")}
+    search_kw = {k: v for k, v in ref_kw.items() if k not in ("max_steps", "uncertainties", "grid", "rtol")}
     search = fit(
-        data,
-        experiment,
+        d_s,
+        e_s,
         starts,
-        mask,
+        m_s,
         free=free,
         pitch=search_pitch,
         max_steps=int(search_steps),
         uncertainties=False,
+        rtol=ref_kw.get("rtol", 1e-7) if lev is None else ref_kw["rtol"],
         **search_kw,
     )
-    res = fit(data, experiment, search.model, mask, free=free, pitch=pitch, **kw)
+    res = fit(d_s, e_s, search.model, m_s, free=free, pitch=pitch, **ref_kw)
+    stages = [search, res]
+    if lev is not None and refine:
+        res = fit(data, experiment, res.model, mask, free=free, **kw)
+        stages.append(res)
     res.alternatives = search.alternatives
     res.start_losses = search.start_losses
     res.n_starts = search.n_starts
-    res.stages = [search, res]
+    res.stages = stages
     return res
 
 
@@ -419,6 +465,8 @@ def fit_spherical_harmonics(
     seed: int = 0,
     verbose: bool = False,
     twins: bool = False,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
     **fit_kwargs,
 ):
     """Spherical-harmonic shape up to degree `lmax` with no initial guess, by the ladder
@@ -431,13 +479,30 @@ def fit_spherical_harmonics(
     `regularizer` (default `SHDegreePrior(0.15)`, a weak prior on each degree's power) is added at every
     harmonic stage. Returns the last stage's `FitResult`; `result.stages` holds every stage's result.
     `delta`, `beta`: the optical constants (fixed). Other keywords go to `fitting.fit`.
+
+    `coarse` (default True): the sphere, the ellipsoid and every harmonic degree run on the low-q crop of
+    the pattern (`fitting.low_q_crop`, factor `coarse_factor`), then one stage with all degrees free at full
+    resolution (see `harmonics_ladder`); 1 / False: every stage at full resolution. Intermediate stages stop
+    at `fit`'s rtol loosened to `stage_rtol` (default `STAGE_RTOL`), the last at the caller's.
     """
     from ._fit import fit
 
     if int(lmax) < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
+    from ._multires import stage_kwargs
+
     stages = []
-    sph = fit_sphere_auto(data, experiment, mask, delta=delta, beta=beta, **fit_kwargs)
+    ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
+    sph = fit_sphere_auto(
+        data,
+        experiment,
+        mask,
+        delta=delta,
+        beta=beta,
+        refine=False,
+        **ckw,
+        **stage_kwargs(fit_kwargs, stage_rtol),
+    )
     stages.append(sph)
     if verbose:
         print(f"sphere: radius {float(sph.model.radius):.4g}")
@@ -462,7 +527,9 @@ def fit_spherical_harmonics(
         radius=float(sph.model.radius),
         n_starts=n_starts,
         seed=seed,
-        **fit_kwargs,
+        refine=False,
+        **ckw,
+        **stage_kwargs(fit_kwargs, stage_rtol),
     )
     stages.append(ell)
     if verbose:
@@ -476,6 +543,7 @@ def fit_spherical_harmonics(
         regularizer=regularizer,
         verbose=verbose,
         twins=twins,
+        **ckw,
         **fit_kwargs,
     )
     res.stages = stages + more
@@ -513,6 +581,8 @@ def harmonics_ladder(
     verbose: bool = False,
     degrees: Sequence[int] | None = None,
     twins: bool = False,
+    coarse: bool | int = True,
+    stage_rtol: float | None = None,
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -525,12 +595,20 @@ def harmonics_ladder(
     the frozen degrees are a data mask (`fit(active=...)`), so all stages share one compiled step (and
     patterns of similar size share it too). Uncertainties (if requested) only at the last stage.
 
+    `coarse` (default True): every stage in `degrees` runs on the low-q crop of the pattern
+    (`fitting.low_q_crop`, factor `coarse_factor` for the ellipsoid's volume-equivalent radius; its own
+    ladder grid at the crop's coarser pitch, one more compiled step), then one last stage with the degrees
+    <= the last of `degrees` free at full resolution from there (`grid=` applies to it). 1 / False: every
+    stage at full resolution, as above. Intermediate stages stop at `fit`'s rtol loosened to `stage_rtol`
+    (default `STAGE_RTOL`); the last stage uses the caller's rtol.
+
     `twins`: every stage also runs the three twins of its start (`harmonics_twins`: point inversion, mirror
     along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
     result's `alternatives`. Four starts cost about four times the run time (one compilation).
 
     Returns (last `FitResult`, list of every stage's result)."""
     from ._fit import _fit_grid, fit
+    from ._multires import coarse_level, stage_kwargs
     from ._regularizers import SHDegreePrior, sh_degrees
 
     L = int(lmax)
@@ -542,33 +620,53 @@ def harmonics_ladder(
     reg = SHDegreePrior(0.15) if regularizer is None else regularizer
     kw = dict(fit_kwargs)
     want_sigmas = bool(kw.pop("uncertainties", True))
-    grid = kw.pop("grid", None)
-    pitch = kw.pop("pitch", None)
-    margin = float(kw.pop("grid_margin", 1.3))
     shape = harmonics_from_ellipsoid(ellipsoid, L)
-    if grid is None:
-        grid = _fit_grid([shape], experiment, pitch, margin)
+    r_eq = float(np.prod(np.asarray(ellipsoid.semi_axes, float))) ** (1 / 3)
+    lev = coarse_level(data, experiment, mask, coarse, r_eq)
+    # (data, experiment, mask, fit keywords, is-last) of every stage
+    plan = []
+    if lev is not None:
+        dc, ec, mc, _ = lev
+        ckw = stage_kwargs(kw, stage_rtol, experiment, ec)
+        plan += [(l, dc, ec, mc, ckw, False) for l in degs]
+        plan.append((degs[-1], data, experiment, mask, kw, True))
+    else:
+        skw = stage_kwargs(kw, stage_rtol)
+        plan += [(l, data, experiment, mask, skw, False) for l in degs[:-1]]
+        plan.append((degs[-1], data, experiment, mask, kw, True))
     deg = sh_degrees((L + 1) ** 2)
+    grids: dict[int, ds.VoxelGrid] = {}
     stages, res = [], None
-    for i, l in enumerate(degs):
+    for l, d_i, e_i, m_i, kw_i, last in plan:
+        kw_i = dict(kw_i)
+        kw_i.pop("uncertainties", None)
+        pitch = kw_i.pop("pitch", None)
+        margin = float(kw_i.pop("grid_margin", 1.3))
+        key = id(e_i)
+        grid = grids.get(key, kw_i.pop("grid", None))
+        kw_i.pop("grid", None)
+        if grid is None:
+            grid = _fit_grid([shape], e_i, pitch, margin)
         half = 0.5 * min(n * p for n, p in zip(grid.shape, grid.pitch, strict=True)) - 2 * max(grid.pitch)
         if float(np.asarray(shape.bounding_radius())) > half:  # the shape outgrew the grid: a larger one
-            grid = _fit_grid([shape], experiment, pitch, margin)
+            grid = _fit_grid([shape], e_i, pitch, margin)
+        grids[key] = grid
         starts = harmonics_twins(shape) if twins else shape
         res = fit(
-            data,
-            experiment,
+            d_i,
+            e_i,
             starts,
-            mask,
+            m_i,
             free=("coefficients",),
             regularizer=reg,
             grid=grid,
             active={"coefficients": deg <= l},
-            uncertainties=want_sigmas and i == len(degs) - 1,
-            **kw,
+            uncertainties=want_sigmas and last,
+            **kw_i,
         )
         stages.append(res)
         shape = res.model
         if verbose:
-            print(f"harmonics l<={l} (lmax {L}): loss/pixel {res.loss / res.n_used:.4f}")
+            where = "full resolution" if e_i is experiment else f"crop {e_i.shape}"
+            print(f"harmonics l<={l} (lmax {L}, {where}): loss/pixel {res.loss / res.n_used:.4f}")
     return res, stages

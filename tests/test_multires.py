@@ -1,0 +1,131 @@
+"""Multi-resolution drivers: the low-q crop is the same pixels, the coarse path reaches the full path's optimum,
+and a second pattern compiles nothing."""
+
+import numpy as np
+import pytest
+
+import diffscat as ds
+import fitting
+from fitting import _fit
+
+DK = dict(delta=-0.01, beta=0.001)
+
+
+def _cache_sizes():
+    return {name: getattr(_fit, name)._cached._cache_size() for name in ("_step", "_init_state", "_finalize")}
+
+
+def _counts(shape, exp, photons, seed):
+    mean = np.asarray(fitting.expected_signal(shape, exp, ds.VoxelGrid.around(5.5, 0.2)))
+    return np.random.default_rng(seed).poisson(mean / mean.sum() * photons).astype(float)
+
+
+@pytest.mark.parametrize(
+    "det",
+    [
+        ds.QGrid(32, 30.0),
+        ds.AngleGrid(32, 20.0),
+        ds.FlatDetector(100.0, 1.5, (32, 40), center=(15.2, 20.7), tilt=(0.05, -0.02)),
+    ],
+)
+def test_low_q_crop_is_the_central_pixels(det):
+    exp = ds.Experiment(1.0, det)
+    data = np.arange(np.prod(det.shape), dtype=float).reshape(det.shape)
+    mask = np.ones(det.shape, bool)
+    mask[0] = False
+    dc, ec, mc = fitting.low_q_crop(data, exp, mask, 2)
+    h, w = det.shape[0] // 2, det.shape[1] // 2
+    assert dc.shape == mc.shape == ec.shape == (h, w)
+    # locate the crop in the full image by its data values (data = flat pixel index)
+    y0, x0 = divmod(int(dc[0, 0]), det.shape[1])
+    sl = (slice(y0, y0 + h), slice(x0, x0 + w))
+    np.testing.assert_array_equal(dc, data[sl])
+    np.testing.assert_array_equal(mc, mask[sl])
+    np.testing.assert_allclose(np.asarray(ec.q), np.asarray(exp.q)[sl], rtol=1e-5, atol=1e-6)
+    sa, sa_c = np.asarray(exp.solid_angle), np.asarray(ec.solid_angle)
+    np.testing.assert_allclose(sa_c, sa[sl], rtol=1e-4)
+    # the crop holds the lowest |q|: its largest |q| is about half the full pattern's
+    qn = lambda e: np.linalg.norm(np.asarray(e.q), axis=-1)
+    assert qn(ec).max() < 0.6 * qn(exp).max()
+
+
+def test_low_q_crop_unsupported_and_too_small():
+    exp = ds.Experiment(1.0, ds.QGrid(24, 30.0))
+    d = np.ones((24, 24))
+    assert fitting.low_q_crop(d, exp, None, 2) is None  # 12 pixels per side: too few
+    assert fitting.low_q_crop(d, exp, None, 1)[0].shape == (24, 24)
+    exp_d = ds.Experiment(1.0, ds.Directions(np.linspace(0.1, 0.5, 40), np.zeros(40)))
+    assert fitting.low_q_crop(np.ones(40), exp_d, None, 2) is None
+    with pytest.raises(ValueError, match="factor"):
+        fitting.low_q_crop(d, exp, None, 0)
+
+
+def test_coarse_factor_keeps_enough_fringes():
+    exp = ds.Experiment(1.0, ds.QGrid(128, 30.0))
+    qmax = 4 * np.pi * np.sin(np.radians(15.0))  # 3.25 per wavelength
+    assert fitting.coarse_factor(exp, 7.0, True) == 2  # q R = 22.7 -> 11.4 at f = 2, 5.7 at f = 4
+    assert fitting.coarse_factor(exp, 14.0, True) == 4
+    assert fitting.coarse_factor(exp, 14.0, 2) == 2
+    assert fitting.coarse_factor(exp, 14.0, False) == 1
+    assert fitting.coarse_factor(exp, 0.9 * fitting.COARSE_MIN_QR / qmax * 2, True) == 1
+    with pytest.raises(ValueError, match="coarse"):
+        fitting.coarse_factor(exp, 7.0, -1)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """32^2 up to 60 deg: q_max R ~ 22 for R = 3.5 wavelengths, so a factor-2 crop (16^2) is allowed."""
+    exp = ds.Experiment(1.0, ds.QGrid(n=32, theta_max_deg=60.0))
+    return exp, np.asarray(exp.theta) > np.radians(4.0)
+
+
+@pytest.mark.slow  # ~25 s of CPU (3 compilations); 95 s under a load average of 9
+def test_coarse_sphere_reaches_the_full_resolution_optimum(wide):
+    exp, mask = wide
+    data = _counts(ds.Sphere(3.5, **DK), exp, 1e6, 0)
+    kw = dict(pitch=0.4, uncertainties=False, max_steps=30, rtol=1e-6, n_starts=1)
+    full = fitting.fit_sphere_auto(data, exp, mask, coarse=False, **kw, **DK)
+    crs = fitting.fit_sphere_auto(data, exp, mask, coarse=2, **kw, **DK)
+    assert crs.stages[-1].n_steps < full.n_steps  # the full-resolution refinement starts near the optimum
+    assert [s.data.shape for s in crs.stages] == [(16, 16), (32, 32)]
+    assert crs.stages[-1] is crs and crs.data.shape == (32, 32)
+    assert float(crs.model.radius) == pytest.approx(float(full.model.radius), rel=2e-3)
+    assert float(crs.model.radius) == pytest.approx(3.5, rel=0.02)
+    assert crs.loss == pytest.approx(full.loss, abs=1.0)
+
+
+@pytest.mark.slow  # ~40 s of CPU: a reference fit and an ellipsoid search
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the coarse path ends in the right basin (IoU 0.998) but 10-45 NLL units above the full "
+    "path's optimum (577 / 612 vs 567): its final full-resolution refinement stops early; see docs/fitting.md "
+    "'Stopping'. Remove the marker when it passes.",
+)
+def test_coarse_ellipsoid_reaches_the_optimum_from_the_truth(wide):
+    exp, mask = wide
+    truth = ds.Ellipsoid(np.array([4.0, 3.5, 3.0]), **DK, rotation=fitting.random_rotations(1, 3)[0])
+    data = _counts(truth, exp, 1e6, 1)
+    kw = dict(pitch=0.35, uncertainties=False, max_steps=80, rtol=1e-6)
+    ref = fitting.fit(data, exp, truth, mask, free=("semi_axes", "orientation"), **kw)
+    crs = fitting.fit_ellipsoid_auto(data, exp, mask, coarse=2, n_starts=4, **kw, **DK)
+    assert [s.data.shape for s in crs.stages] == [(16, 16), (16, 16), (32, 32)]
+    assert crs.loss == pytest.approx(ref.loss, abs=2.0)
+    np.testing.assert_allclose(
+        np.sort(np.asarray(crs.model.semi_axes)), np.sort(np.asarray(ref.model.semi_axes)), rtol=0.01
+    )
+    assert fitting.iou(truth, crs.model) > 0.95
+
+
+@pytest.mark.slow  # ~40 s of CPU (the crop's and the full pattern's steps compile once each)
+def test_coarse_ellipsoid_second_pattern_compiles_nothing(wide):
+    exp, mask = wide
+    rot = fitting.random_rotations(1, 4)[0]
+    kw = dict(pitch=0.4, uncertainties=False, max_steps=3, search_steps=3, n_starts=2, coarse=2, **DK)
+    d1 = _counts(ds.Ellipsoid(np.array([4.0, 3.5, 3.0]), **DK, rotation=rot), exp, 1e6, 2)
+    d2 = _counts(ds.Ellipsoid(0.98 * np.array([4.0, 3.5, 3.0]), **DK, rotation=rot), exp, 2e6, 3)
+    r1 = fitting.fit_ellipsoid_auto(d1, exp, mask, **kw)
+    assert len(r1.stages) == 3  # crop search, crop refinement, full refinement
+    before = _cache_sizes()
+    r2 = fitting.fit_ellipsoid_auto(d2, exp, mask, **kw)
+    assert _cache_sizes() == before
+    assert [s.grid for s in r2.stages] == [s.grid for s in r1.stages]
