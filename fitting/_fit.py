@@ -309,8 +309,9 @@ def fit(
     - `optimizer`: "lbfgs" (default, backtracking line search), "lbfgs-zoom", "adam" or "gn"
       (Levenberg-Marquardt on the expected Fisher information, n + 1 forward passes per step: for few
       parameters); `learning_rate` (Adam, default 0.1; L-BFGS: line search; "gn": initial damping 1e-3).
-    - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when the loss per pixel changed by
-      less than `rtol` (relative) for `patience` steps, or the gradient norm (in O(1) units) is below `gtol`.
+    - `max_steps`, `rtol`, `gtol`, `patience`: stop after `max_steps`, or when for `patience` steps in a row
+      no step lowered the best loss by more than `rtol` (relative), or the gradient norm (in O(1) units) is
+      below `gtol`.
     - `method`, `solid_angle`, `polarisation`: the forward model (see `expected_signal`).
     - `pitch`/`grid`/`grid_margin`: the fixed voxel grid; default `ladder_grid(grid_margin * largest
       initial bounding radius, default pitch)` (the radius rounded up on a coarse ladder, so patterns of
@@ -636,8 +637,11 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
         history.append(val.copy())
         improved = val < best_val
         best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
-        rel = np.abs(best_val - val) / np.maximum(np.abs(val), 1e-12)
-        stall = np.where(np.isfinite(best_val) & (rel < cfg.rtol), stall + 1, 0)
+        # a step that does not improve on the best loss by rtol (relative) is a stall: also when the optimiser
+        # settles slightly ABOVE its best (L-BFGS after a failed line search) or float32 round-off of the
+        # summed loss exceeds rtol
+        gain = (best_val - val) / np.maximum(np.abs(val), 1e-12)
+        stall = np.where(np.isfinite(best_val) & (gain < cfg.rtol), stall + 1, 0)
         if is_gn:
             stall = np.where(rejected & (np.asarray(state[0]) < 1e7), stall - 1, stall)
         best_val = np.where(improved, val, best_val)
