@@ -262,6 +262,7 @@ def fit_auto(
     verbose: bool = False,
     coarse: bool | int = True,
     stage_rtol: float | None = None,
+    init: object = None,  # None | "network" | NetworkPredictor | model path: `fitting.resolve_network`
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -281,6 +282,12 @@ def fit_auto(
       search and the harmonic degrees on the low-q crop of the pattern (`fitting.low_q_crop`), each
       candidate's final fit at full resolution; `coarse=False` (or 1): every stage at full resolution.
       The oriented classes' refinement: the `n_refine` starts on the crop, the best one at full resolution.
+    - `init`: None (the searches above), or a network ("network" / "default" = the shipped model, a
+      `fitting.NetworkPredictor` or a model file of `diffscat train`): every candidate the network knows
+      (`fitting.START_CLASSES`) is fitted by `fitting.fit_from_network` (its predicted size, axes and
+      orientation as starts, a short refinement) instead of the sphere / ellipsoid searches; the harmonic
+      ladder starts from the network-started ellipsoid; other classes (Superellipsoid) keep their search,
+      sized by the network's fit. Needs delta or beta != 0.
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -295,7 +302,7 @@ def fit_auto(
     Returns the best candidate's `FitResult` with `.ranking`: [(class name, loss, k, criterion value), ...],
     best first (loss: the data term only, `data_loss`, so the harmonic stages' prior is not counted twice), and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
     """
-    from ._init import fit_ellipsoid_auto, fit_sphere_auto, harmonics_ladder
+    from ._init import harmonics_ladder
 
     cands = list(dict.fromkeys(candidates))
     if not cands:
@@ -305,52 +312,36 @@ def fit_auto(
         raise ValueError(f"candidates must be among {CANDIDATES}, got {bad}")
     if criterion not in ("bic", "aic", "nll"):
         raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
-    from ._multires import stage_kwargs
 
     results = {}
     t0 = time.perf_counter()
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
-    sph_final = "Sphere" in cands
-    sph = fit_sphere_auto(
-        data,
-        experiment,
-        mask,
-        delta=delta,
-        beta=beta,
-        refine=sph_final,
-        **ckw,
-        **(fit_kwargs if sph_final else stage_kwargs(fit_kwargs, stage_rtol)),
-    )
-    radius = float(np.asarray(sph.model.radius))
-    if verbose:
-        print(f"Sphere: radius {radius:.4g}, loss {sph.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
-    if "Sphere" in cands:
-        results["Sphere"] = sph
-    ell = None
-    if "Ellipsoid" in cands or "SphericalHarmonics" in cands:
-        ell_final = "Ellipsoid" in cands
-        ell = fit_ellipsoid_auto(
+    if init is not None:
+        sph, ell, radius = _network_stages(
+            results,
+            cands,
             data,
             experiment,
             mask,
-            delta=delta,
-            beta=beta,
-            radius=radius,
-            n_starts=n_starts,
-            seed=seed,
-            refine=ell_final,
-            **ckw,
-            **(fit_kwargs if ell_final else stage_kwargs(fit_kwargs, stage_rtol)),
+            delta,
+            beta,
+            init,
+            seed,
+            n_orientations,
+            n_refine,
+            fit_kwargs,
         )
-        if "Ellipsoid" in cands:
-            results["Ellipsoid"] = ell
         if verbose:
-            print(f"Ellipsoid: loss {ell.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+            print(f"network starts: {sorted(results)} fitted ({time.perf_counter() - t0:.1f} s)")
+    else:
+        sph, ell, radius = _search_stages(
+            results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs
+        )
     if "SphericalHarmonics" in cands:
         res, stages = harmonics_ladder(
             data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, **ckw, **fit_kwargs
         )
-        res.stages = [sph, ell] + stages
+        res.stages = [x for x in (sph, ell) if x is not None] + stages
         results["SphericalHarmonics"] = res
         if verbose:
             print(f"SphericalHarmonics: loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
@@ -387,3 +378,80 @@ def fit_auto(
     if best.stages is None:
         best.stages = [best]
     return best
+
+
+def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs):  # fmt: skip
+    """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows (and the ellipsoid
+    the harmonic ladder starts from); fills `results`; returns (sphere or None, ellipsoid or None, radius)."""
+    from ._netinit import START_CLASSES, fit_from_network
+
+    need = [c for c in cands if c in START_CLASSES]
+    if "SphericalHarmonics" in cands and "Ellipsoid" not in need:
+        need.append("Ellipsoid")
+    if not need:  # e.g. only Superellipsoid: the network's size still starts its search
+        need = ["Sphere"]
+    fitted = {}
+    for name in need:
+        fitted[name] = fit_from_network(
+            data,
+            experiment,
+            init,
+            mask,
+            candidates=[name],
+            delta=delta,
+            beta=beta,
+            seed=seed,
+            n_orientations=n_orientations,
+            n_refine=n_refine,
+            **fit_kwargs,
+        )
+    results.update({c: r for c, r in fitted.items() if c in cands})
+    first = fitted[need[0]]
+    radius = (3.0 * float(np.asarray(first.model.volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    return fitted.get("Sphere"), fitted.get("Ellipsoid"), radius
+
+
+def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs):  # fmt: skip
+    """`fit_auto`'s sphere and ellipsoid searches from no guess; fills `results`; returns (sphere, ellipsoid
+    or None, sphere radius)."""
+    from ._init import fit_ellipsoid_auto, fit_sphere_auto
+    from ._multires import stage_kwargs
+
+    stage_rtol = ckw["stage_rtol"]
+    sph_final = "Sphere" in cands
+    sph = fit_sphere_auto(
+        data,
+        experiment,
+        mask,
+        delta=delta,
+        beta=beta,
+        refine=sph_final,
+        **ckw,
+        **(fit_kwargs if sph_final else stage_kwargs(fit_kwargs, stage_rtol)),
+    )
+    radius = float(np.asarray(sph.model.radius))
+    if verbose:
+        print(f"Sphere: radius {radius:.4g}, loss {sph.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    if "Sphere" in cands:
+        results["Sphere"] = sph
+    ell = None
+    if "Ellipsoid" in cands or "SphericalHarmonics" in cands:
+        ell_final = "Ellipsoid" in cands
+        ell = fit_ellipsoid_auto(
+            data,
+            experiment,
+            mask,
+            delta=delta,
+            beta=beta,
+            radius=radius,
+            n_starts=n_starts,
+            seed=seed,
+            refine=ell_final,
+            **ckw,
+            **(fit_kwargs if ell_final else stage_kwargs(fit_kwargs, stage_rtol)),
+        )
+        if "Ellipsoid" in cands:
+            results["Ellipsoid"] = ell
+        if verbose:
+            print(f"Ellipsoid: loss {ell.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    return sph, ell, radius

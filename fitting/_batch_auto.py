@@ -94,6 +94,8 @@ class AutoBatchFitter:
       flagged `out_of_range` (fit_auto's size estimate has no range: the range is a check, not a search bound).
     - `gof_draws`, `gof_threshold`: the noise-consistency check (`noise_consistency`): `misfit` when
       z > `gof_threshold`.
+    - `init`: None, or a network (model path, "default", a `fitting.NetworkPredictor`): `fit_auto(init=...)`,
+      the network's prediction starts each pattern's fits (loaded once, checked here).
 
     Calling it on (data[B, ny, nx], mask[B, ny, nx]) returns a dict of per-pattern arrays (row b = pattern b):
     `class` (int code into `candidates`), `radius` (volume-equivalent, length) and `radius_sigma`, `scale`
@@ -131,6 +133,7 @@ class AutoBatchFitter:
         radius_range: tuple[float, float] | None = None,
         gof_draws: int = 8,
         gof_threshold: float = GOF_THRESHOLD,
+        init: object = None,
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -176,6 +179,10 @@ class AutoBatchFitter:
         )
         if pitch is not None:
             self.auto_kwargs["pitch"] = float(pitch)
+        if init is not None:
+            from ._netinit import resolve_network
+
+            self.auto_kwargs["init"] = resolve_network(init)  # a bad path fails here, before any pattern
         c = set(cands)
         self._has_edge = bool(c & set(POLYHEDRA))
         self._has_axes = bool(c & {"Ellipsoid", "Superellipsoid"})

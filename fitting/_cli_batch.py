@@ -141,6 +141,13 @@ def _schemas() -> dict:
                 "number", "fit_auto path: misfit when (loss - mean) / sd of the draws exceeds it", default=5.0
             ),
         },
+        "init": {
+            "network": Key(
+                "str",
+                'start every fit from a network\'s prediction: a model file of `diffscat train`, or "default" '
+                "(the shipped model); runs fitting.fit_auto(init=...) per pattern",
+            ),
+        },
         "batch": {
             "chunk_size": Key(
                 "int", "patterns per vmapped call (rounded up to the devices)", default=16, min=1
@@ -220,6 +227,8 @@ def load_batch_config(path, overrides=()) -> dict:
 
 def uses_vmapped(cfg: dict) -> bool:
     """True when a validated config runs a vmapped batch fitter (Sphere / Ellipsoid with driver "vmapped")."""
+    if cfg.get("init", {}).get("network") is not None:
+        return False  # network starts go through fitting.fit_auto(init=...)
     return cfg["model"]["type"] in ("Sphere", "Ellipsoid") and cfg["fit"]["driver"] == "vmapped"
 
 
@@ -272,6 +281,7 @@ def make_fitter(cfg: dict, experiment):
         radius_range=rr,
         gof_draws=fit["gof_draws"],
         gof_threshold=fit["gof_threshold"],
+        init=cfg.get("init", {}).get("network"),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

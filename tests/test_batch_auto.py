@@ -92,6 +92,25 @@ def test_config_accepts_every_model_class(tmp_path):
         assert k in keys
 
 
+def test_init_network_section(tmp_path):
+    """`[init] network`: any model goes through fit_auto(init=...); the model is loaded and checked once, at
+    configuration time (a missing file fails before any pattern)."""
+    from fitting import NetworkPredictor
+    from fitting._batch_auto import AutoBatchFitter
+    from fitting._cli_batch import load_batch_config, make_fitter, uses_vmapped
+
+    cfg = tmp_path / "c.toml"
+    base = "[data]\nlength_unit='nm'\n[model]\ntype='Sphere'\nradius_min=1.0\nradius_max=9.0\nbeta=0.001\n"
+    cfg.write_text(base + "[init]\nnetwork='default'\n")
+    c = load_batch_config(str(cfg))
+    assert not uses_vmapped(c)
+    fitter, _ = make_fitter(c, ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert isinstance(fitter, AutoBatchFitter) and isinstance(fitter.auto_kwargs["init"], NetworkPredictor)
+    cfg.write_text(base + f"[init]\nnetwork='{tmp_path / 'missing.eqx'}'\n")
+    with pytest.raises(FileNotFoundError, match="missing.eqx"):
+        make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+
+
 def test_shipped_harmonics_and_polyhedra_configs_cover_their_datasets():
     from diffscat.io import load_config
     from fitting._cli_batch import load_batch_config

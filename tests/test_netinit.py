@@ -204,3 +204,30 @@ def test_fit_init_network_replaces_the_starts():
         fitting.fit(counts, EXP, ds.SphericalHarmonics([10.0]), init=net, max_steps=1)
     with pytest.raises(TypeError, match="network"):
         fitting.fit(counts, EXP, far, init=3.0, max_steps=1)
+
+
+def test_fit_auto_init_network_skips_the_searches(monkeypatch):
+    """`fit_auto(..., init=net)`: the network-started fit replaces the no-guess sphere search."""
+    import fitting._init as init_mod
+
+    def no_search(*a, **k):
+        raise AssertionError("the no-guess sphere search ran although init= was given")
+
+    monkeypatch.setattr(init_mod, "fit_sphere_auto", no_search)
+    net = _fixed_network(3.1, "Sphere")
+    counts = _sphere_counts(EXP, 3.0)
+    res = fitting.fit_auto(
+        counts,
+        EXP,
+        ["Sphere"],
+        delta=0.001,
+        beta=0.001,
+        init=net,
+        max_steps=30,
+        uncertainties=False,
+        pitch=0.4,
+    )
+    assert type(res.model).__name__ == "Sphere" and [r[0] for r in res.ranking] == ["Sphere"]
+    assert abs(float(res.model.radius) - 3.0) < 0.1
+    with pytest.raises(TypeError, match="network"):
+        fitting.fit_auto(counts, EXP, ["Sphere"], delta=0.001, beta=0.001, init=1.0)
