@@ -430,7 +430,7 @@ BATCH = '[data]\nlength_unit = "nm"\n[model]\ntype = "Sphere"\nradius_min = 2.0\
 BATCH_CASES = [
     ("section", BATCH + "[extra]\na = 1\n", r"\[extra\]"),
     ("unit", BATCH.replace('length_unit = "nm"\n', ""), "data.length_unit"),
-    ("type", BATCH.replace('"Sphere"', '"Cube"'), "model.type"),
+    ("type", BATCH.replace('"Sphere"', '"Torus"'), "model.type"),
     ("range", BATCH.replace("radius_min = 2.0", "radius_min = 9.0"), "radius_min"),
     ("radius-neg", BATCH.replace("radius_max = 8.0", "radius_max = -8.0"), "model.radius_max"),
     ("n-steps", BATCH + "[fit]\nn_steps = 0\n", "fit.n_steps"),
