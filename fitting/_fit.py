@@ -348,38 +348,15 @@ def fit(
     )
     if init is not None:
         models = _network_models(init, d, experiment, m, models[0])
-    grid = _grid_for(grid, models, experiment, pitch, grid_margin)
-    check_memory(
-        grid.shape,
-        int(np.prod(experiment.shape)),
-        batch=_batch_size(len(models)),
-        itemsize=np.dtype(models[0].dtype).itemsize,
-        grad=True,
-        budget=memory_budget,
+    return _run(
+        [d], [m], experiment, [models], loss, polarisation, t_start,
+        grid=grid, pitch=pitch, grid_margin=grid_margin, memory_budget=memory_budget, progress=progress,
         what=f"fit of {len(models)} start(s)",
         knobs="a coarser pitch=, a smaller grid= or grid_margin, fewer starts or fewer detector pixels",
-    )
-    settings = _Settings(
-        free=free,
-        loss=loss,
-        background=background,
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        max_steps=int(max_steps),
-        rtol=float(rtol),
-        gtol=float(gtol),
-        patience=int(patience),
-        method=method,
-        solid_angle=bool(solid_angle),
-        polarisation=polarisation,
-        grid=grid,
-        regularizer=regularizer,
-        uncertainties=bool(uncertainties),
-        alternatives_tol=float(alternatives_tol),
-        every=_progress_every(progress),
-        active=active,
-    )
-    return _fit_patterns([d], [m], experiment, [models], settings, t_start)[0]
+        free=free, background=background, optimizer=optimizer, learning_rate=learning_rate,
+        max_steps=max_steps, rtol=rtol, gtol=gtol, patience=patience, method=method, solid_angle=solid_angle,
+        regularizer=regularizer, uncertainties=uncertainties, alternatives_tol=alternatives_tol, active=active,
+    )[0]  # fmt: skip
 
 
 def fit_batch(
@@ -451,38 +428,15 @@ def fit_batch(
         d, m = check_data(arr[i], masks[i], img, nonnegative=loss.nonnegative, counts=loss.nonnegative)
         ds_.append(d)
         ms_.append(m)
-    grid = _grid_for(grid, models, experiment, pitch, grid_margin)
-    check_memory(
-        grid.shape,
-        int(np.prod(img)),
-        batch=n * _batch_size(len(per[0])),
-        itemsize=np.dtype(models[0].dtype).itemsize,
-        grad=True,
-        budget=memory_budget,
+    results = _run(
+        ds_, ms_, experiment, per, loss, polarisation, t_start,
+        grid=grid, pitch=pitch, grid_margin=grid_margin, memory_budget=memory_budget, progress=progress,
         what=f"fit of {n} pattern(s) x {len(per[0])} start(s)",
         knobs="fewer patterns per call, a coarser pitch=, a smaller grid= or fewer starts",
-    )
-    settings = _Settings(
-        free=free,
-        loss=loss,
-        background=background,
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        max_steps=int(max_steps),
-        rtol=float(rtol),
-        gtol=float(gtol),
-        patience=int(patience),
-        method=method,
-        solid_angle=bool(solid_angle),
-        polarisation=polarisation,
-        grid=grid,
-        regularizer=regularizer,
-        uncertainties=bool(uncertainties),
-        alternatives_tol=float(alternatives_tol),
-        every=_progress_every(progress),
-        active=active,
-    )
-    results = _fit_patterns(ds_, ms_, experiment, per, settings, t_start)
+        free=free, background=background, optimizer=optimizer, learning_rate=learning_rate,
+        max_steps=max_steps, rtol=rtol, gtol=gtol, patience=patience, method=method, solid_angle=solid_angle,
+        regularizer=regularizer, uncertainties=uncertainties, alternatives_tol=alternatives_tol, active=active,
+    )  # fmt: skip
     for r in results:
         r.time_s = (time.perf_counter() - t_start) / n
     return results
@@ -497,6 +451,46 @@ def _network_models(init, data, experiment, mask, like: ds.AbstractShape) -> lis
         raise ValueError(f"init: the network has no starts for {name}; its classes are {START_CLASSES}")
     delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
     return network_starts(init, data, experiment, mask, delta=delta, beta=beta, classes=[name])[name]
+
+
+def _run(ds_, ms_, experiment, per, loss, polarisation, t_start, *, grid, pitch, grid_margin, memory_budget,
+         progress, what, knobs, **options) -> list[FitResult]:  # fmt: skip
+    """`fit` / `fit_batch` after their argument checks: the voxel grid, the memory check (`what`, `knobs`
+    name the fit in its message), the settings (`options`: `fit`'s remaining keywords), the shared core."""
+    models = [s for ss in per for s in ss]
+    grid = _grid_for(grid, models, experiment, pitch, grid_margin)
+    check_memory(
+        grid.shape,
+        int(np.prod(experiment.shape)),
+        batch=len(per) * _batch_size(len(per[0])),
+        itemsize=np.dtype(models[0].dtype).itemsize,
+        grad=True,
+        budget=memory_budget,
+        what=what,
+        knobs=knobs,
+    )
+    o = options
+    settings = _Settings(
+        free=o["free"],
+        loss=loss,
+        background=o["background"],
+        optimizer=o["optimizer"],
+        learning_rate=o["learning_rate"],
+        max_steps=int(o["max_steps"]),
+        rtol=float(o["rtol"]),
+        gtol=float(o["gtol"]),
+        patience=int(o["patience"]),
+        method=o["method"],
+        solid_angle=bool(o["solid_angle"]),
+        polarisation=polarisation,
+        grid=grid,
+        regularizer=o["regularizer"],
+        uncertainties=bool(o["uncertainties"]),
+        alternatives_tol=float(o["alternatives_tol"]),
+        every=_progress_every(progress),
+        active=o["active"],
+    )
+    return _fit_patterns(ds_, ms_, experiment, per, settings, t_start)
 
 
 def _starts_per_pattern(model, n: int) -> list[list]:
@@ -591,14 +585,16 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
 def _shard_starts(tree):
     """Spread the start axis (leading axis of every leaf) over the local devices when there are several
     and they divide it (the compiled step then runs data-parallel; one device: unchanged)."""
-    devices = jax.local_devices()
+    n_dev = jax.local_device_count()
     n_b = jax.tree.leaves(tree)[0].shape[0]
-    if len(devices) < 2 or n_b % len(devices):
+    if n_dev < 2 or n_b % n_dev:
         return tree
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    sharding = NamedSharding(Mesh(np.asarray(devices), ("starts",)), PartitionSpec("starts"))
-    return jax.device_put(tree, sharding)
+    from ._batch import _local_mesh
+
+    mesh, _ = _local_mesh()
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*mesh.axis_names)))
 
 
 def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
