@@ -56,6 +56,23 @@ def data_loss(result) -> float:
     return float(loss.value(mu, d, m, scale=1.0, background=0.0))
 
 
+def choose_class(results: dict, n_used: int, criterion: str = "bic"):
+    """The best of {class name: `FitResult`} by `criterion` ("bic": data loss + (k / 2) ln n_used, "aic":
+    + k, "nll": the data loss alone; k = `n_parameters`, loss = `data_loss`), with `.ranking` set to
+    [(class name, data loss, k, criterion value), ...] best first."""
+    n = max(int(n_used), 1)
+    ranking = []
+    for name, r in results.items():
+        k = n_parameters(r)
+        pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
+        nll = data_loss(r)
+        ranking.append((name, nll, k, nll + pen))
+    ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
+    best = results[ranking[0][0]]
+    best.ranking = ranking
+    return best
+
+
 def bin_pattern(data, mask, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Sum `data` over `factor` x `factor` pixel blocks; a block is used only if all its pixels are.
     (ny, nx) -> (ny / factor, nx / factor); both sides must be divisible by `factor`."""
@@ -365,16 +382,7 @@ def fit_auto(
         if verbose:
             print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
     _, m_full = check_data(data, mask, tuple(experiment.shape))
-    n = max(int(np.sum(np.asarray(m_full))), 1)
-    ranking = []
-    for name, r in results.items():
-        k = n_parameters(r)
-        pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
-        nll = data_loss(r)
-        ranking.append((name, nll, k, nll + pen))
-    ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
-    best = results[ranking[0][0]]
-    best.ranking = ranking
+    best = choose_class(results, int(np.sum(np.asarray(m_full))), criterion)
     if best.stages is None:
         best.stages = [best]
     return best

@@ -35,7 +35,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import data_loss, n_parameters, orientation_search
+from ._auto import choose_class, orientation_search
 from ._evalset import POLYHEDRA
 from ._network import NetworkPredictor, load_network, twin_rotations
 
@@ -45,25 +45,16 @@ START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
 _MZ = np.diag([1.0, 1.0, -1.0])
 
 
-_BY_FILE: dict = {}  # (absolute path, mtime) -> NetworkPredictor: a batch loads its model once
-
-
 def resolve_network(network) -> NetworkPredictor:
     """A `NetworkPredictor` from `network`: a `NetworkPredictor` (returned as is), a path to a model written
-    by `diffscat train` (loaded with `load_network`, once per file version), or "default" / "network" (the
+    by `diffscat train` (`load_network`: read once per file version), or "default" / "network" (the
     shipped model)."""
     if isinstance(network, NetworkPredictor):
         return network
     if isinstance(network, str) and network in ("default", "network"):
         return load_network("default")
     if isinstance(network, str | os.PathLike):
-        path = os.path.abspath(os.fspath(network))
-        key = (path, os.stat(path).st_mtime_ns) if os.path.exists(path) else None
-        if key is None:
-            return load_network(path)  # its own clear error
-        if key not in _BY_FILE:
-            _BY_FILE[key] = load_network(path)
-        return _BY_FILE[key]
+        return load_network(network)
     raise TypeError(
         f"network must be a fitting.NetworkPredictor, a model path or 'default', got {type(network).__name__}"
     )
@@ -328,16 +319,7 @@ def fit_from_network(
         )
         res.stages = stages + [res]
         results[name] = res
-    n = max(int(next(iter(results.values())).n_used), 1)
-    ranking = []
-    for name, r in results.items():
-        k = n_parameters(r)
-        pen = {"bic": 0.5 * k * math.log(n), "aic": float(k), "nll": 0.0}[criterion]
-        nll = data_loss(r)
-        ranking.append((name, nll, k, nll + pen))
-    ranking.sort(key=lambda t: t[3] if np.isfinite(t[3]) else np.inf)
-    best = results[ranking[0][0]]
-    best.ranking = ranking
+    best = choose_class(results, int(next(iter(results.values())).n_used), criterion)
     best.network_prediction = p
     best.total_s = time.perf_counter() - t0
     return best

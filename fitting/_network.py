@@ -379,18 +379,24 @@ def load_network(path) -> NetworkPredictor:
     config). Deserialises leaves into a freshly built model of the same config (never pickle).
 
     `path="default"` loads the shipped model, `fitting/models/default.eqx` (trained by `make model` from
-    configs/train-shipped.toml; see docs/network.md for its accuracy); it is loaded once per process."""
+    configs/train-shipped.toml; see docs/network.md for its accuracy). A file is read once per process and
+    version (its modification time)."""
     if isinstance(path, str) and path == "default":
         if not os.path.exists(DEFAULT_MODEL):
             raise FileNotFoundError(
                 f"the shipped model {DEFAULT_MODEL} is missing (an incomplete install?); `make model` retrains it"
             )
-        if "default" not in _LOADED:
-            _LOADED["default"] = load_network(DEFAULT_MODEL)
-        return _LOADED["default"]
-    path = os.fspath(path)
+        return load_network(DEFAULT_MODEL)
+    path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
+    key = (path, os.stat(path).st_mtime_ns)  # a rewritten file (retraining) is read again
+    if key not in _LOADED:
+        _LOADED[key] = _read_network(path)
+    return _LOADED[key]
+
+
+def _read_network(path: str) -> NetworkPredictor:
     side = sidecar_path(path)
     if not os.path.exists(side):
         raise FileNotFoundError(f"model {path} has no provenance sidecar {side}")
