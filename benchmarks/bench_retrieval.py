@@ -11,6 +11,8 @@ Time per pattern is split into compile and run: the first pattern of each family
 call finds every function compiled (same pattern, so the same voxel grids), so compile = t(first call) -
 t(second call) and run = t(second call). Later patterns reuse the compiled steps when their size falls on
 the same rung of the grid ladder (`fitting.ladder_grid`), else they compile too. Success: IoU >= 0.9.
+"loss - truth's": the chosen fit's data loss minus the TRUE shape's (`truth_loss`): >> 0 means the search
+missed the truth's basin, <= 0 that the data cannot tell the two apart (an information, not a search, limit).
 `--coarse N`: `fit_auto(coarse=N)` (1: every stage at full resolution; default: the drivers' default, the
 multi-resolution ladder on the low-q crop). The CPU time per pattern (process user + system) is printed too.
 `--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
@@ -25,9 +27,39 @@ import time
 import numpy as np
 
 
+def _dump(path, rows, args):
+    """Write the rows so far (JSON, atomically: a killed run keeps its finished patterns)."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"args": args, "rows": rows}, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def truth_loss(truth, experiment, counts, mask) -> float:
+    """The fits' data loss (Poisson deviance, scale profiled, same forward model at the default pitch) of the
+    TRUE shape. Fit loss well above it: the optimiser missed the truth's basin; at or below it: the pattern
+    (noise, model error) cannot tell the fit from the truth."""
+    import diffscat as ds
+    import fitting
+
+    grid = ds.VoxelGrid.around(
+        1.3 * float(np.asarray(truth.bounding_radius())), ds.default_pitch(*experiment.sampling_hint)
+    )
+    sig = fitting.expected_signal(truth, experiment, grid)
+    return float(fitting.poisson_nll(sig, counts, mask))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4, help="shapes per family (polyhedra: classes x orientations)")
+    ap.add_argument("--n-ellipsoids", type=int, default=None, help="ellipsoids (default: --n)")
+    ap.add_argument(
+        "--poly-candidates", default=None, help="candidates for polyhedron truths (default: --candidates)"
+    )
+    ap.add_argument("--json", default=None, help="write the per-pattern rows to this JSON file")
     ap.add_argument("--size", type=int, default=64, help="detector pixels per side (QGrid, 30 deg)")
     ap.add_argument("--families", default="harmonics,ellipsoid,polyhedra")
     ap.add_argument("--candidates", default="Sphere,Ellipsoid,SphericalHarmonics,Cube,Octahedron,Icosahedron")
@@ -54,12 +86,13 @@ def main(argv=None):
     fams = tuple(a.families.split(","))
     polys = tuple(a.polyhedra.split(","))
     cands = tuple(a.candidates.split(","))
+    poly_cands = cands if a.poly_candidates is None else tuple(a.poly_candidates.split(","))
     t0 = time.perf_counter()
     es = fitting.evaluation_set(
         a.seed,
         families=fams,
         n_harmonics=a.n,
-        n_ellipsoids=a.n,
+        n_ellipsoids=a.n if a.n_ellipsoids is None else a.n_ellipsoids,
         polyhedra=polys,
         n_orientations=max(1, math.ceil(a.n / len(polys))),
         n_pixels=a.size,
@@ -70,7 +103,9 @@ def main(argv=None):
         keep = [p for p in es.patterns if p.truth["family"] != "polyhedra"] + es.family("polyhedra")[: a.n]
         es.patterns = keep
     print(f"evaluation set: {len(es)} patterns, {a.size}^2, generated in {time.perf_counter() - t0:.1f} s")
-    print(f"candidates: {cands}, lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}")
+    print(
+        f"candidates: {cands} (polyhedra: {poly_cands}), lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}"
+    )
     rows = []
     split = {}
 
@@ -81,7 +116,7 @@ def main(argv=None):
         res = fitting.fit_auto(
             p.counts,
             es.experiment,
-            cands,
+            poly_cands if t["family"] == "polyhedra" else cands,
             p.mask,
             delta=t["delta"],
             beta=t["beta"],
@@ -123,18 +158,28 @@ def main(argv=None):
                 size_err=size_err,
                 axis_err=axis_err,
                 time=dt,
+                cpu_s=cpu,
                 compile_s=res.compile_s,
+                radius_eq=t["radius_eq"],
+                photons=t["photons"],
+                delta=t["delta"],
+                beta=t["beta"],
+                ranking=[(n, float(c)) for n, _, _, c in res.ranking],
+                fit_loss=float(res.ranking[0][1]),
+                truth_loss=truth_loss(truth, es.experiment, p.counts, p.mask),
             )
         )
+        if a.json:
+            _dump(a.json, rows, vars(a))
         print(
             f"{t['family']:9s} {t['class']:19s} R={t['radius_eq']:5.2f} ph={t['photons']:.1e} -> {chosen:19s} "
-            f"IoU {iou:.3f} size {100 * size_err:5.2f} % time {dt:6.1f} s CPU {cpu:6.1f} s ranking "
+            f"IoU {iou:.3f} size {100 * size_err:5.2f} % loss - truth's {rows[-1]['fit_loss'] - rows[-1]['truth_loss']:+.0f} time {dt:6.1f} s CPU {cpu:6.1f} s ranking "
             + ", ".join(f"{n}:{c:.0f}" for n, _, _, c in res.ranking)
         )
     print()
     print(
         "family     n  success(IoU>=0.9)  class-ok  IoU med/p10  size err med/p90 %  axis err med/p90 %  "
-        "time first/med s"
+        "time first/med s  missed(loss>truth+10)"
     )
     for fam in fams + ("all",):
         rs = [r for r in rows if fam in ("all", r["family"])]
@@ -146,11 +191,12 @@ def main(argv=None):
         ae = ae[np.isfinite(ae)]
         tt = np.array([r["time"] for r in rs])
         ok = np.mean([r["right"] for r in rs])
+        missed = np.mean([r["fit_loss"] - r["truth_loss"] > 10 for r in rs])
         ax = f"{np.median(ae):6.2f}/{np.percentile(ae, 90):6.2f}" if ae.size else "     -/     -"
         later = np.median(tt[1:]) if tt.size > 1 else np.nan
         print(
             f"{fam:9s} {len(rs):2d}  {np.mean(iou >= 0.9):17.2f}  {ok:8.2f}  {np.median(iou):.3f}/{np.percentile(iou, 10):.3f}"
-            f"  {np.median(se):6.2f}/{np.percentile(se, 90):6.2f}     {ax}       {tt[0]:6.1f}/{later:6.1f}"
+            f"  {np.median(se):6.2f}/{np.percentile(se, 90):6.2f}     {ax}       {tt[0]:6.1f}/{later:6.1f}  {missed:.2f}"
         )
     for fam, (t1, t2) in split.items():
         print(f"{fam}: first pattern {t1:.1f} s = compile {t1 - t2:.1f} s + run {t2:.1f} s (second call)")

@@ -671,3 +671,18 @@ def test_volume_map_rotation_and_centre():
     b = np.asarray(_sim(ds.VolumeMap.from_mask(direct, 0.25, 1e-3, 1e-4), exp))
     # the two voxelisations hold slightly different voxel counts (surface noise): compare shapes
     assert rel_l2(a / a.max(), b / b.max()) < 0.02
+
+
+def test_harmonics_clamp_softplus_derivatives_match_jax():
+    """The clamp's softplus (custom JVP behind an optimisation barrier, for speed) has jax.nn.softplus's first
+    and second derivatives, in the clamped region too (negative raw radius) and under vmap."""
+    from diffscat.shapes._harmonics import _softplus
+
+    x = jnp.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 40.0], jnp.float64)
+    for f in (jax.grad, lambda g: jax.grad(jax.grad(g))):
+        got = jax.vmap(f(lambda t: _softplus(t) * jnp.cos(t)))(x)
+        want = jax.vmap(f(lambda t: jax.nn.softplus(t) * jnp.cos(t)))(x)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
+    h = jax.hessian(lambda v: jnp.sum(_softplus(v) ** 2))(x)
+    h0 = jax.hessian(lambda v: jnp.sum(jax.nn.softplus(v) ** 2))(x)
+    np.testing.assert_allclose(np.asarray(h), np.asarray(h0), rtol=1e-12, atol=1e-14)

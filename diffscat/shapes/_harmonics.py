@@ -81,6 +81,22 @@ def _sh_sum(c, lmax: int, u):
     return total
 
 
+@jax.custom_jvp
+def _softplus(x):
+    """jax.nn.softplus with its derivative (the sigmoid) computed once per element behind an optimisation
+    barrier. Without it XLA (CPU) copies the sigmoid into every consumer of the tangent / cotangent (each
+    of the (lmax + 1)^2 terms of the harmonic sum and their surface gradients): the gradient of the clamped
+    radius on a 112^3 grid took 0.35 s against 0.08 s with the barrier (lmax 4)."""
+    return jax.nn.softplus(x)
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y, d = jax.lax.optimization_barrier((jax.nn.softplus(x), jax.nn.sigmoid(x)))
+    return y, d * t
+
+
 @eqx.filter_jit
 def _sdf(shape, p):
     return star_sdf(shape._radius_unit, p)
@@ -259,7 +275,7 @@ class SphericalHarmonics(AbstractSolid):
         if self.lmax == 0:
             return jnp.broadcast_to(self.coefficients[0] * Y00, u.shape[:-1])
         s = self._clamp_scale()  # also the floor: R_eff >= s > 0, so 1 / R_eff stays finite (star_sdf)
-        return s + s * jax.nn.softplus((_sh_sum(self.coefficients, self.lmax, u) - s) / s)
+        return s + s * _softplus((_sh_sum(self.coefficients, self.lmax, u) - s) / s)
 
     def sdf_body(self, p):
         return _sdf(self, p)
