@@ -38,6 +38,28 @@ def _dump(path, rows, args):
     os.replace(tmp, path)
 
 
+def axis_direction_error(truth, model) -> float:
+    """Largest angle [deg] between corresponding principal axes (sorted by semi-axis length) of two
+    ellipsoids, up to the axes' signs and the z-mirror twin (best of the two images)."""
+    ia, ib = np.argsort(np.asarray(truth.semi_axes)), np.argsort(np.asarray(model.semi_axes))
+    A = np.asarray(truth.rotation, float)[:, ia]
+    best = np.inf
+    for mirror in (np.eye(3), np.diag([1.0, 1.0, -1.0])):
+        B = mirror @ np.asarray(model.rotation, float)[:, ib]
+        cos = np.clip(np.abs(np.sum(A * B, axis=0)), 0.0, 1.0)
+        best = min(best, float(np.degrees(np.max(np.arccos(cos)))))
+    return best
+
+
+def _params(model) -> dict:
+    """The fitted shape's parameters (JSON-able)."""
+    out = {"class": type(model).__name__}
+    for k in ("radius", "semi_axes", "coefficients", "edge", "exponents", "rotation"):
+        if hasattr(model, k):
+            out[k] = np.asarray(getattr(model, k), float).tolist()
+    return out
+
+
 def truth_loss(truth, experiment, counts, mask) -> float:
     """The fits' data loss (Poisson deviance, scale profiled, same forward model at the default pitch) of the
     TRUE shape. Fit loss well above it: the optimiser missed the truth's basin; at or below it: the pattern
@@ -50,6 +72,42 @@ def truth_loss(truth, experiment, counts, mask) -> float:
     )
     sig = fitting.expected_signal(truth, experiment, grid)
     return float(fitting.poisson_nll(sig, counts, mask))
+
+
+def summarise(rows: list[dict], fams) -> None:
+    """Print the per-family table of the rows (also `--from-json FILE`)."""
+    print()
+    print(
+        "family     n  success(IoU>=0.9)  class-ok  IoU med/p10  size err med/p90 %  axis err med/p90 %  "
+        "axis dir med/p90 deg  axes ok(2%,2deg)  time med/max s  missed(loss>truth+10)"
+    )
+    for fam in tuple(fams) + ("all",):
+        rs = [r for r in rows if fam in ("all", r["family"])]
+        if not rs:
+            continue
+        iou = np.array([r["iou"] for r in rs])
+        se = 100 * np.array([r["size_err"] for r in rs])
+        ae = 100 * np.array([r["axis_err"] for r in rs], float)
+        ad = np.array([r.get("axis_deg", np.nan) for r in rs], float)
+        ell = [r for r in rs if r["truth"] == "Ellipsoid"]
+        axes_ok = (
+            np.mean([r["axis_err"] <= 0.02 and r.get("axis_deg", np.inf) <= 2.0 for r in ell])
+            if ell
+            else np.nan
+        )
+        tt = np.array([r["time"] for r in rs])
+        ok = np.mean([r["right"] for r in rs])
+        missed = np.mean([r.get("fit_loss", np.nan) - r.get("truth_loss", np.nan) > 10 for r in rs])
+
+        def mp(x, q=90):
+            x = x[np.isfinite(x)]
+            return f"{np.median(x):6.2f}/{np.percentile(x, q):6.2f}" if x.size else "     -/     -"
+
+        print(
+            f"{fam:9s} {len(rs):2d}  {np.mean(iou >= 0.9):17.2f}  {ok:8.2f}  "
+            f"{np.median(iou):.3f}/{np.percentile(iou, 10):.3f}  {mp(se)}     {mp(ae)}       {mp(ad)}"
+            f"            {axes_ok:.2f}    {np.median(tt):6.1f}/{np.max(tt):6.1f}  {missed:.2f}"
+        )
 
 
 def main(argv=None):
@@ -73,7 +131,15 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--no-split", action="store_true", help="skip the second call that splits compile / run")
     ap.add_argument("--coarse", type=int, default=None, help="coarse= for fit_auto (default: its own)")
+    ap.add_argument("--from-json", default=None, help="print the table of a --json file and exit")
     a = ap.parse_args(argv)
+    if a.from_json:
+        import json
+
+        with open(a.from_json) as f:
+            rows = json.load(f)["rows"]
+        summarise(rows, dict.fromkeys(r["family"] for r in rows))
+        return
     import jax
 
     if a.x64:
@@ -139,8 +205,9 @@ def main(argv=None):
         chosen = res.ranking[0][0]
         r_fit = (3 * float(np.asarray(res.model.volume())) / (4 * math.pi)) ** (1 / 3)
         size_err = abs(r_fit / t["radius_eq"] - 1)
-        axis_err = np.nan
+        axis_err = axis_deg = np.nan
         if t["class"] == "Ellipsoid" and chosen == "Ellipsoid":
+            axis_deg = axis_direction_error(truth, res.model)
             axis_err = float(
                 np.max(
                     np.abs(
@@ -157,6 +224,8 @@ def main(argv=None):
                 iou=iou,
                 size_err=size_err,
                 axis_err=axis_err,
+                axis_deg=axis_deg,
+                model=_params(res.model),
                 time=dt,
                 cpu_s=cpu,
                 compile_s=res.compile_s,
@@ -176,28 +245,7 @@ def main(argv=None):
             f"IoU {iou:.3f} size {100 * size_err:5.2f} % loss - truth's {rows[-1]['fit_loss'] - rows[-1]['truth_loss']:+.0f} time {dt:6.1f} s CPU {cpu:6.1f} s ranking "
             + ", ".join(f"{n}:{c:.0f}" for n, _, _, c in res.ranking)
         )
-    print()
-    print(
-        "family     n  success(IoU>=0.9)  class-ok  IoU med/p10  size err med/p90 %  axis err med/p90 %  "
-        "time first/med s  missed(loss>truth+10)"
-    )
-    for fam in fams + ("all",):
-        rs = [r for r in rows if fam in ("all", r["family"])]
-        if not rs:
-            continue
-        iou = np.array([r["iou"] for r in rs])
-        se = 100 * np.array([r["size_err"] for r in rs])
-        ae = 100 * np.array([r["axis_err"] for r in rs])
-        ae = ae[np.isfinite(ae)]
-        tt = np.array([r["time"] for r in rs])
-        ok = np.mean([r["right"] for r in rs])
-        missed = np.mean([r["fit_loss"] - r["truth_loss"] > 10 for r in rs])
-        ax = f"{np.median(ae):6.2f}/{np.percentile(ae, 90):6.2f}" if ae.size else "     -/     -"
-        later = np.median(tt[1:]) if tt.size > 1 else np.nan
-        print(
-            f"{fam:9s} {len(rs):2d}  {np.mean(iou >= 0.9):17.2f}  {ok:8.2f}  {np.median(iou):.3f}/{np.percentile(iou, 10):.3f}"
-            f"  {np.median(se):6.2f}/{np.percentile(se, 90):6.2f}     {ax}       {tt[0]:6.1f}/{later:6.1f}  {missed:.2f}"
-        )
+    summarise(rows, fams)
     for fam, (t1, t2) in split.items():
         print(f"{fam}: first pattern {t1:.1f} s = compile {t1 - t2:.1f} s + run {t2:.1f} s (second call)")
 

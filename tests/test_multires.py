@@ -129,3 +129,30 @@ def test_coarse_ellipsoid_second_pattern_compiles_nothing(wide):
     r2 = fitting.fit_ellipsoid_auto(d2, exp, mask, **kw)
     assert _cache_sizes() == before
     assert [s.grid for s in r2.stages] == [s.grid for s in r1.stages]
+
+
+def test_ellipsoid_auto_refines_several_search_optima(monkeypatch):
+    """`n_refine`: the best distinct optima of the coarse search are refined together (one multi-start), so
+    the result is never worse than refining the search's best alone (same seed, same search)."""
+    calls = []
+    real_fit = _fit.fit
+
+    def spy(data, experiment, model, *args, **kwargs):
+        calls.append(len(model) if isinstance(model, list) else 1)
+        return real_fit(data, experiment, model, *args, **kwargs)
+
+    monkeypatch.setattr(_fit, "fit", spy)
+    exp = ds.Experiment(1.0, ds.QGrid(24, 30.0))
+    rot = fitting.random_rotations(1, 11)[0]
+    truth = ds.Ellipsoid([2.3, 2.4, 3.0], rotation=rot, **DK)
+    data = _counts(truth, exp, 3e5, 4)
+    mask = np.asarray(exp.theta) > np.radians(2.5)
+    kw = dict(radius=2.5, seed=2, n_starts=8, max_steps=20, uncertainties=False, **DK)
+    one = fitting.fit_ellipsoid_auto(data, exp, mask, n_refine=1, **kw)
+    assert calls == [8, 1]  # the search's 8 starts, then its best alone
+    calls.clear()
+    many = fitting.fit_ellipsoid_auto(data, exp, mask, n_refine=3, **kw)
+    assert calls[0] == 8 and 1 < calls[1] <= 3  # distinct optima of the search went on together
+    assert many.loss <= one.loss + 1e-4 * abs(one.loss)
+    with pytest.raises(ValueError, match="n_refine"):
+        fitting.fit_ellipsoid_auto(data, exp, mask, n_refine=0, **kw)
