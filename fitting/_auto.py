@@ -292,8 +292,9 @@ def fit_auto(
       "Cuboctahedron"; edge and orientation free) and "Superellipsoid".
     - `delta`, `beta`: optical constants, fixed (the MSFT model uses them; the sphere start too).
     - `criterion`: "bic" (default) = loss + (k / 2) ln n_used, "aic" = loss + k, or "nll" = loss.
-    - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes: search size; and
-      for them and the ellipsoid the number of best search results refined, `fit_ellipsoid_auto`), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
+    - `n_starts` (ellipsoid orientations), `n_orientations` (oriented classes: search size), `n_refine`
+      (oriented classes and the ellipsoid: the number of best search results refined together, see
+      `fit_ellipsoid_auto`), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
       `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).
     - `coarse`, `stage_rtol`: the multi-resolution ladder (docs/fitting.md): the sphere, the ellipsoid
       search and the harmonic degrees on the low-q crop of the pattern (`fitting.low_q_crop`), each
@@ -420,7 +421,7 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
     return fitted.get("Sphere"), fitted.get("Ellipsoid"), radius
 
 
-def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs, n_refine=4):  # fmt: skip
+def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs, n_refine):  # fmt: skip
     """`fit_auto`'s sphere and ellipsoid searches from no guess; fills `results`; returns (sphere, ellipsoid
     or None, sphere radius)."""
     from ._init import fit_ellipsoid_auto, fit_sphere_auto
