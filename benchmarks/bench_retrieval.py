@@ -234,6 +234,7 @@ def main(argv=None):
                 delta=t["delta"],
                 beta=t["beta"],
                 ranking=[(n, float(c)) for n, _, _, c in res.ranking],
+                pruned=[(n, float(r)) for n, r in (res.pruned or [])],
                 fit_loss=float(res.ranking[0][1]),
                 truth_loss=truth_loss(truth, es.experiment, p.counts, p.mask),
             )
@@ -244,6 +245,7 @@ def main(argv=None):
             f"{t['family']:9s} {t['class']:19s} R={t['radius_eq']:5.2f} ph={t['photons']:.1e} -> {chosen:19s} "
             f"IoU {iou:.3f} size {100 * size_err:5.2f} % loss - truth's {rows[-1]['fit_loss'] - rows[-1]['truth_loss']:+.0f} time {dt:6.1f} s CPU {cpu:6.1f} s ranking "
             + ", ".join(f"{n}:{c:.0f}" for n, _, _, c in res.ranking)
+            + (" pruned " + ", ".join(f"{n}:{r:.2f}x" for n, r in res.pruned) if res.pruned else "")
         )
     summarise(rows, fams)
     for fam, (t1, t2) in split.items():

@@ -8,6 +8,7 @@ from ._auto import (
     fit_oriented as fit_oriented,
     n_parameters as n_parameters,
     orientation_search as orientation_search,
+    prune_classes as prune_classes,
 )
 from ._batch import (
     STATUS as STATUS,

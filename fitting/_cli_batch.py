@@ -27,7 +27,8 @@ Config (TOML; see configs/batch-sphere.toml):
     n_candidates = 64
     driver = "vmapped"        # Sphere / Ellipsoid: "fit_auto" runs them through the per-pattern path
     max_steps = 200           # per-pattern path: steps per fit stage; n_starts, n_orientations, n_refine,
-                              # criterion, seed, alternatives_tol, pitch, method as fitting.fit_auto
+                              # class_margin, min_classes, criterion, seed, alternatives_tol, pitch, method
+                              # as fitting.fit_auto
     gof_draws = 8             # per-pattern path: "misfit" when (loss - mean) / sd over gof_draws Poisson
     gof_threshold = 5.0       # realisations of the fit exceeds gof_threshold (docs/batch.md)
 
@@ -125,6 +126,16 @@ def _schemas() -> dict:
                 "int", "fit_auto path: orientations searched (polyhedra...)", default=96, min=1
             ),
             "n_refine": Key("int", "fit_auto path: best orientations refined", default=4, min=1),
+            "class_margin": Key(
+                "number",
+                "fit_auto path: polyhedra refined when their orientation search's deviance is within this "
+                "factor of the best (inf: all)",
+                default=1.5,
+                min=1,
+            ),
+            "min_classes": Key(
+                "int", "fit_auto path: at least this many polyhedra refined (best searches)", default=2, min=1
+            ),
             "criterion": Key(
                 "str", "fit_auto path: class selection", default="bic", choices=("bic", "aic", "nll")
             ),
@@ -275,6 +286,8 @@ def make_fitter(cfg: dict, experiment):
         n_starts=fit.get("n_starts", 8),
         n_orientations=fit["n_orientations"],
         n_refine=fit["n_refine"],
+        class_margin=fit["class_margin"],
+        min_classes=fit["min_classes"],
         criterion=fit["criterion"],
         seed=fit["seed"],
         alternatives_tol=fit["alternatives_tol"],

@@ -51,7 +51,8 @@ class FitResult:
     - `alternatives`: other starts within `alternatives_tol` of the best; `start_losses`: every start's NLL.
     - `data`, `mask`, `model_counts`: the fitted image (expected counts) for residual maps.
     - `grid`: the fixed voxel grid used; `stages`: for ladder fits, every stage's result.
-    - `ranking`: for `fitting.fit_auto`, [(class name, loss, number of parameters, criterion), ...] best first.
+    - `ranking`: for `fitting.fit_auto`, [(class name, loss, number of parameters, criterion), ...] best first;
+      `pruned`: [(class name, search deviance / best), ...] of the polyhedra its orientation search ruled out.
     """
 
     model: ds.AbstractShape
@@ -80,6 +81,7 @@ class FitResult:
     stages: list | None = dataclasses.field(repr=False, default=None)
     loss_function: Any = dataclasses.field(repr=False, default=None)
     ranking: list | None = dataclasses.field(repr=False, default=None)
+    pruned: list | None = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""

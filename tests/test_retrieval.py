@@ -236,6 +236,93 @@ def test_fit_auto_cube_vs_sphere():
     assert fitting.iou(truth, res.model) > 0.9
 
 
+def test_prune_classes_rule():
+    dev = {
+        "Cube": 100.0,
+        "Octahedron": 140.0,
+        "Icosahedron": 400.0,
+        "Decahedron": 151.0,
+        "Superellipsoid": 900.0,
+    }
+    keep, pruned = fitting.prune_classes(dev, class_margin=1.5, min_classes=1)
+    # within 1.5 x the best polyhedron: Cube, Octahedron; Superellipsoid is no rigid polyhedron: always kept
+    assert keep == ["Cube", "Octahedron", "Superellipsoid"]
+    assert pruned == [("Decahedron", pytest.approx(1.51)), ("Icosahedron", pytest.approx(4.0))]
+    # min_classes: the best searches are kept whatever their margin
+    keep, pruned = fitting.prune_classes(dev, class_margin=1.0, min_classes=3)
+    assert keep == ["Cube", "Octahedron", "Decahedron", "Superellipsoid"]
+    assert [n for n, _ in pruned] == ["Icosahedron"]
+    # None (or fewer polyhedra than min_classes): everything is refined
+    assert fitting.prune_classes(dev, class_margin=None) == (list(dev), [])
+    assert fitting.prune_classes({"Cube": 1.0, "Octahedron": 9.0}, 1.5, 2) == (["Cube", "Octahedron"], [])
+    # a non-finite search deviance ranks last and is pruned
+    keep, pruned = fitting.prune_classes({"Cube": 1.0, "Octahedron": np.inf, "Icosahedron": 1.2}, 1.5, 1)
+    assert keep == ["Cube", "Icosahedron"] and pruned[0][0] == "Octahedron"
+    with pytest.raises(ValueError, match="class_margin"):
+        fitting.prune_classes(dev, class_margin=0.5)
+    with pytest.raises(ValueError, match="min_classes"):
+        fitting.prune_classes(dev, min_classes=0)
+
+
+def test_orientation_search_runs_on_the_low_q_crop(monkeypatch):
+    """The search evaluates its templates on the binned low-q crop when the size allows one (coarse=True), on
+    the binned whole pattern otherwise; either way the true class's best start beats the wrong class's."""
+    import fitting._auto as auto
+
+    R = fitting.random_rotations(1, 3)[0]
+    truth = ds.Octahedron(13.0, delta=0.004, beta=0.002, rotation=R)  # volume-equivalent radius 6.3 lambda
+    c, m, exp = _pattern(truth, 32, 1e6, 1)
+    r_eq = (3 * float(truth.volume()) / (4 * math.pi)) ** (1 / 3)
+    seen = []
+    real = auto._batch_deviance
+
+    def spy(shapes, data, mask, experiment, grid):
+        seen.append((experiment.detector.n, experiment.detector.theta_max_deg))
+        return real(shapes, data, mask, experiment, grid)
+
+    monkeypatch.setattr(auto, "_batch_deviance", spy)
+    best = {}
+    for coarse in (True, False):
+        for name in ("Octahedron", "Cube"):
+            seen.clear()
+            _, dev, _ = fitting.orientation_search(
+                name, c, exp, m, r_eq, delta=0.004, beta=0.002, n_orientations=8, coarse=coarse
+            )
+            assert np.all(np.diff(dev) >= 0)  # sorted best first
+            best[coarse, name] = dev[0]
+            # 32^2 at 30 deg -> crop 16^2 at sin(theta') = sin(30 deg) / 2 -> binned 8^2; no crop: binned 16^2
+            n_want, t_want = (8, math.degrees(math.asin(0.25))) if coarse else (16, 30.0)
+            assert {n for n, _ in seen} == {n_want}
+            assert all(t == pytest.approx(t_want) for _, t in seen)
+    assert best[True, "Octahedron"] < best[True, "Cube"]
+    assert best[False, "Octahedron"] < best[False, "Cube"]
+
+
+@pytest.mark.slow
+def test_fit_auto_prunes_classes_by_their_searches(monkeypatch):
+    import fitting._auto as auto
+
+    R = fitting.random_rotations(1, 5)[0]
+    truth = ds.Cube(4.0, delta=0.005, beta=0.002, rotation=R)
+    c, m, exp = _pattern(truth, 32, 1e6, 0)
+    refined = []
+    real = auto.fit_oriented
+
+    def spy(name, *a, **k):
+        refined.append(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(auto, "fit_oriented", spy)
+    cands = ("Cube", "Octahedron", "Icosahedron", "Decahedron")
+    kw = dict(delta=0.005, beta=0.002, n_orientations=32, n_refine=2, max_steps=30, uncertainties=False)
+    res = fitting.fit_auto(c, exp, cands, m, class_margin=1.5, min_classes=1, **kw)
+    assert isinstance(res.model, ds.Cube)
+    ranked = [r[0] for r in res.ranking]
+    assert sorted(ranked) == sorted(refined)  # only the kept classes were refined, and all are ranked
+    assert res.pruned and all(ratio > 1.5 for _, ratio in res.pruned)
+    assert sorted(ranked + [n for n, _ in res.pruned]) == sorted(cands)
+
+
 @pytest.mark.slow
 def test_fit_auto_sphere_is_not_overfitted():
     truth = ds.Sphere(3.5, delta=0.005, beta=0.002)
