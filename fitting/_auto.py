@@ -96,7 +96,9 @@ def _template(name: str, radius: float, delta: float, beta: float, rotation=None
         cls = getattr(ds, name)
         v1 = float(np.asarray(cls(1.0).volume()))
         edge = (vol / v1) ** (1 / 3)
-        return cls(np.asarray(edge, dtype), delta=delta, beta=beta, rotation=rotation)
+        # the rigid Decahedron (marks fixed at 0): no notches to render (~2x faster, same body)
+        extra = {"notched": False} if name == "Decahedron" else {}
+        return cls(np.asarray(edge, dtype), delta=delta, beta=beta, rotation=rotation, **extra)
     if name == "Superellipsoid":
         base = ds.Superellipsoid(np.array([1.1, 1.0, 0.9]), (0.8, 0.8))
         s = (vol / float(np.asarray(base.volume()))) ** (1 / 3)
