@@ -132,6 +132,11 @@ def main(argv=None):
     ap.add_argument("--no-split", action="store_true", help="skip the second call that splits compile / run")
     ap.add_argument("--coarse", type=int, default=None, help="coarse= for fit_auto (default: its own)")
     ap.add_argument("--from-json", default=None, help="print the table of a --json file and exit")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --json: keep the rows already in the file and fit only the patterns it lacks (a killed run)",
+    )
     a = ap.parse_args(argv)
     if a.from_json:
         import json
@@ -173,6 +178,17 @@ def main(argv=None):
         f"candidates: {cands} (polyhedra: {poly_cands}), lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}"
     )
     rows = []
+    if a.resume:
+        import json
+        import os
+
+        if not a.json:
+            ap.error("--resume needs --json")
+        if os.path.exists(a.json):
+            with open(a.json) as f:
+                rows = json.load(f)["rows"]
+            print(f"resuming: {len(rows)} pattern(s) already in {a.json}")
+    done = {(r["family"], r.get("index")) for r in rows}
     split = {}
 
     def run(p):
@@ -196,6 +212,8 @@ def main(argv=None):
 
     for p in es:
         t = p.truth
+        if (t["family"], t["index"]) in done:
+            continue
         res, dt, cpu = run(p)
         if t["family"] not in split and not a.no_split:
             _, dt2, _ = run(p)
@@ -218,6 +236,7 @@ def main(argv=None):
         rows.append(
             dict(
                 family=t["family"],
+                index=t["index"],
                 truth=t["class"],
                 chosen=chosen,
                 right=chosen == t["class"],
