@@ -222,6 +222,21 @@ def orientation_search(
     return [shapes[i] for i in order], loss[order], time.perf_counter() - t0
 
 
+def _class_search(name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, search_kwargs):
+    """`orientation_search` as `fit_oriented` and `fit_auto` run it: `coarse` unless `search_kwargs` sets it."""
+    return orientation_search(
+        name,
+        data,
+        experiment,
+        mask,
+        radius,
+        delta=delta,
+        beta=beta,
+        n_orientations=n_orientations,
+        **{"coarse": coarse, **(search_kwargs or {})},
+    )
+
+
 def fit_oriented(
     name: str,
     data,
@@ -252,16 +267,8 @@ def fit_oriented(
     from ._multires import coarse_level, stage_kwargs
 
     if search is None:
-        search = orientation_search(
-            name,
-            data,
-            experiment,
-            mask,
-            radius,
-            delta=delta,
-            beta=beta,
-            n_orientations=n_orientations,
-            **dict({"coarse": coarse}, **(search_kwargs or {})),
+        search = _class_search(
+            name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, search_kwargs
         )
     starts, _, t_search = search
     lev = coarse_level(data, experiment, mask, coarse, radius)
@@ -398,18 +405,9 @@ def fit_auto(
         if verbose:
             print(f"SphericalHarmonics: loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
     oriented = [name for name in cands if name not in results]
+    skw = dict(search_kwargs or {}, seed=seed)
     searches = {
-        name: orientation_search(
-            name,
-            data,
-            experiment,
-            mask,
-            radius,
-            delta=delta,
-            beta=beta,
-            n_orientations=n_orientations,
-            **dict({"coarse": coarse}, **dict(search_kwargs or {}, seed=seed)),
-        )
+        name: _class_search(name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, skw)
         for name in oriented
     }
     keep, pruned = prune_classes({n: float(s[1][0]) for n, s in searches.items()}, class_margin, min_classes)

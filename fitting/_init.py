@@ -339,6 +339,14 @@ def fit_sphere_auto(
     return res
 
 
+def _top_optima(result, n: int, tol: float):
+    """The starts for the next stage: `result`'s best model and its best `n` - 1 alternatives (a list, or the
+    model alone when there is one); `result.alternatives` is then cut to those within `tol` NLL units."""
+    picks = [result.model] + [a.model for a in result.alternatives][: n - 1]
+    result.alternatives = [a for a in result.alternatives if a.delta_loss <= tol]
+    return picks if len(picks) > 1 else picks[0]
+
+
 def fit_ellipsoid_auto(
     data,
     experiment: ds.Experiment,
@@ -422,17 +430,14 @@ def fit_ellipsoid_auto(
         alternatives_tol=math.inf if n_refine > 1 else tol,
         **search_kw,
     )
-    picks = [search.model] + [a.model for a in search.alternatives][: n_refine - 1]
-    search.alternatives = [a for a in search.alternatives if a.delta_loss <= tol]
+    picks = _top_optima(search, n_refine, tol)
     if lev is not None and refine:
         # the crop ranks the basins no better than the search: every pick goes on to full resolution
         ref_kw = dict(ref_kw, alternatives_tol=math.inf)
-    res = fit(d_s, e_s, picks if len(picks) > 1 else picks[0], m_s, free=free, pitch=pitch, **ref_kw)
+    res = fit(d_s, e_s, picks, m_s, free=free, pitch=pitch, **ref_kw)
     stages = [search, res]
     if lev is not None and refine:
-        more = [res.model] + [a.model for a in res.alternatives][: n_refine - 1]
-        res.alternatives = [a for a in res.alternatives if a.delta_loss <= tol]
-        res = fit(data, experiment, more if len(more) > 1 else more[0], mask, free=free, **kw)
+        res = fit(data, experiment, _top_optima(res, n_refine, tol), mask, free=free, **kw)
         stages.append(res)
     # the refinement's own alternatives (distinct optima within tol) where it had several starts
     res.alternatives = res.alternatives or search.alternatives
