@@ -13,6 +13,13 @@ from jaxtyping import Array
 __all__ = ["default_float", "as_float", "is_concrete", "complex_dtype"]
 
 
+def mm(a, b) -> Array:
+    """`a @ b` at full float32 precision (`Precision.HIGHEST`). On Ampere/Hopper GPUs a plain float32 matmul is
+    TF32 (10-bit mantissa, ~3e-4 relative): rotated voxel coordinates, rotation checks and Fisher matrices need
+    more than that (a rotation composed in a vmapped fit failed `check_rotation` on an H200 this way)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def default_float() -> jnp.dtype:
     """The default real dtype: float64 when `jax_enable_x64` is on, else float32."""
     return jnp.dtype(jnp.result_type(float))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._custom_types import as_float, is_concrete
+from ._custom_types import as_float, is_concrete, mm
 
 __all__ = [
     "check_rotation",
@@ -40,7 +40,7 @@ def check_rotation(R, name: str = "rotation") -> Float[Array, "3 3"]:
         if not np.isfinite(err) or err > tol or np.linalg.det(a) < 0:
             raise ValueError(f"{name} must be orthonormal with det +1 (max |R R^T - I| = {err:.2e})")
         return R
-    err = jnp.max(jnp.abs(R @ R.T - jnp.eye(3, dtype=R.dtype)))
+    err = jnp.max(jnp.abs(mm(R, R.T) - jnp.eye(3, dtype=R.dtype)))
     return eqx.error_if(R, (err > tol) | (jnp.linalg.det(R) < 0), f"{name} must be orthonormal, det +1")
 
 
@@ -74,7 +74,7 @@ def rotation_from_axis_angle(axis, angle) -> Float[Array, "3 3"]:
     axis = as_float(axis, "axis", (3,))
     axis = axis / jnp.linalg.norm(axis)
     K = jnp.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return jnp.eye(3, dtype=axis.dtype) + jnp.sin(angle) * K + (1 - jnp.cos(angle)) * (K @ K)
+    return jnp.eye(3, dtype=axis.dtype) + jnp.sin(angle) * K + (1 - jnp.cos(angle)) * mm(K, K)
 
 
 def rotation_from_quaternion(q, normalise: bool = False) -> Float[Array, "3 3"]:
@@ -135,8 +135,8 @@ def rotation_from_euler(angles, seq: str = "ZYZ", degrees: bool = False) -> Floa
     fn = {"x": rotation_x, "y": rotation_y, "z": rotation_z}
     mats = [fn[c](a) for c, a in zip(seq.lower(), angles, strict=True)]
     if seq.isupper():
-        return mats[0] @ mats[1] @ mats[2]
-    return mats[2] @ mats[1] @ mats[0]
+        return mm(mm(mats[0], mats[1]), mats[2])
+    return mm(mm(mats[2], mats[1]), mats[0])
 
 
 def rotation_from_scatman(latitude, longitude, rotation, degrees: bool = True) -> Float[Array, "3 3"]:
@@ -161,7 +161,7 @@ def rotation_from_scatman(latitude, longitude, rotation, degrees: bool = True) -
     lat, lon, rot = (a.astype(dt) for a in (lat, lon, rot))
     if degrees:
         lat, lon, rot = jnp.deg2rad(lat), jnp.deg2rad(lon), jnp.deg2rad(rot)
-    return rotation_z(lon) @ rotation_y(lat + jnp.pi / 2) @ rotation_z(rot)
+    return mm(mm(rotation_z(lon), rotation_y(lat + jnp.pi / 2)), rotation_z(rot))
 
 
 def scatman_from_rotation(R, degrees: bool = True) -> Float[Array, "3"]:
@@ -178,7 +178,7 @@ def scatman_from_rotation(R, degrees: bool = True) -> Float[Array, "3"]:
     pole = rho < 1e-7
     lon = jnp.where(pole, 0.0, jnp.arctan2(jnp.where(pole, 0.0, u[1]), jnp.where(pole, 1.0, u[0])))
     # M = R_y(90 + lat)^T R_z(lon)^T R = R_z(rot)
-    M = rotation_y(lat + jnp.pi / 2).T @ rotation_z(lon).T @ R
+    M = mm(mm(rotation_y(lat + jnp.pi / 2).T, rotation_z(lon).T), R)
     rot = jnp.arctan2(M[1, 0], M[0, 0])
     out = jnp.stack([lat, lon, rot])
     return jnp.rad2deg(out) if degrees else out

@@ -263,30 +263,40 @@ def fit_oriented(
     `coarse` (default True): the `n_refine` starts are refined on the low-q crop of the pattern
     (`fitting.low_q_crop`, rtol loosened to `stage_rtol`), then the best one at full resolution;
     `result.stages` = [crop refinement, full refinement]. 1 / False: as above."""
-    from ._fit import fit
-    from ._multires import coarse_level, stage_kwargs
-
     if search is None:
         search = _class_search(
             name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, search_kwargs
         )
-    starts, _, t_search = search
+    first = _oriented_crop(
+        name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, search, fit_kwargs
+    )
+    return _oriented_full(name, data, experiment, mask, first, search, n_refine, fit_kwargs)
+
+
+def _oriented_crop(name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, search, fit_kwargs):
+    """`fit_oriented`'s refinement of the `n_refine` best search results on the low-q crop (None: no crop)."""
+    from ._fit import fit
+    from ._multires import coarse_level, stage_kwargs
+
     lev = coarse_level(data, experiment, mask, coarse, radius)
     if lev is None:
-        res = fit(data, experiment, starts[: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
-        res.time_s += t_search
-        return res
+        return None
     dc, ec, mc, _ = lev
-    first = fit(
-        dc,
-        ec,
-        starts[: int(n_refine)],
-        mc,
-        free=_free_for(name),
-        **stage_kwargs(fit_kwargs, stage_rtol, experiment, ec),
-    )
+    kw = stage_kwargs(fit_kwargs, stage_rtol, experiment, ec)
+    return fit(dc, ec, search[0][: int(n_refine)], mc, free=_free_for(name), **kw)
+
+
+def _oriented_full(name, data, experiment, mask, first, search, n_refine, fit_kwargs):
+    """`fit_oriented`'s full-resolution refinement: of the crop's best (`first`), or of the `n_refine` best
+    search results when there was no crop stage."""
+    from ._fit import fit
+
+    if first is None:
+        res = fit(data, experiment, search[0][: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
+        res.time_s += search[2]
+        return res
     res = fit(data, experiment, first.model, mask, free=_free_for(name), **fit_kwargs)
-    res.time_s += t_search
+    res.time_s += search[2] + first.time_s
     res.alternatives = first.alternatives
     res.start_losses = first.start_losses
     res.n_starts = first.n_starts
@@ -309,6 +319,7 @@ def fit_auto(
     n_refine: int = 4,
     class_margin: float | None = 1.5,
     min_classes: int = 2,
+    refine_margin: float | None = 1.5,
     seed: int = 0,
     regularizer=None,
     search_kwargs: dict | None = None,
@@ -335,7 +346,9 @@ def fit_auto(
     - `class_margin`, `min_classes`: every oriented class's orientation search runs first (a few seconds
       each); only the polyhedra whose best search deviance is within `class_margin` times the best
       polyhedron's (and the `min_classes` best) are refined (`prune_classes`; `class_margin=None`: all are).
-      The pruned classes are in `.pruned`, not in `.ranking`.
+      Then the kept polyhedra are refined on the low-q crop (see `coarse`), and only those whose crop
+      deviance is within `refine_margin` times the best one's are refined at full resolution (the best always;
+      `refine_margin=None`: all kept). The pruned classes are in `.pruned`, not in `.ranking`.
     - `coarse`, `stage_rtol`: the multi-resolution ladder (docs/fitting.md): the sphere, the ellipsoid
       search and the harmonic degrees on the low-q crop of the pattern (`fitting.low_q_crop`), each
       candidate's final fit at full resolution; `coarse=False` (or 1): every stage at full resolution.
@@ -358,7 +371,8 @@ def fit_auto(
     so the penalty matters only near the noise floor; the ranking is then decided by the misfit.
 
     Returns the best candidate's `FitResult` with `.ranking`: [(class name, loss, k, criterion value), ...],
-    best first, `.pruned`: [(class name, search deviance / best), ...] of the polyhedra not refined (loss: the data term only, `data_loss`, so the harmonic stages' prior is not counted twice), and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
+    best first, `.pruned`: [(class name, deviance / best's), ...] of the polyhedra not refined, best first (the
+    deviance of the stage that pruned it: the orientation search or the crop refinement) (loss: the data term only, `data_loss`, so the harmonic stages' prior is not counted twice), and `.stages` of that candidate. Raises `ValueError` for unknown candidate names.
     """
     from ._init import harmonics_ladder
 
@@ -413,22 +427,24 @@ def fit_auto(
     keep, pruned = prune_classes({n: float(s[1][0]) for n, s in searches.items()}, class_margin, min_classes)
     if verbose and pruned:
         print("pruned by the orientation search: " + ", ".join(f"{n} ({r:.2f} x best)" for n, r in pruned))
+    firsts = {
+        name: _oriented_crop(
+            name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, searches[name], fit_kwargs
+        )
+        for name in oriented
+        if name in keep
+    }
+    crop_dev = {n: float(f.loss) for n, f in firsts.items() if f is not None}
+    if refine_margin is not None and len(crop_dev) == len(firsts) and min(crop_dev.values(), default=0) > 0:
+        keep, late = prune_classes(crop_dev, refine_margin, 1)
+        pruned = sorted(pruned + late, key=lambda x: x[1])
+        if verbose and late:
+            print("pruned by the crop refinement: " + ", ".join(f"{n} ({r:.2f} x best)" for n, r in late))
     for name in oriented:
         if name not in keep:
             continue
-        results[name] = fit_oriented(
-            name,
-            data,
-            experiment,
-            mask,
-            radius=radius,
-            delta=delta,
-            beta=beta,
-            n_orientations=n_orientations,
-            n_refine=n_refine,
-            search=searches[name],
-            **ckw,
-            **fit_kwargs,
+        results[name] = _oriented_full(
+            name, data, experiment, mask, firsts[name], searches[name], n_refine, fit_kwargs
         )
         if verbose:
             print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")

@@ -89,7 +89,8 @@ class AutoBatchFitter:
     - `lmax`: largest harmonic degree of "SphericalHarmonics" (the ladder sphere -> ellipsoid -> l = 2..lmax).
     - `loss`, `polarisation`, `method`, `pitch`, `max_steps`, `alternatives_tol`: to every `fitting.fit` call.
     - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes), `class_margin`,
-      `min_classes` (which polyhedra are refined after their orientation searches), `criterion`, `seed`:
+      `min_classes` (which polyhedra are refined after their orientation searches), `refine_margin` (which
+      of those are refined at full resolution after the crop refinement), `criterion`, `seed`:
       to `fit_auto` (the same seed for every pattern: results do not depend on the chunking, so resume is exact).
     - `radius_range`: optional (min, max) of the volume-equivalent radius (length unit); a fit outside it is
       flagged `out_of_range` (fit_auto's size estimate has no range: the range is a check, not a search bound).
@@ -130,6 +131,7 @@ class AutoBatchFitter:
         n_refine: int = 4,
         class_margin: float | None = 1.5,
         min_classes: int = 2,
+        refine_margin: float | None = 1.5,
         criterion: str = "bic",
         seed: int = 0,
         alternatives_tol: float = 5.0,
@@ -175,6 +177,7 @@ class AutoBatchFitter:
             n_refine=int(n_refine),
             class_margin=None if class_margin is None else float(class_margin),
             min_classes=int(min_classes),
+            refine_margin=None if refine_margin is None else float(refine_margin),
             seed=self.seed,
             loss=self.loss,
             polarisation=polarisation,

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 import diffscat as ds
+from diffscat._custom_types import mm
 from diffscat._preflight import check_memory
 
 from ._losses import AbstractLoss, as_loss
@@ -275,7 +276,7 @@ class EllipsoidBatchFitter:
 
     def _model(self, params, R0):
         log_ax, w = params
-        R = R0 @ _rotvec_matrix(w)
+        R = mm(R0, _rotvec_matrix(w))
         shape = ds.Ellipsoid(jnp.exp(log_ax), self.delta, self.beta, rotation=R)
         return ds.simulate(shape, self.experiment, grid=self.grid, method=self.method) * self._weight, shape
 
@@ -315,7 +316,7 @@ class EllipsoidBatchFitter:
         mu = mu_of(z0)
         J = jax.jacfwd(mu_of)(z0).reshape(-1, 7)
         wgt = self.loss.fisher_weight(mu, data, mask).reshape(-1)
-        F = (J * wgt[:, None]).T @ J
+        F = mm((J * wgt[:, None]).T, J)
         cov = jnp.linalg.pinv(F)
         axes = jnp.exp(p[0])
         sig = axes * jnp.sqrt(jnp.maximum(jnp.diag(cov)[:3], 0.0))

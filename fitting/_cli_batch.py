@@ -27,7 +27,7 @@ Config (TOML; see configs/batch-sphere.toml):
     n_candidates = 64
     driver = "vmapped"        # Sphere / Ellipsoid: "fit_auto" runs them through the per-pattern path
     max_steps = 200           # per-pattern path: steps per fit stage; n_starts, n_orientations, n_refine,
-                              # class_margin, min_classes, criterion, seed, alternatives_tol, pitch, method
+                              # class_margin, min_classes, refine_margin, criterion, seed, alternatives_tol, pitch, method
                               # as fitting.fit_auto
     gof_draws = 8             # per-pattern path: "misfit" when (loss - mean) / sd over gof_draws Poisson
     gof_threshold = 5.0       # realisations of the fit exceeds gof_threshold (docs/batch.md)
@@ -135,6 +135,13 @@ def _schemas() -> dict:
             ),
             "min_classes": Key(
                 "int", "fit_auto path: at least this many polyhedra refined (best searches)", default=2, min=1
+            ),
+            "refine_margin": Key(
+                "number",
+                "fit_auto path: of those, refined at full resolution when their crop refinement's deviance is "
+                "within this factor of the best (inf: all)",
+                default=1.5,
+                min=1,
             ),
             "criterion": Key(
                 "str", "fit_auto path: class selection", default="bic", choices=("bic", "aic", "nll")
@@ -288,6 +295,7 @@ def make_fitter(cfg: dict, experiment):
         n_refine=fit["n_refine"],
         class_margin=fit["class_margin"],
         min_classes=fit["min_classes"],
+        refine_margin=fit["refine_margin"],
         criterion=fit["criterion"],
         seed=fit["seed"],
         alternatives_tol=fit["alternatives_tol"],

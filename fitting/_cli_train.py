@@ -18,6 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.eqx)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --output")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this much wall time and write a checkpoint (--resume continues it)",
+    )
 
 
 def run(args) -> int:
@@ -31,6 +38,14 @@ def run(args) -> int:
         cfg = tomllib.load(f)
     if args.steps is not None:
         cfg.setdefault("train", {})["steps"] = int(args.steps)
-    meta = train(cfg, args.output, resume=args.resume, progress=lambda s: print(s, flush=True))
-    print(f"wrote {args.output} (step {meta['step']}, {meta['samples_seen']} samples)")
+    meta = train(
+        cfg,
+        args.output,
+        resume=args.resume,
+        progress=lambda s: print(s, flush=True),
+        time_limit=args.time_limit,
+    )
+    rate = meta.get("samples_per_s")
+    speed = f", {rate:.1f} samples/s" if rate else ""
+    print(f"wrote {args.output} (step {meta['step']}, {meta['samples_seen']} samples{speed})")
     return 0

@@ -28,6 +28,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float
 
 import diffscat as ds
+from diffscat._custom_types import mm
 from diffscat._preflight import check_memory
 from diffscat.detectors import POLARISATIONS, pixel_weight
 
@@ -172,7 +173,7 @@ def _gn_step(u, lam, prob, data, mask, norm, st: _Static):
         mu = mu_fn(z0)
         J = jax.jacfwd(mu_fn)(z0).reshape(-1, z0.shape[0])
         w = st.loss.fisher_weight(mu, data, mask).reshape(-1).astype(J.dtype)
-        F = (J * w[:, None]).T @ J
+        F = mm((J * w[:, None]).T, J)
         A = F[:-1, :-1] - jnp.outer(F[:-1, -1], F[-1, :-1]) / jnp.maximum(F[-1, -1], 1e-30)
         if st.regularizer is not None:
             A = A + jax.hessian(lambda x: st.regularizer(prob.build(unravel(x))[0]))(x0)
@@ -232,7 +233,7 @@ def _finalize(u, prob, live, data, mask, st: _Static, with_fisher: bool):
         J = jax.jacfwd(lambda z: _counts(unravel(z[:-1]), z[-1], p_b, st)[0])(z0)  # (*image, n + 1)
         J = J.reshape(-1, z0.shape[0])
         w = st.loss.fisher_weight(mu, data, mask).reshape(-1).astype(J.dtype)
-        F = (J * w[:, None]).T @ J
+        F = mm((J * w[:, None]).T, J)
         if st.regularizer is not None:
             Hr = jax.hessian(lambda x: st.regularizer(p_b.build(unravel(x))[0]))(x0)
             F = F.at[:-1, :-1].add(Hr)

@@ -230,8 +230,9 @@ def twin_rotations(rotation: Float[Array, "3 3"]) -> Float[Array, "8 3 3"]:
     large rotation groups are not enumerated here (their orientation term is switched off, see docs).
     """
     R = jnp.asarray(rotation)
-    a = jnp.einsum("ij,kjl->kil", R, jnp.asarray(_D_PROPER))
-    b = jnp.einsum("ij,jl,klm->kim", jnp.asarray(_MZ), R, jnp.asarray(_D_IMPROPER))
+    hi = jax.lax.Precision.HIGHEST
+    a = jnp.einsum("ij,kjl->kil", R, jnp.asarray(_D_PROPER), precision=hi)
+    b = jnp.einsum("ij,jl,klm->kim", jnp.asarray(_MZ), R, jnp.asarray(_D_IMPROPER), precision=hi)
     return jnp.concatenate([a, b], 0)
 
 

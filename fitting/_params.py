@@ -31,6 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 import diffscat as ds
+from diffscat._custom_types import mm
 
 __all__ = ["Parametrisation", "valid_parameter_names", "default_free", "stack_parametrisations"]
 
@@ -256,7 +257,7 @@ class Parametrisation(eqx.Module):
                 out[n] = un * jax.nn.softplus(x)
             elif k == "orientation":
                 q = jnp.concatenate([jnp.ones((1,), x.dtype), STEP * x])
-                out[n] = r @ ds.rotation_from_quaternion(q / jnp.linalg.norm(q), normalise=True)
+                out[n] = mm(r, ds.rotation_from_quaternion(q / jnp.linalg.norm(q), normalise=True))
             else:
                 out[n] = r + un * x
         return out

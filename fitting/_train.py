@@ -285,7 +285,11 @@ class DataStream:
     """Deterministic on-the-fly batches: `batch(step)` -> (inputs, targets), drawn from (seed, step)."""
 
     def __init__(self, cfg: dict, batch_size: int, pitch: float | None = None, seed_offset: int = 0):
-        self.cfg, self.b, self.pitch = cfg, int(batch_size), pitch
+        self.cfg, self.b, self.pitch = (
+            check_config(cfg),
+            int(batch_size),
+            pitch,
+        )  # older sidecars lack newer keys
         self.fams = _families(cfg)
         self.nb = len(cfg["data"]["size_buckets"]) - 1
         self.seed = int(cfg["seed"]) + int(seed_offset)
@@ -421,11 +425,25 @@ def _same_except_steps(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def train(config: dict | None, out, *, resume: bool = False, progress: Callable | None = None) -> dict:
+def train(
+    config: dict | None,
+    out,
+    *,
+    resume: bool = False,
+    progress: Callable | None = None,
+    time_limit: float | None = None,
+) -> dict:
     """Train (or, with `resume`, continue) the network of `config` and write checkpoints to `out`.
 
     Returns the final sidecar dict. `progress(str)` gets one line per `log_every` steps (None: silent).
+    `time_limit` [s of wall time in this call]: stop after the step that passes it and write a checkpoint
+    (the sidecar's "stopped" says so; `resume` continues it, the learning-rate schedule still runs to
+    `train.steps`). The sidecar's "samples_per_s" is the training throughput of this call, data generation
+    included, the compiling steps excluded (the first step when every batch mixes all families, else the first
+    20) when there are more.
     """
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
     cfg = check_config(config)
     out = os.fspath(out)
     t = cfg["train"]
@@ -457,14 +475,20 @@ def train(config: dict | None, out, *, resume: bool = False, progress: Callable 
     model, opt_state = eqx.combine(jax.device_put(arrays, repl), static)
     stream = DataStream(cfg, bsz)
     step0 = int(meta["step"])
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
+    t_warm, n_warm = None, 0
     acc: list = []
+    meta.pop("stopped", None)
     for step in range(step0, int(t["steps"])):
         x, tg = stream.batch(step)
         x, tg = jax.device_put((x, tg), shard)
         model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg)
         acc.append([float(loss)] + [float(parts[k]) for k in ("size", "class", "axes", "orientation")])
         done = step + 1
+        if done - step0 == (1 if cfg["data"]["mix_families"] else 20):  # throughput after the compiling steps
+            jax.block_until_ready(loss)
+            t_warm, n_warm = time.perf_counter(), done
+        out_of_time = time_limit is not None and time.perf_counter() - t_start >= time_limit
         if done % int(t["log_every"]) == 0 or done == int(t["steps"]):
             m = np.mean(acc, 0).tolist()
             meta["loss_curve"].append([done, *m])
@@ -474,12 +498,26 @@ def train(config: dict | None, out, *, resume: bool = False, progress: Callable 
                     f"step {done}/{t['steps']}  loss {m[0]:.4f}  size {m[1]:.4f}  class {m[2]:.3f}  "
                     f"axes {m[3]:.4f}  orient {m[4]:.3f}  ({time.perf_counter() - t0:.0f} s)"
                 )
-        if done % int(t["checkpoint_every"]) == 0 or done == int(t["steps"]):
+        if out_of_time:
+            meta["stopped"] = f"time limit {time_limit} s at step {done} of {t['steps']}"
+        if done % int(t["checkpoint_every"]) == 0 or done == int(t["steps"]) or out_of_time:
+            jax.block_until_ready(loss)
+            now = time.perf_counter()
+            if t_warm is not None and done > n_warm:
+                meta["samples_per_s"] = (done - n_warm) * bsz / (now - t_warm)
+            else:
+                meta["samples_per_s"] = (done - step0) * bsz / (now - t_start)
             meta["step"] = done
             meta["samples_seen"] = done * bsz
             meta["train_seconds"] = float(meta.get("train_seconds", 0.0)) + time.perf_counter() - t0
             t0 = time.perf_counter()
             save_checkpoint(out, model, opt_state, meta)
+        if out_of_time:
+            if progress is not None:
+                progress(
+                    f"stopped at step {done} of {t['steps']}: time limit {time_limit} s (resume continues)"
+                )
+            break
     if step0 >= int(t["steps"]) and progress is not None:
         progress(f"{out} is already at step {step0} >= train.steps = {t['steps']}: nothing to do")
     return meta

@@ -17,6 +17,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float
 
+from diffscat._custom_types import mm
+
 from ._params import Parametrisation
 
 __all__ = ["laplace_sigmas", "covariance"]
@@ -31,7 +33,7 @@ def _local_physical(prob: Parametrisation, u0: dict[str, Array]):
         out = []
         for n, k in zip(prob.names, prob.kinds, strict=True):
             if k == "orientation":
-                A = R0[n].T @ vals[n]
+                A = mm(R0[n].T, vals[n])
                 w = 0.5 * jnp.stack([A[2, 1] - A[1, 2], A[0, 2] - A[2, 0], A[1, 0] - A[0, 1]])
                 out.append(jnp.degrees(w))
             else:

@@ -168,6 +168,13 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
         train(_cfg(35), out, progress=None)
     meta = train(_cfg(35), out, resume=True, progress=None)
     assert meta["step"] == 35 and len(meta["loss_curve"]) == 7
+    assert meta["samples_per_s"] > 0 and "stopped" not in meta
+    # a time limit stops after the step that passes it, with a checkpoint that says so
+    with pytest.raises(ValueError, match="time_limit"):
+        train(_cfg(60), out, resume=True, time_limit=0.0)
+    meta = train(_cfg(60), out, resume=True, progress=None, time_limit=1e-9)
+    assert meta["step"] == 36 and "time limit" in meta["stopped"]
+    assert json.loads(pathlib.Path(out + ".json").read_text())["step"] == 36
 
     # predict API and CLI (the resumed model)
     net = fitting.load_network(out)

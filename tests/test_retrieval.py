@@ -303,24 +303,31 @@ def test_fit_auto_prunes_classes_by_their_searches(monkeypatch):
     import fitting._auto as auto
 
     R = fitting.random_rotations(1, 5)[0]
-    truth = ds.Cube(4.0, delta=0.005, beta=0.002, rotation=R)
-    c, m, exp = _pattern(truth, 32, 1e6, 0)
-    refined = []
-    real = auto.fit_oriented
+    # r_eq 6.8 wavelengths: big enough for a low-q crop at 64^2 (fitting._multires.coarse_factor)
+    truth = ds.Cube(11.0, delta=0.005, beta=0.002, rotation=R)
+    c, m, exp = _pattern(truth, 64, 1e6, 0)
+    crop, full = [], []
+    real_crop, real_full = auto._oriented_crop, auto._oriented_full
 
-    def spy(name, *a, **k):
-        refined.append(name)
-        return real(name, *a, **k)
+    def spy_crop(name, *a, **k):
+        crop.append(name)
+        return real_crop(name, *a, **k)
 
-    monkeypatch.setattr(auto, "fit_oriented", spy)
+    def spy_full(name, *a, **k):
+        full.append(name)
+        return real_full(name, *a, **k)
+
+    monkeypatch.setattr(auto, "_oriented_crop", spy_crop)
+    monkeypatch.setattr(auto, "_oriented_full", spy_full)
     cands = ("Cube", "Octahedron", "Icosahedron", "Decahedron")
     kw = dict(delta=0.005, beta=0.002, n_orientations=32, n_refine=2, max_steps=30, uncertainties=False)
-    res = fitting.fit_auto(c, exp, cands, m, class_margin=1.5, min_classes=1, **kw)
+    res = fitting.fit_auto(c, exp, cands, m, class_margin=1.5, min_classes=2, refine_margin=1.5, **kw)
     assert isinstance(res.model, ds.Cube)
-    ranked = [r[0] for r in res.ranking]
-    assert sorted(ranked) == sorted(refined)  # only the kept classes were refined, and all are ranked
+    assert len(crop) == 2  # the two best searches refined on the crop ...
+    assert full == ["Cube"]  # ... the octahedron (crop deviance ~60 x the cube's) not at full resolution
+    assert [r[0] for r in res.ranking] == full
     assert res.pruned and all(ratio > 1.5 for _, ratio in res.pruned)
-    assert sorted(ranked + [n for n, _ in res.pruned]) == sorted(cands)
+    assert sorted(full + [n for n, _ in res.pruned]) == sorted(cands)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import warnings
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -100,7 +101,7 @@ class FlatDetector(AbstractDetector):
         z, o = jnp.zeros_like(tx), jnp.ones_like(tx)
         Rx = jnp.stack([jnp.stack([o, z, z]), jnp.stack([z, cx, -sx]), jnp.stack([z, sx, cx])])
         Ry = jnp.stack([jnp.stack([cy, z, sy]), jnp.stack([z, o, z]), jnp.stack([-sy, z, cy])])
-        return Ry @ Rx
+        return jnp.matmul(Ry, Rx, precision=jax.lax.Precision.HIGHEST)  # not TF32 on GPUs
 
     def pixel_positions(self) -> Float[Array, "ny nx 3"]:
         """Lab-frame (x, y, z) of every pixel centre, length unit of `distance`."""

@@ -100,6 +100,7 @@ def interpolated_far_field(
         w = _lagrange_weights(u - i0.astype(rdt), taps)  # (chunk, 2, taps)
         # one windowed gather of taps x taps blocks (contiguous rows), not taps^2 scalar gathers
         vals = jax.vmap(lambda i: jax.lax.dynamic_slice(aux, (i[1], i[0]), (taps, taps)))(i0)
-        return jnp.einsum("pab,pa,pb->p", vals, w[:, 1].astype(aux.dtype), w[:, 0].astype(aux.dtype))
+        wy, wx = w[:, 1].astype(aux.dtype), w[:, 0].astype(aux.dtype)
+        return jnp.einsum("pab,pa,pb->p", vals, wy, wx, precision=jax.lax.Precision.HIGHEST)
 
     return jax.lax.map(one, pts).reshape(-1)[:npix]

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Complex, Float
 
 from .._checks import check_positive
-from .._custom_types import as_float, complex_dtype, is_concrete
+from .._custom_types import as_float, complex_dtype, is_concrete, mm
 from .._grid import VoxelGrid
 from .._rotation import check_rotation
 
@@ -210,7 +210,7 @@ class AbstractSolid(AbstractShape):
 
     def to_body(self, points: Float[ArrayLike, "*b 3"]) -> Float[Array, "*b 3"]:
         """Lab-frame points to the body frame: r_body = R^T (r_lab - centre)."""
-        return (points - self.centre) @ self.rotation
+        return mm(points - self.centre, self.rotation)
 
     def sdf(self, points: Float[ArrayLike, "*b 3"]) -> Float[Array, "*b"]:
         """Signed distance of lab-frame points (negative inside)."""
@@ -227,10 +227,10 @@ class AbstractSolid(AbstractShape):
     def body_frame(self, rotation=None, centre=None) -> tuple[Float[Array, "3 3"], Float[Array, "3"]]:
         """(M, b) with r_body = r_lab M - b, for this solid placed inside an outer frame
         (r_lab = rotation r_outer + centre; default the lab frame)."""
-        M = self.rotation if rotation is None else rotation @ self.rotation
-        b = self.centre @ self.rotation
+        M = self.rotation if rotation is None else mm(rotation, self.rotation)
+        b = mm(self.centre, self.rotation)
         if centre is not None:
-            b = b + centre @ M
+            b = b + mm(centre, M)
         return M, b
 
     def grid_points_body(self, grid: VoxelGrid, rotation=None, centre=None) -> Float[Array, "nx ny nz 3"]:

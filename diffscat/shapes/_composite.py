@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
-from .._custom_types import complex_dtype, is_concrete
+from .._custom_types import complex_dtype, is_concrete, mm
 from .._grid import VoxelGrid
 from ._base import (
     AbstractShape,
@@ -31,7 +31,7 @@ def _strip_hint(s: AbstractShape) -> AbstractSolid:
 
 
 def _to_local(points, rotation, centre):
-    return (points - centre) @ rotation
+    return mm(points - centre, rotation)
 
 
 def _hint(radius):

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import check_finite, check_positive
-from .._custom_types import as_float, is_concrete
+from .._custom_types import as_float, is_concrete, mm
 from .._grid import VoxelGrid
 from ._base import AbstractSolid, extent_hint, material, partial_volume_fill, placement
 
@@ -56,7 +56,7 @@ def polyhedron_vertices(normals, distances):
     v = (d1[:, None] * c23 + d2[:, None] * c31 + d3[:, None] * c12) / jnp.where(ok, det, 1.0)[:, None]
     scale = jnp.max(jnp.abs(d))
     tol = (1e-9 if N.dtype == jnp.float64 else 1e-4) * scale
-    feas = ok & jnp.all(v @ N.T - d <= tol, axis=-1)
+    feas = ok & jnp.all(mm(v, N.T) - d <= tol, axis=-1)
     return v, feas, tri
 
 
@@ -143,7 +143,7 @@ def polyhedron_circumradius(normals, distances):
 
 def _planes_sdf(p, N, d):
     """max_f (n_f . p - d_f): exact inside and next to the faces, a lower bound near edges outside."""
-    return jnp.max(p @ N.T - d, axis=-1)
+    return jnp.max(mm(p, N.T) - d, axis=-1)
 
 
 def _planes_fill(grid: VoxelGrid, N, d, M, b, dtype):
@@ -151,8 +151,8 @@ def _planes_fill(grid: VoxelGrid, N, d, M, b, dtype):
     half-spaces' fills, each exact for its plane (its lab normal M n is known, no finite differences), so a
     body whose faces lie along voxel planes is filled exactly; other edges are right to second order."""
     x, y, z = grid.axes(dtype)
-    G = N @ M.T  # lab-frame gradients of n . r_body, (k, 3)
-    off = N @ b + d
+    G = mm(N, M.T)  # lab-frame gradients of n . r_body, (k, 3)
+    off = mm(N, b) + d
     s = x[:, None, None, None] * G[:, 0] + y[None, :, None, None] * G[:, 1] + z[None, None, :, None] * G[:, 2]
     return jnp.prod(partial_volume_fill(s - off, G, grid.pitch), axis=-1)
 

@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from .._checks import check_finite
-from .._custom_types import complex_dtype, default_float, is_concrete
+from .._custom_types import complex_dtype, default_float, is_concrete, mm
 from .._grid import VoxelGrid
 from ._base import AbstractShape, extent_hint
 
@@ -131,7 +131,7 @@ class VolumeMap(AbstractShape):
         )
         dn = resample(self.dn, src, inter)
         rdt = jnp.finfo(dn.dtype).dtype
-        body = (grid.points(rdt) - self.centre.astype(rdt)) @ self.rotation.astype(rdt)
+        body = mm(grid.points(rdt) - self.centre.astype(rdt), self.rotation.astype(rdt))
         coords = [body[..., k] / inter.pitch[k] + (inter.shape[k] - 1) / 2.0 for k in range(3)]
         re = jax.scipy.ndimage.map_coordinates(dn.real, coords, order=1, mode="constant", cval=0.0)
         im = jax.scipy.ndimage.map_coordinates(dn.imag, coords, order=1, mode="constant", cval=0.0)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Every benchmark on a GPU in one call, within a wall-time budget (docs/performance.md, "GPU").
+#
+#   bash benchmarks/gpu_all.sh [BUDGET_S]      # default 500 s; results in $W (default .gpu/), packed to
+#                                              # $OUT/gpu_results.tgz when $OUT is set
+#   QUICK=1 CAP_SCALE=8 JAX_PLATFORMS=cpu bash benchmarks/gpu_all.sh 3000   # smoke run of the same commands, CPU
+#
+# Sections run in order of priority, each under its own time cap cut to what is left of the budget, so a slow or
+# hung one costs its cap and the rest still run; each writes $W/NAME.log, and $W/summary.md gets one row each.
+# SKIP="a b" / ONLY="a b": leave out / run only the named sections (e.g. to rerun the ones that failed).
+# Carried wheels (.whl/: beartype, miepython, pinned equinox/optax/jaxtyping) are installed when present.
+set -u
+BUDGET=${1:-500}
+W=${W:-$PWD/.gpu}
+PY=${PY:-python3}
+QUICK=${QUICK:-0}
+T0=$(date +%s)
+mkdir -p "$W"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false # peak-memory readings; no 75 % grab at start
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+        export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+echo "| section | exit | seconds (cap) |" >"$W/summary.md"
+echo "| --- | --- | --- |" >>"$W/summary.md"
+
+sec() { # sec NAME CAP_S COMMAND...: run with a cap cut to the budget left; log to $W/NAME.log
+    local name=$1 cap=$(($2 * ${CAP_SCALE:-1}))
+    shift 2
+    if [[ " ${SKIP:-} " == *" $name "* ]] || [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then
+        echo "| $name | skipped: SKIP / ONLY | 0 |" >>"$W/summary.md"
+        return
+    fi
+    local left=$((BUDGET - ($(date +%s) - T0)))
+    ((cap > left)) && cap=$left
+    if ((cap < 10)); then
+        echo "| $name | skipped: budget spent | 0 |" >>"$W/summary.md"
+        return
+    fi
+    local s=$(date +%s)
+    timeout -k 5 "$cap" "$@" >"$W/$name.log" 2>&1
+    local rc=$?
+    echo "| $name | $rc$( ((rc == 124)) && echo ' (cap)') | $(($(date +%s) - s)) ($cap) |" >>"$W/summary.md"
+    echo "===== $name: exit $rc, $(($(date +%s) - s)) s"
+    tail -n "${TAIL:-14}" "$W/$name.log"
+}
+
+if ((QUICK)); then
+    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256
+else
+    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024
+fi
+
+sec env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
+    $PY -c 'import jax, equinox, optax, jaxtyping; print(jax.__version__, jax.devices(), equinox.__version__,
+    optax.__version__, jaxtyping.__version__)'"
+sec test_gpu 60 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
+sec forward 75 $PY benchmarks/bench_forward.py --sections forward routes grad memory batch --max-n $FMAXN \
+    --repeats 3 $( ((QUICK)) && echo --quick)
+sec fit_128 80 $PY benchmarks/bench_fit.py --size $S --cases sphere,ellipsoid,sh3
+sec fit_sh6_512 70 $PY benchmarks/bench_fit.py --size $SF --cases sh6
+sec fit_batch 40 $PY benchmarks/bench_fit_batch.py --size $SB --n $((NB / 2))
+sec batch_sphere 30 $PY benchmarks/bench_batch.py --model sphere --n $NS --size $S --chunk $((NS / 4))
+sec batch_ellipsoid 60 $PY benchmarks/bench_batch.py --model ellipsoid --n $((NB / 2)) --size $SB --chunk $((NB / 4))
+TRAIN_S=$((QUICK ? 60 : 150))
+rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
+sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \
+    $( ((QUICK)) && echo --config configs/train-default.toml)
+sec propagating 25 $PY benchmarks/bench_propagating.py --radii 3,7 --n $((S * 2)) --repeats 3
+sec network_infer 35 $PY benchmarks/bench_network.py --n-sim $((NS / 4)) --n-mie 8 --n-eval 0 --n-fit 0 \
+    --out benchmarks/results/bench_network_gpu.json
+
+cp -r benchmarks/results "$W/results" 2>/dev/null
+echo "total $(($(date +%s) - T0)) s of $BUDGET" >>"$W/summary.md"
+if [ -n "${OUT:-}" ]; then
+    rm -f "$W/gpu.eqx.state" # optimiser state: not needed to evaluate the model
+    tar -czf "$OUT/gpu_results.tgz" -C "$W" . && cp "$W/summary.md" "$OUT/summary.md"
+fi
+cat "$W/summary.md"
