@@ -192,6 +192,9 @@ def main(argv=None):
     split = {}
 
     def run(p):
+        from fitting._jitmem import release_jit_memory
+
+        release_jit_memory()  # long runs: stay under vm.max_map_count (fitting/_jitmem.py)
         t = p.truth
         t1, c1 = time.perf_counter(), time.process_time()
         extra = {} if a.coarse is None else {"coarse": a.coarse}

@@ -249,9 +249,11 @@ class AutoBatchFitter:
         list of B `FitResult`s (None where the fit raised a ValueError: the pattern is then `failed`), calling
         `on_pattern()` after each pattern."""
         from ._auto import fit_auto
+        from ._jitmem import release_jit_memory
 
         out = []
         for d, m in zip(np.asarray(data), np.asarray(mask, bool), strict=True):
+            release_jit_memory()  # a long run would otherwise die at vm.max_map_count (fitting/_jitmem.py)
             t0 = time.perf_counter()
             try:
                 r = fit_auto(

@@ -74,6 +74,9 @@ DEFAULT_CONFIG: dict = {
         "warmup": 10,
         "checkpoint_every": 50,
         "log_every": 10,
+        # weights of the loss terms (`network_loss`); the class term at 0.3 (the first default) did not learn:
+        # the shared features follow the size / axes / orientation terms (docs/network.md, section 6)
+        "loss_weights": {"size": 1.0, "class": 0.3, "axes": 1.0, "orientation": 0.3},
     },
 }
 
@@ -116,6 +119,9 @@ def check_config(config: dict | None = None) -> dict:
     for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if int(t[k]) < 1:
             raise ValueError(f"train.{k} must be >= 1, got {t[k]}")
+    for k, v in t["loss_weights"].items():
+        if not (math.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"train.loss_weights.{k} must be a finite number >= 0, got {v}")
     if cfg["network"]["n"] % 2 ** len(cfg["network"]["widths"]):
         raise ValueError("network.n must be a multiple of 2^len(network.widths)")
     return cfg
@@ -300,11 +306,8 @@ class DataStream:
             self._fns[fam, bucket] = make_batch_fn(self.cfg, fam, bucket, self.pitch)
         return self._fns[fam, bucket]
 
-    def batch(self, step: int, with_truth: bool = False):
-        """Batch `step`: one family (or, with `data.mix_families`, every family), the batch split evenly over
-        the size buckets (one sub-batch per (family, bucket), so every batch spans the whole size range; sizes
-        that do not divide go to the first pairs, rotated by step when mixing). A batch of one family lets the
-        class logits chase the family of the moment: with many families, mix them."""
+    def _plan(self, step: int):
+        """(rng, key, [(family, bucket, n), ...]) of batch `step`."""
         rng = np.random.default_rng([self.seed, int(step)])
         fam = self.fams[int(rng.integers(len(self.fams)))]
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
@@ -315,10 +318,38 @@ class DataStream:
         else:
             pairs = [(fam, bk) for bk in range(self.nb)]
         sizes = [self.b // len(pairs) + (1 if i < self.b % len(pairs) else 0) for i in range(len(pairs))]
+        return rng, key, [(f, bk, n) for (f, bk), n in zip(pairs, sizes, strict=True) if n > 0]
+
+    def compile(self, workers: int | None = None) -> float:
+        """Compile every data generator training will call (each (family, bucket) at each sub-batch size), in
+        parallel threads: XLA compiles outside the GIL, and the generators are many (8 families x 3 buckets)
+        and slow to compile on a GPU host (~6 s each). Returns the seconds taken."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.perf_counter()
+        per_step = len(self.fams) * self.nb if self.cfg["data"]["mix_families"] else self.nb
+        sizes = sorted({self.b // per_step, self.b // per_step + (1 if self.b % per_step else 0)} - {0})
+        rng = np.random.default_rng(0)
+        key = jax.random.PRNGKey(0)
+        jobs = []
+        for fam in self.fams:
+            for bucket in range(self.nb):
+                for n in sizes:
+                    t = _f32(sample_truths(self.cfg, fam, bucket, n, rng))
+                    jobs.append((self.fn(fam, bucket), t, sample_noise(self.cfg, n, rng)))
+        workers = workers or min(len(jobs), os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as ex:
+            list(ex.map(lambda j: jax.block_until_ready(j[0](j[1], j[2], key)), jobs))
+        return time.perf_counter() - t0
+
+    def batch(self, step: int, with_truth: bool = False):
+        """Batch `step`: one family (or, with `data.mix_families`, every family), the batch split evenly over
+        the size buckets (one sub-batch per (family, bucket), so every batch spans the whole size range; sizes
+        that do not divide go to the first pairs, rotated by step when mixing). A batch of one family lets the
+        class logits chase the family of the moment: with many families, mix them."""
+        rng, key, plan = self._plan(step)
         xs, tgs, extra = [], [], []
-        for (fam, bucket), n in zip(pairs, sizes, strict=True):
-            if n == 0:
-                continue
+        for fam, bucket, n in plan:
             t = sample_truths(self.cfg, fam, bucket, n, rng)
             nz = sample_noise(self.cfg, n, rng)
             # (one family per step: the key of old checkpoints' data, fold_in(key, bucket), is kept)
@@ -347,15 +378,15 @@ def make_optimizer(cfg: dict) -> optax.GradientTransformation:
     return optax.adamw(sched, weight_decay=float(t["weight_decay"]))
 
 
-def batch_loss(model, x, tg) -> tuple:
+def batch_loss(model, x, tg, weights: dict | None = None) -> tuple:
     out = jax.vmap(model)(x)
-    tot, parts = jax.vmap(network_loss)(out, tg)
+    tot, parts = jax.vmap(lambda o, t: network_loss(o, t, weights))(out, tg)
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in parts.items()}
 
 
 @eqx.filter_jit
-def _step(model, opt_state, opt, x, tg):
-    (loss, parts), g = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, x, tg)
+def _step(model, opt_state, opt, x, tg, weights: dict | None = None):
+    (loss, parts), g = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, x, tg, weights)
     upd, opt_state = opt.update(g, opt_state, eqx.filter(model, eqx.is_inexact_array))
     return eqx.apply_updates(model, upd), opt_state, loss, parts
 
@@ -439,8 +470,8 @@ def train(
     `time_limit` [s of wall time in this call]: stop after the step that passes it and write a checkpoint
     (the sidecar's "stopped" says so; `resume` continues it, the learning-rate schedule still runs to
     `train.steps`). The sidecar's "samples_per_s" is the training throughput of this call, data generation
-    included, the compiling steps excluded (the first step when every batch mixes all families, else the first
-    20) when there are more.
+    included, the first (compiling) step excluded when there are more. The data generators are all compiled
+    before the first step, in parallel threads (`DataStream.compile`).
     """
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
@@ -474,6 +505,11 @@ def train(
     arrays, static = eqx.partition((model, opt_state), eqx.is_array)
     model, opt_state = eqx.combine(jax.device_put(arrays, repl), static)
     stream = DataStream(cfg, bsz)
+    if int(meta["step"]) < int(t["steps"]):
+        c_s = stream.compile()
+        if progress is not None:
+            progress(f"data generators compiled in {c_s:.0f} s ({len(stream._fns)} (family, bucket) pairs)")
+    weights = {k: float(v) for k, v in t["loss_weights"].items()}
     step0 = int(meta["step"])
     t0 = t_start = time.perf_counter()
     t_warm, n_warm = None, 0
@@ -482,10 +518,10 @@ def train(
     for step in range(step0, int(t["steps"])):
         x, tg = stream.batch(step)
         x, tg = jax.device_put((x, tg), shard)
-        model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg)
+        model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg, weights)
         acc.append([float(loss)] + [float(parts[k]) for k in ("size", "class", "axes", "orientation")])
         done = step + 1
-        if done - step0 == (1 if cfg["data"]["mix_families"] else 20):  # throughput after the compiling steps
+        if done - step0 == 1:  # throughput after the compiling step (the data generators compiled before)
             jax.block_until_ready(loss)
             t_warm, n_warm = time.perf_counter(), done
         out_of_time = time_limit is not None and time.perf_counter() - t_start >= time_limit

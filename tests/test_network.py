@@ -15,7 +15,7 @@ import diffscat as ds
 import fitting
 from diffscat.detectors import expected_photons
 from fitting._network import CanonicalMap, InversionCNN, network_loss, rotation_from_6d, twin_rotations
-from fitting._train import _random_rotations, check_config, load_checkpoint, train
+from fitting._train import DataStream, _random_rotations, check_config, load_checkpoint, train
 
 TINY = {
     "data": {"n_pixels": 32, "size_buckets": [1.5, 2.5], "center_shift_px": 1},
@@ -138,6 +138,30 @@ def test_cnn_shapes_and_config_checks():
         check_config({"train": {"stepz": 3}})
     with pytest.raises(ValueError, match="classes"):
         check_config({"classes": ["Blob"]})
+    with pytest.raises(ValueError, match="loss_weights.class"):
+        check_config({"train": {"loss_weights": {"class": -1.0}}})
+    with pytest.raises(ValueError, match="unknown config key 'train.loss_weights.colour'"):
+        check_config({"train": {"loss_weights": {"colour": 1.0}}})
+    assert check_config({"train": {"loss_weights": {"class": 2.0}}})["train"]["loss_weights"]["size"] == 1.0
+
+
+def test_data_stream_compiles_every_generator_up_front():
+    cfg = check_config(
+        {
+            **TINY,
+            "classes": ["Sphere", "Ellipsoid", "Cube"],
+            "data": {**TINY["data"], "size_buckets": [1.5, 2.0, 2.5]},
+        }
+    )
+    s = DataStream(cfg, 5)  # 2 families x 2 buckets; 5 = 3 + 2: two sub-batch sizes
+    assert s.compile(workers=2) > 0
+    assert sorted(s._fns) == [("Cube", 0), ("Cube", 1), ("ellipsoid", 0), ("ellipsoid", 1)]
+    compiled = {k: f._cache_size() for k, f in s._fns.items()}
+    assert all(n == 2 for n in compiled.values())  # sizes 3 and 2
+    for step in range(4):  # training's batches find every generator compiled
+        x, tg = s.batch(step)
+        assert x.shape[0] == 5
+    assert {k: f._cache_size() for k, f in s._fns.items()} == compiled
 
 
 def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
