@@ -384,6 +384,8 @@ def fit_auto(
         raise ValueError(f"candidates must be among {CANDIDATES}, got {bad}")
     if criterion not in ("bic", "aic", "nll"):
         raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
+    if refine_margin is not None and not float(refine_margin) >= 1.0:
+        raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
 
     results = {}
     t0 = time.perf_counter()

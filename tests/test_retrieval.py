@@ -262,6 +262,9 @@ def test_prune_classes_rule():
         fitting.prune_classes(dev, class_margin=0.5)
     with pytest.raises(ValueError, match="min_classes"):
         fitting.prune_classes(dev, min_classes=0)
+    exp = ds.Experiment(1.0, ds.QGrid(8, 30.0))
+    with pytest.raises(ValueError, match="refine_margin"):  # checked before any fitting
+        fitting.fit_auto(np.ones((8, 8)), exp, ("Cube",), refine_margin=0.9)
 
 
 def test_orientation_search_runs_on_the_low_q_crop(monkeypatch):
