@@ -291,11 +291,8 @@ class DataStream:
     """Deterministic on-the-fly batches: `batch(step)` -> (inputs, targets), drawn from (seed, step)."""
 
     def __init__(self, cfg: dict, batch_size: int, pitch: float | None = None, seed_offset: int = 0):
-        self.cfg, self.b, self.pitch = (
-            check_config(cfg),
-            int(batch_size),
-            pitch,
-        )  # older sidecars lack newer keys
+        self.cfg = cfg = check_config(cfg)  # older sidecars lack newer keys
+        self.b, self.pitch = int(batch_size), pitch
         self.fams = _families(cfg)
         self.nb = len(cfg["data"]["size_buckets"]) - 1
         self.seed = int(cfg["seed"]) + int(seed_offset)
@@ -327,8 +324,7 @@ class DataStream:
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()
-        per_step = len(self.fams) * self.nb if self.cfg["data"]["mix_families"] else self.nb
-        sizes = sorted({self.b // per_step, self.b // per_step + (1 if self.b % per_step else 0)} - {0})
+        sizes = sorted({n for _, _, n in self._plan(0)[2]})  # every step's plan has the same sizes
         rng = np.random.default_rng(0)
         key = jax.random.PRNGKey(0)
         jobs = []
@@ -512,7 +508,7 @@ def train(
     weights = {k: float(v) for k, v in t["loss_weights"].items()}
     step0 = int(meta["step"])
     t0 = t_start = time.perf_counter()
-    t_warm, n_warm = None, 0
+    t_warm = None  # after step step0 + 1
     acc: list = []
     meta.pop("stopped", None)
     for step in range(step0, int(t["steps"])):
@@ -523,7 +519,7 @@ def train(
         done = step + 1
         if done - step0 == 1:  # throughput after the compiling step (the data generators compiled before)
             jax.block_until_ready(loss)
-            t_warm, n_warm = time.perf_counter(), done
+            t_warm = time.perf_counter()
         out_of_time = time_limit is not None and time.perf_counter() - t_start >= time_limit
         if done % int(t["log_every"]) == 0 or done == int(t["steps"]):
             m = np.mean(acc, 0).tolist()
@@ -539,8 +535,8 @@ def train(
         if done % int(t["checkpoint_every"]) == 0 or done == int(t["steps"]) or out_of_time:
             jax.block_until_ready(loss)
             now = time.perf_counter()
-            if t_warm is not None and done > n_warm:
-                meta["samples_per_s"] = (done - n_warm) * bsz / (now - t_warm)
+            if t_warm is not None and done > step0 + 1:
+                meta["samples_per_s"] = (done - step0 - 1) * bsz / (now - t_warm)
             else:
                 meta["samples_per_s"] = (done - step0) * bsz / (now - t_start)
             meta["step"] = done

@@ -7,13 +7,12 @@ import warnings
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import check_positive
-from .._custom_types import as_float, is_concrete
+from .._custom_types import as_float, is_concrete, mm
 from ._base import AbstractDetector, ConfigCheck, PixelDirections, register_detector
 
 __all__ = ["FlatDetector"]
@@ -101,7 +100,7 @@ class FlatDetector(AbstractDetector):
         z, o = jnp.zeros_like(tx), jnp.ones_like(tx)
         Rx = jnp.stack([jnp.stack([o, z, z]), jnp.stack([z, cx, -sx]), jnp.stack([z, sx, cx])])
         Ry = jnp.stack([jnp.stack([cy, z, sy]), jnp.stack([z, o, z]), jnp.stack([-sy, z, cy])])
-        return jnp.matmul(Ry, Rx, precision=jax.lax.Precision.HIGHEST)  # not TF32 on GPUs
+        return mm(Ry, Rx)
 
     def pixel_positions(self) -> Float[Array, "ny nx 3"]:
         """Lab-frame (x, y, z) of every pixel centre, length unit of `distance`."""
