@@ -2,7 +2,7 @@
 
 python benchmarks/bench_retrieval.py [--n 4] [--size 64] [--families harmonics,ellipsoid,polyhedra]
     [--candidates Sphere,Ellipsoid,SphericalHarmonics,Cube,...] [--lmax 4] [--quick] [--seed 0] [--x64]
-    [--cache-dir DIR] [--no-split] [--coarse N]
+    [--cache-dir DIR] [--no-split] [--coarse N] [--init default|MODEL [--network-min-prob P]]
 
 Per pattern: fit_auto with the candidates, then the IoU of the chosen shape against the truth (best over the
 twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids the sorted semi-axes error, and
@@ -16,6 +16,8 @@ missed the truth's basin, <= 0 that the data cannot tell the two apart (an infor
 `--coarse N`: `fit_auto(coarse=N)` (1: every stage at full resolution; default: the drivers' default, the
 multi-resolution ladder on the low-q crop). The CPU time per pattern (process user + system) is printed too.
 `--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
+`--init`: network-started fits (`fit_auto(init=...)`); `--network-min-prob P`: polyhedra the network gives a
+probability below P are not fitted (the time a good class head saves, and the classes a bad one loses).
 """
 
 from __future__ import annotations
@@ -133,6 +135,15 @@ def main(argv=None):
     ap.add_argument("--coarse", type=int, default=None, help="coarse= for fit_auto (default: its own)")
     ap.add_argument("--from-json", default=None, help="print the table of a --json file and exit")
     ap.add_argument(
+        "--init", default=None, help='fit_auto(init=...): "default" (the shipped network) or a model path'
+    )
+    ap.add_argument(
+        "--network-min-prob",
+        type=float,
+        default=None,
+        help="with --init: fit_auto(network_min_prob=...): polyhedra below this network probability not fitted",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="with --json: keep the rows already in the file and fit only the patterns it lacks (a killed run)",
@@ -198,6 +209,8 @@ def main(argv=None):
         t = p.truth
         t1, c1 = time.perf_counter(), time.process_time()
         extra = {} if a.coarse is None else {"coarse": a.coarse}
+        if a.init is not None:
+            extra |= {"init": a.init, "network_min_prob": a.network_min_prob}
         res = fitting.fit_auto(
             p.counts,
             es.experiment,
@@ -257,6 +270,7 @@ def main(argv=None):
                 beta=t["beta"],
                 ranking=[(n, float(c)) for n, _, _, c in res.ranking],
                 pruned=[(n, float(r)) for n, r in (res.pruned or [])],
+                network_pruned=[(n, float(q)) for n, q in (res.network_pruned or [])],
                 fit_loss=float(res.ranking[0][1]),
                 truth_loss=truth_loss(truth, es.experiment, p.counts, p.mask),
             )

@@ -95,6 +95,7 @@ from ._network import (
     canonical_input as canonical_input,
     load_network as load_network,
     network_loss as network_loss,
+    polar_resample as polar_resample,
     rotation_from_6d as rotation_from_6d,
     twin_rotations as twin_rotations,
 )

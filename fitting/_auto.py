@@ -327,6 +327,7 @@ def fit_auto(
     coarse: bool | int = True,
     stage_rtol: float | None = None,
     init: object = None,  # None | "network" | NetworkPredictor | model path: `fitting.resolve_network`
+    network_min_prob: float | None = None,
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -359,6 +360,10 @@ def fit_auto(
       orientation as starts, a short refinement) instead of the sphere / ellipsoid searches; the harmonic
       ladder starts from the network-started ellipsoid; other classes (Superellipsoid) keep their search,
       sized by the network's fit. Needs delta or beta != 0.
+    - `network_min_prob` (with `init` a network): the polyhedra among `candidates` to which the network gives
+      a class probability below this are not fitted at all (the most probable polyhedron always is); they are
+      listed in `.network_pruned` as (class name, probability). None (default): every candidate is fitted.
+      Only as good as the network's class head (docs/network.md has its confusion matrix).
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -386,11 +391,22 @@ def fit_auto(
         raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
     if refine_margin is not None and not float(refine_margin) >= 1.0:
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
+    if network_min_prob is not None and not 0.0 <= float(network_min_prob) < 1.0:
+        raise ValueError(f"network_min_prob must be in [0, 1) or None, got {network_min_prob}")
+    if network_min_prob is not None and init is None:
+        raise ValueError(
+            "network_min_prob needs init = a network (it prunes classes by the network's probabilities)"
+        )
 
     results = {}
     t0 = time.perf_counter()
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
+    net_pruned: list[tuple[str, float]] = []
     if init is not None:
+        init, net_pruned = _network_prune(init, cands, data, experiment, mask, network_min_prob)
+        cands = [c for c in cands if c not in dict(net_pruned)]
+        if verbose and net_pruned:
+            print("pruned by the network: " + ", ".join(f"{n} (p = {q:.3f})" for n, q in net_pruned))
         sph, ell, radius = _network_stages(
             results,
             cands,
@@ -453,6 +469,7 @@ def fit_auto(
     _, m_full = check_data(data, mask, tuple(experiment.shape))
     best = choose_class(results, int(np.sum(np.asarray(m_full))), criterion)
     best.pruned = pruned
+    best.network_pruned = net_pruned
     if best.stages is None:
         best.stages = [best]
     return best
@@ -485,6 +502,23 @@ def prune_classes(
     drop = [n for n in order if n not in top and not poly[n] <= float(class_margin) * best]
     keep = [n for n in search_deviances if n not in drop]
     return keep, [(n, poly[n] / best) for n in drop]
+
+
+def _network_prune(init, cands, data, experiment, mask, min_prob):
+    """(the resolved network, [(polyhedron, probability), ...] the network rules out: below `min_prob`, never the
+    most probable candidate polyhedron), best first."""
+    from ._netinit import resolve_network
+
+    net = resolve_network(init)
+    if min_prob is None:
+        return net, []
+    probs = net.predict(data, experiment, mask)["class_probs"]
+    poly = [c for c in cands if c in POLYHEDRA and c in probs]
+    if len(poly) < 2:
+        return net, []
+    top = max(poly, key=lambda c: probs[c])
+    drop = [(c, float(probs[c])) for c in poly if c != top and probs[c] < float(min_prob)]
+    return net, sorted(drop, key=lambda x: -x[1])
 
 
 def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs):  # fmt: skip

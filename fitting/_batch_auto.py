@@ -97,7 +97,8 @@ class AutoBatchFitter:
     - `gof_draws`, `gof_threshold`: the noise-consistency check (`noise_consistency`): `misfit` when
       z > `gof_threshold`.
     - `init`: None, or a network (model path, "default", a `fitting.NetworkPredictor`): `fit_auto(init=...)`,
-      the network's prediction starts each pattern's fits (loaded once, checked here).
+      the network's prediction starts each pattern's fits (loaded once, checked here); `network_min_prob`:
+      polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`).
 
     Calling it on (data[B, ny, nx], mask[B, ny, nx]) returns a dict of per-pattern arrays (row b = pattern b):
     `class` (int code into `candidates`), `radius` (volume-equivalent, length) and `radius_sigma`, `scale`
@@ -139,6 +140,7 @@ class AutoBatchFitter:
         gof_draws: int = 8,
         gof_threshold: float = GOF_THRESHOLD,
         init: object = None,
+        network_min_prob: float | None = None,
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -191,6 +193,10 @@ class AutoBatchFitter:
             from ._netinit import resolve_network
 
             self.auto_kwargs["init"] = resolve_network(init)  # a bad path fails here, before any pattern
+        if network_min_prob is not None:
+            if init is None or not 0.0 <= float(network_min_prob) < 1.0:
+                raise ValueError(f"network_min_prob must be in [0, 1) and needs init, got {network_min_prob}")
+            self.auto_kwargs["network_min_prob"] = float(network_min_prob)
         c = set(cands)
         self._has_edge = bool(c & set(POLYHEDRA))
         self._has_axes = bool(c & {"Ellipsoid", "Superellipsoid"})

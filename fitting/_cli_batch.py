@@ -165,6 +165,12 @@ def _schemas() -> dict:
                 'start every fit from a network\'s prediction: a model file of `diffscat train`, or "default" '
                 "(the shipped model); runs fitting.fit_auto(init=...) per pattern",
             ),
+            "min_prob": Key(
+                "number",
+                "with network: polyhedra the network gives a class probability below this are not fitted "
+                "(the most probable always is; fitting.fit_auto(network_min_prob=...))",
+                min=0,
+            ),
         },
         "batch": {
             "chunk_size": Key(
@@ -239,6 +245,14 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"model.candidates = {bad} are not among {', '.join(CANDIDATES)}")
     elif "candidates" in m:
         raise ConfigError(f'model.candidates needs type = "auto" (type is {m["type"]!r})')
+    ini = out.get("init") or {}
+    if ini.get("min_prob") is not None:
+        if ini.get("network") is None:
+            raise ConfigError(
+                "init.min_prob needs init.network (it prunes classes by the network's probabilities)"
+            )
+        if not float(ini["min_prob"]) < 1:
+            raise ConfigError(f"init.min_prob = {ini['min_prob']} must be below 1")
     out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
     return out
 
@@ -303,6 +317,7 @@ def make_fitter(cfg: dict, experiment):
         gof_draws=fit["gof_draws"],
         gof_threshold=fit["gof_threshold"],
         init=cfg.get("init", {}).get("network"),
+        network_min_prob=cfg.get("init", {}).get("min_prob"),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

@@ -52,7 +52,8 @@ class FitResult:
     - `data`, `mask`, `model_counts`: the fitted image (expected counts) for residual maps.
     - `grid`: the fixed voxel grid used; `stages`: for ladder fits, every stage's result.
     - `ranking`: for `fitting.fit_auto`, [(class name, loss, number of parameters, criterion), ...] best first;
-      `pruned`: [(class name, search deviance / best), ...] of the polyhedra its orientation search ruled out.
+      `pruned`: [(class name, search deviance / best), ...] of the polyhedra its orientation search ruled out;
+      `network_pruned`: [(class name, network probability), ...] of those `network_min_prob` ruled out.
     """
 
     model: ds.AbstractShape
@@ -82,6 +83,7 @@ class FitResult:
     loss_function: Any = dataclasses.field(repr=False, default=None)
     ranking: list | None = dataclasses.field(repr=False, default=None)
     pruned: list | None = dataclasses.field(repr=False, default=None)
+    network_pruned: list | None = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""

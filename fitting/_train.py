@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import diffscat as ds
 from diffscat.detectors import expected_photons
 
-from ._network import CLASSES, CanonicalMap, build_model, network_loss, sidecar_path
+from ._network import CLASSES, CanonicalMap, build_model, network_loss, sidecar_config, sidecar_path
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -60,12 +60,24 @@ DEFAULT_CONFIG: dict = {
         "background_range": [0.0, 0.2],  # flat background [photons / pixel]
         "beamstop_deg_range": [0.0, 4.0],
         "center_shift_px": 2,  # beam-centre offset, uniform integer in [-s, s] per axis
+        # fraction of patterns with NO offset (exactly centred); 0 = all drawn as above (see docs/network.md)
+        "centred_fraction": 0.0,
         "delta_range": [0.001, 0.01],
         "beta_range": [0.0, 0.002],
         "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
         "mix_families": False,  # True: every batch spans all families (else one family per step)
     },
-    "network": {"n": 64, "widths": [16, 32, 64, 64], "hidden": 128},
+    # input "polar" (default): CNN on the canonical image resampled to `polar` = (radii, azimuths); size, class
+    # and axes from the amplitudes of the azimuthal orders `harmonics` (even: a beam-centre offset makes odd
+    # ones); "cartesian": the first layout (docs/network.md, section 2)
+    "network": {
+        "n": 64,
+        "widths": [16, 32, 64, 64],
+        "hidden": 128,
+        "input": "polar",
+        "polar": [48, 64],
+        "harmonics": [2, 4, 6, 8],
+    },
     "train": {
         "steps": 100,
         "batch_size": 16,
@@ -74,9 +86,8 @@ DEFAULT_CONFIG: dict = {
         "warmup": 10,
         "checkpoint_every": 50,
         "log_every": 10,
-        # weights of the loss terms (`network_loss`); the class term at 0.3 (the first default) did not learn:
-        # the shared features follow the size / axes / orientation terms (docs/network.md, section 6)
-        "loss_weights": {"size": 1.0, "class": 0.3, "axes": 1.0, "orientation": 0.3},
+        # weights of the loss terms (`network_loss`); class 1 since the polar layout (older sidecars: 0.3)
+        "loss_weights": {"size": 1.0, "class": 1.0, "axes": 1.0, "orientation": 0.3},
     },
 }
 
@@ -113,6 +124,8 @@ def check_config(config: dict | None = None) -> dict:
             raise ValueError(f"data.{k} must be (low, high) with 0 <= low <= high, got {d[k]}")
     if float(d["photons_range"][0]) <= 0:
         raise ValueError("data.photons_range must be positive")
+    if not 0.0 <= float(d["centred_fraction"]) <= 1.0:
+        raise ValueError(f"data.centred_fraction must be in [0, 1], got {d['centred_fraction']}")
     if float(d["max_axis_ratio"]) < 1:
         raise ValueError("data.max_axis_ratio must be >= 1")
     t = cfg["train"]
@@ -122,8 +135,17 @@ def check_config(config: dict | None = None) -> dict:
     for k, v in t["loss_weights"].items():
         if not (math.isfinite(float(v)) and float(v) >= 0):
             raise ValueError(f"train.loss_weights.{k} must be a finite number >= 0, got {v}")
-    if cfg["network"]["n"] % 2 ** len(cfg["network"]["widths"]):
+    net = cfg["network"]
+    if net["n"] % 2 ** len(net["widths"]):
         raise ValueError("network.n must be a multiple of 2^len(network.widths)")
+    if not isinstance(net["harmonics"], list | tuple) or any(int(m) < 1 for m in net["harmonics"]):
+        raise ValueError(f"network.harmonics must be a list of azimuthal orders >= 1, got {net['harmonics']}")
+    if net["input"] not in ("polar", "cartesian"):
+        raise ValueError(f"network.input must be 'polar' or 'cartesian', got {net['input']!r}")
+    if len(net["polar"]) != 2 or any(int(v) % 2 ** len(net["widths"]) or int(v) < 1 for v in net["polar"]):
+        raise ValueError(
+            f"network.polar must be [radii, azimuths], multiples of 2^len(network.widths), got {net['polar']}"
+        )
     return cfg
 
 
@@ -254,12 +276,16 @@ def sample_noise(cfg: dict, n: int, rng: np.random.Generator) -> dict:
     d = cfg["data"]
     lp = np.log(np.asarray(d["photons_range"], float))
     s = int(d["center_shift_px"])
-    return {
+    out = {
         "photons": np.exp(rng.uniform(lp[0], lp[1], n)).astype(np.float32),
         "background": rng.uniform(*d["background_range"], n).astype(np.float32),
         "beamstop": np.radians(rng.uniform(*d["beamstop_deg_range"], n)).astype(np.float32),
         "shift": rng.integers(-s, s + 1, (n, 2)).astype(np.int32),
     }
+    f = float(d["centred_fraction"])
+    if f > 0:  # (drawn only when set, so older configs' data streams are unchanged)
+        out["shift"] = np.where(rng.random((n, 1)) < f, 0, out["shift"]).astype(np.int32)
+    return out
 
 
 def targets_of(cfg: dict, t: dict) -> dict:
@@ -432,6 +458,7 @@ def load_checkpoint(path, cfg: dict | None = None):
     path = os.fspath(path)
     with open(sidecar_path(path)) as f:
         meta = json.load(f)
+    meta["config"] = sidecar_config(meta["config"])
     cfg = meta["config"] if cfg is None else cfg
     with open(path, "rb") as f:
         model = eqx.tree_deserialise_leaves(f, build_model(cfg, jax.random.PRNGKey(0)))
@@ -483,10 +510,11 @@ def train(
         if not os.path.exists(sidecar_path(out)):
             raise FileNotFoundError(f"--resume: no checkpoint sidecar {sidecar_path(out)}")
         with open(sidecar_path(out)) as f:
-            old = json.load(f)["config"]
+            old = sidecar_config(json.load(f)["config"])
         if not _same_except_steps(check_config(old), cfg):  # older sidecars lack newer (default) keys
             raise ValueError(
-                f"--resume: {out} was trained with a different config (only train.steps may change)"
+                f"--resume: {out} was trained with a different config (only train.steps may change; a model "
+                f'trained before the polar layout needs [network] input = "cartesian" in the config)'
             )
         model, opt_state, meta = load_checkpoint(out, cfg)
     else:

@@ -109,6 +109,19 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + f"[init]\nnetwork='{tmp_path / 'missing.eqx'}'\n")
     with pytest.raises(FileNotFoundError, match="missing.eqx"):
         make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    # [init] min_prob: passed on to fit_auto(network_min_prob=...); needs a network, below 1
+    cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["network_min_prob"] == 0.05
+    from diffscat.io import ConfigError
+
+    for bad, msg in (
+        ("min_prob=0.05\n", "needs init.network"),
+        ("network='default'\nmin_prob=1.0\n", "below 1"),
+    ):
+        cfg.write_text(base + "[init]\n" + bad)
+        with pytest.raises(ConfigError, match=msg):
+            load_batch_config(str(cfg))
 
 
 def test_shipped_harmonics_and_polyhedra_configs_cover_their_datasets():

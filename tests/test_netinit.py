@@ -17,17 +17,24 @@ from fitting._train import check_config
 CLASSES = ["Sphere", "Ellipsoid", "Cube"]
 
 
-def _fixed_network(radius: float, cls: str = "Sphere", axes=(-0.1, 0.15), rot6d=(1, 0, 0, 0, 1, 0)):
+def _fixed_network(
+    radius: float, cls: str = "Sphere", axes=(-0.1, 0.15), rot6d=(1, 0, 0, 0, 1, 0), classes=tuple(CLASSES)
+):
     """A tiny `InversionCNN` whose output does not depend on its input: the last layer's weights are zero and
     its bias says `radius` [wavelengths], class `cls`, log axis ratios `axes`, rotation `rot6d`."""
+    classes = list(classes)
     cfg = check_config(
-        {"classes": CLASSES, "network": {"n": 32, "widths": [8, 16], "hidden": 16}, "data": {"n_pixels": 32}}
+        {
+            "classes": classes,
+            "network": {"n": 32, "widths": [8, 16], "hidden": 16, "input": "cartesian"},
+            "data": {"n_pixels": 32},
+        }
     )
-    m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=len(CLASSES))
-    k = len(CLASSES)
+    m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=len(classes))
+    k = len(classes)
     b = np.zeros(1 + k + 2 + 6, np.float32)
     b[0] = math.log(radius) - 1.5  # the model adds log(4.5) ~ 1.5
-    b[1 + CLASSES.index(cls)] = 5.0
+    b[1 + classes.index(cls)] = 5.0
     # softplus^-1 of the wanted |log axes|
     b[1 + k] = math.log(math.expm1(-axes[0]))
     b[2 + k] = math.log(math.expm1(axes[1]))
@@ -231,3 +238,43 @@ def test_fit_auto_init_network_skips_the_searches(monkeypatch):
     assert abs(float(res.model.radius) - 3.0) < 0.1
     with pytest.raises(TypeError, match="network"):
         fitting.fit_auto(counts, EXP, ["Sphere"], delta=0.001, beta=0.001, init=1.0)
+
+
+def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
+    """`fit_auto(init=net, network_min_prob=p)`: polyhedra the network gives < p are neither searched nor fitted."""
+    import fitting._auto as auto_mod
+    import fitting._netinit as netinit_mod
+
+    classes = ("Sphere", "Cube", "Octahedron", "Icosahedron")
+    net = _fixed_network(3.0, "Cube", classes=classes)  # p(Cube) = e^5 / (e^5 + 3) ~ 0.98, others ~ 0.007
+    searched, fitted = [], []
+    real_search, real_fit = netinit_mod.orientation_search, netinit_mod.fit_from_network
+
+    def spy_search(name, *a, **k):
+        searched.append(name)
+        return real_search(name, *a, **k)
+
+    def spy_fit(*a, candidates, **k):
+        fitted.extend(candidates)
+        return real_fit(*a, candidates=candidates, **k)
+
+    monkeypatch.setattr(netinit_mod, "orientation_search", spy_search)
+    monkeypatch.setattr(netinit_mod, "fit_from_network", spy_fit)
+    monkeypatch.setattr(auto_mod, "orientation_search", spy_search)
+    counts = _sphere_counts(EXP, 3.0)  # the data do not matter here: what is fitted does
+    kw = dict(delta=0.001, beta=0.001, init=net, max_steps=5, uncertainties=False, pitch=0.5)
+    kw |= dict(n_orientations=4, n_refine=1)
+    res = fitting.fit_auto(counts, EXP, ["Cube", "Octahedron", "Icosahedron"], network_min_prob=0.05, **kw)
+    assert fitted == ["Cube"] and set(searched) == {"Cube"}
+    assert [r[0] for r in res.ranking] == ["Cube"]
+    assert sorted(n for n, _ in res.network_pruned) == ["Icosahedron", "Octahedron"]
+    assert all(0 < p < 0.05 for _, p in res.network_pruned)
+    # a threshold below every probability keeps them all; the most probable is never pruned
+    _, kept = auto_mod._network_prune(net, ["Cube", "Octahedron"], counts, EXP, None, 0.001)
+    assert kept == []
+    _, drop = auto_mod._network_prune(net, ["Octahedron", "Icosahedron"], counts, EXP, None, 0.5)
+    assert len(drop) == 1  # both are < 0.5: one of the two (the most probable) stays
+    with pytest.raises(ValueError, match="network_min_prob"):
+        fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, network_min_prob=0.1)
+    with pytest.raises(ValueError, match="network_min_prob"):
+        fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, init=net, network_min_prob=1.5)

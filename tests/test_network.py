@@ -145,6 +145,85 @@ def test_cnn_shapes_and_config_checks():
     assert check_config({"train": {"loss_weights": {"class": 2.0}}})["train"]["loss_weights"]["size"] == 1.0
 
 
+def test_polar_resample_is_exact_for_linear_images():
+    n, nr, nphi = 16, 8, 16
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    c = n / 2 - 0.5
+    img = jnp.asarray(np.stack([xx - c, yy - c]))  # bilinear interpolation reproduces linear functions
+    out = np.asarray(fitting.polar_resample(img, nr, nphi))
+    r = (np.arange(nr) + 0.5) / nr * n / np.sqrt(2)
+    phi = np.arange(nphi) / nphi * 2 * np.pi
+    inside = (np.abs(r[:, None] * np.cos(phi)) <= c) & (np.abs(r[:, None] * np.sin(phi)) <= c)
+    np.testing.assert_allclose(out[0][inside], (r[:, None] * np.cos(phi))[inside], atol=1e-5)
+    np.testing.assert_allclose(out[1][inside], (r[:, None] * np.sin(phi))[inside], atol=1e-5)
+    assert r[-1] > c + 1 and np.all(out[:, -1, 0] == 0)  # the outermost radius along +x is off the image: 0
+
+
+def test_polar_cnn_size_class_axes_are_invariant_to_in_plane_rotation():
+    m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=3, polar=(16, 32))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32))
+    o = m(x)
+    for k in (1, 2):  # 90 and 180 deg: multiples of 360 / 32, so exactly a circular shift in azimuth
+        r = m(jnp.rot90(x, k, axes=(1, 2)))
+        for name in ("log_size", "logits", "log_axes"):
+            np.testing.assert_allclose(np.asarray(r[name]), np.asarray(o[name]), atol=1e-5, err_msg=name)
+    # the orientation head sees the azimuth-resolved features: a turned pattern gives another rotation
+    assert float(jnp.max(jnp.abs(m(jnp.rot90(x, 1, axes=(1, 2)))["rot6d"] - o["rot6d"]))) > 1e-4
+    # the Cartesian layout has no such symmetry (so the check above can fail)
+    mc = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=3)
+    assert float(jnp.max(jnp.abs(mc(jnp.rot90(x, 1, axes=(1, 2)))["logits"] - mc(x)["logits"]))) > 1e-4
+    with pytest.raises(ValueError, match="polar"):
+        InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), polar=(18, 32))
+    with pytest.raises(ValueError, match="network.input"):
+        check_config({"network": {"input": "spherical"}})
+    with pytest.raises(ValueError, match="network.polar"):
+        check_config({"network": {"polar": [50, 64]}})
+    with pytest.raises(ValueError, match="centred_fraction"):
+        check_config({"data": {"centred_fraction": 1.5}})
+    from fitting._train import sample_noise
+
+    cf = check_config({"data": {"centred_fraction": 0.5, "center_shift_px": 3}})
+    sh = sample_noise(cf, 2000, np.random.default_rng(0))["shift"]
+    centred = np.all(sh == 0, axis=1).mean()
+    assert 0.45 < centred < 0.58 and np.abs(sh).max() == 3  # half centred (+ 1/49 of the rest), others offset
+    sh0 = sample_noise(check_config({"data": {"center_shift_px": 3}}), 2000, np.random.default_rng(0))[
+        "shift"
+    ]
+    assert np.all(sh0 == 0, axis=1).mean() < 0.05
+    with pytest.raises(ValueError, match="network.harmonics"):
+        check_config({"network": {"harmonics": 8}})
+    with pytest.raises(ValueError, match="harmonics"):
+        InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), polar=(16, 32), harmonics=(0, 2))
+    # the orders are features: more orders, more inputs to the head; none = mean / max pooling only
+    sizes = [
+        InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), polar=(16, 32), harmonics=h).head.in_size
+        for h in ((), (2,), (2, 4, 6, 8))
+    ]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert check_config({})["network"]["input"] == "polar"
+
+
+def test_sidecars_without_network_input_load_as_cartesian(tmp_path):
+    """A model file from before the polar layout (sidecar without network.input) loads as the Cartesian CNN."""
+    from fitting._network import sidecar_config
+
+    cfg = check_config({**TINY, "network": {**TINY["network"], "input": "cartesian"}})
+    m = InversionCNN(jax.random.PRNGKey(3), n=32, widths=(8, 16), hidden=32, n_classes=2)
+    path = tmp_path / "old.eqx"
+    eqx.tree_serialise_leaves(str(path), m)
+    legacy = json.loads(json.dumps(cfg))
+    del legacy["network"]["input"], legacy["network"]["polar"], legacy["network"]["harmonics"]
+    del legacy["train"]["loss_weights"]
+    (tmp_path / "old.eqx.json").write_text(json.dumps({"config": legacy, "step": 1}))
+    net = fitting.load_network(str(path))
+    assert net.model.polar is None and net.meta["config"]["network"]["input"] == "cartesian"
+    assert net.meta["config"]["train"]["loss_weights"]["class"] == 0.3  # what it was trained with
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32))
+    np.testing.assert_array_equal(np.asarray(net.model(x)["logits"]), np.asarray(m(x)["logits"]))
+    assert sidecar_config({"network": {"input": "polar"}})["network"]["input"] == "polar"
+    assert fitting.load_network("default").model.polar is not None  # the shipped model: polar layout
+
+
 def test_data_stream_compiles_every_generator_up_front():
     cfg = check_config(
         {
@@ -184,7 +263,9 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
     for suffix in ("", ".state"):
         assert pathlib.Path(out + suffix).read_bytes() == pathlib.Path(out2 + suffix).read_bytes()
     net = fitting.load_network(out)
-    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(net.model)):
+    la, lb = (jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (model, net.model))
+    assert len(la) == len(lb)
+    for a, b in zip(la, lb, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
     # resume continues the step count; a fresh run into an existing file is refused
