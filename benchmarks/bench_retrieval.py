@@ -2,7 +2,7 @@
 
 python benchmarks/bench_retrieval.py [--n 4] [--size 64] [--families harmonics,ellipsoid,polyhedra]
     [--candidates Sphere,Ellipsoid,SphericalHarmonics,Cube,...] [--lmax 4] [--quick] [--seed 0] [--x64]
-    [--cache-dir DIR] [--no-split] [--coarse N] [--init default|MODEL [--network-min-prob P]]
+    [--cache-dir DIR] [--no-split] [--coarse N] [--init default|MODEL] [--class-network M] [--network-min-prob P]
 
 Per pattern: fit_auto with the candidates, then the IoU of the chosen shape against the truth (best over the
 twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids the sorted semi-axes error, and
@@ -17,7 +17,8 @@ missed the truth's basin, <= 0 that the data cannot tell the two apart (an infor
 multi-resolution ladder on the low-q crop). The CPU time per pattern (process user + system) is printed too.
 `--quick`: 48^2 detector, sizes 3-5 wavelengths, 2 shapes per family, few optimiser steps.
 `--init`: network-started fits (`fit_auto(init=...)`); `--network-min-prob P`: polyhedra the network gives a
-probability below P are not fitted (the time a good class head saves, and the classes a bad one loses).
+probability below P are not fitted (the time a good class head saves, and the classes a bad one loses);
+`--class-network M --network-min-prob P`: the same pruning, the usual no-guess searches on the kept classes.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ def main(argv=None):
         "--init", default=None, help='fit_auto(init=...): "default" (the shipped network) or a model path'
     )
     ap.add_argument(
+        "--class-network",
+        default=None,
+        help="fit_auto(class_network=...): a network used only to prune polyhedra (with --network-min-prob)",
+    )
+    ap.add_argument(
         "--network-min-prob",
         type=float,
         default=None,
@@ -211,6 +217,8 @@ def main(argv=None):
         extra = {} if a.coarse is None else {"coarse": a.coarse}
         if a.init is not None:
             extra |= {"init": a.init, "network_min_prob": a.network_min_prob}
+        if a.class_network is not None:
+            extra |= {"class_network": a.class_network, "network_min_prob": a.network_min_prob}
         res = fitting.fit_auto(
             p.counts,
             es.experiment,

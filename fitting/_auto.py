@@ -328,6 +328,7 @@ def fit_auto(
     stage_rtol: float | None = None,
     init: object = None,  # None | "network" | NetworkPredictor | model path: `fitting.resolve_network`
     network_min_prob: float | None = None,
+    class_network: object = None,
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -360,10 +361,12 @@ def fit_auto(
       orientation as starts, a short refinement) instead of the sphere / ellipsoid searches; the harmonic
       ladder starts from the network-started ellipsoid; other classes (Superellipsoid) keep their search,
       sized by the network's fit. Needs delta or beta != 0.
-    - `network_min_prob` (with `init` a network): the polyhedra among `candidates` to which the network gives
-      a class probability below this are not fitted at all (the most probable polyhedron always is); they are
-      listed in `.network_pruned` as (class name, probability). None (default): every candidate is fitted.
-      Only as good as the network's class head (docs/network.md has its confusion matrix).
+    - `network_min_prob`, `class_network`: the polyhedra among `candidates` to which the network gives a
+      class probability below `network_min_prob` are not fitted at all (the most probable polyhedron always
+      is); they are listed in `.network_pruned` as (class name, probability). The network: `class_network`
+      (same forms as `init`), else `init`. With `init=None` the no-guess searches and the multi-resolution
+      ladder run on the kept classes only (the network decides nothing else). None (default): every
+      candidate is fitted. Only as good as the network's class head (docs/network.md has its confusion).
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -393,20 +396,23 @@ def fit_auto(
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
     if network_min_prob is not None and not 0.0 <= float(network_min_prob) < 1.0:
         raise ValueError(f"network_min_prob must be in [0, 1) or None, got {network_min_prob}")
-    if network_min_prob is not None and init is None:
+    pruner = class_network if class_network is not None else init
+    if network_min_prob is not None and pruner is None:
         raise ValueError(
-            "network_min_prob needs init = a network (it prunes classes by the network's probabilities)"
+            "network_min_prob needs a network (class_network= or init=): it prunes classes by its probabilities"
         )
 
     results = {}
     t0 = time.perf_counter()
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
     net_pruned: list[tuple[str, float]] = []
-    if init is not None:
-        init, net_pruned = _network_prune(init, cands, data, experiment, mask, network_min_prob)
+    if pruner is not None:
+        net, net_pruned = _network_prune(pruner, cands, data, experiment, mask, network_min_prob)
+        init = net if init is pruner else init
         cands = [c for c in cands if c not in dict(net_pruned)]
         if verbose and net_pruned:
             print("pruned by the network: " + ", ".join(f"{n} (p = {q:.3f})" for n, q in net_pruned))
+    if init is not None:
         sph, ell, radius = _network_stages(
             results,
             cands,

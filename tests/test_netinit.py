@@ -274,7 +274,25 @@ def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
     assert kept == []
     _, drop = auto_mod._network_prune(net, ["Octahedron", "Icosahedron"], counts, EXP, None, 0.5)
     assert len(drop) == 1  # both are < 0.5: one of the two (the most probable) stays
-    with pytest.raises(ValueError, match="network_min_prob"):
+    # class_network without init: the no-guess searches run on the kept class only
+    searched.clear()
+    res = fitting.fit_auto(
+        counts,
+        EXP,
+        ["Cube", "Octahedron", "Icosahedron"],
+        delta=0.001,
+        beta=0.001,
+        class_network=net,
+        network_min_prob=0.05,
+        max_steps=5,
+        uncertainties=False,
+        pitch=0.5,
+        n_orientations=4,
+        n_refine=1,
+    )
+    assert set(searched) == {"Cube"} and [r[0] for r in res.ranking] == ["Cube"]
+    assert sorted(n for n, _ in res.network_pruned) == ["Icosahedron", "Octahedron"]
+    with pytest.raises(ValueError, match="network_min_prob needs a network"):
         fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, network_min_prob=0.1)
     with pytest.raises(ValueError, match="network_min_prob"):
         fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, init=net, network_min_prob=1.5)
