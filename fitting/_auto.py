@@ -394,13 +394,8 @@ def fit_auto(
         raise ValueError(f"criterion must be 'bic', 'aic' or 'nll', got {criterion!r}")
     if refine_margin is not None and not float(refine_margin) >= 1.0:
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
-    if network_min_prob is not None and not 0.0 <= float(network_min_prob) < 1.0:
-        raise ValueError(f"network_min_prob must be in [0, 1) or None, got {network_min_prob}")
     pruner = class_network if class_network is not None else init
-    if network_min_prob is not None and pruner is None:
-        raise ValueError(
-            "network_min_prob needs a network (class_network= or init=): it prunes classes by its probabilities"
-        )
+    check_network_min_prob(network_min_prob, pruner)
 
     results = {}
     t0 = time.perf_counter()
@@ -508,6 +503,18 @@ def prune_classes(
     drop = [n for n in order if n not in top and not poly[n] <= float(class_margin) * best]
     keep = [n for n in search_deviances if n not in drop]
     return keep, [(n, poly[n] / best) for n in drop]
+
+
+def check_network_min_prob(min_prob: float | None, network) -> None:
+    """`network_min_prob` is None, or in [0, 1) with a network to ask (ValueError otherwise)."""
+    if min_prob is None:
+        return
+    if not 0.0 <= float(min_prob) < 1.0:
+        raise ValueError(f"network_min_prob must be in [0, 1) or None, got {min_prob}")
+    if network is None:
+        raise ValueError(
+            "network_min_prob needs a network (class_network= or init=): it prunes classes by its probabilities"
+        )
 
 
 def _network_prune(init, cands, data, experiment, mask, min_prob):

@@ -23,7 +23,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import CANDIDATES, data_loss
+from ._auto import CANDIDATES, check_network_min_prob, data_loss
 from ._evalset import POLYHEDRA
 from ._losses import AbstractLoss, as_loss
 
@@ -194,8 +194,7 @@ class AutoBatchFitter:
 
             self.auto_kwargs["init"] = resolve_network(init)  # a bad path fails here, before any pattern
         if network_min_prob is not None:
-            if init is None or not 0.0 <= float(network_min_prob) < 1.0:
-                raise ValueError(f"network_min_prob must be in [0, 1) and needs init, got {network_min_prob}")
+            check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)
         c = set(cands)
         self._has_edge = bool(c & set(POLYHEDRA))

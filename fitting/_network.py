@@ -60,6 +60,23 @@ N_TWINS = 8
 # ----------------------------------------------------------------------------------------------- input
 
 
+def _bilinear_taps(fx, fy, n: int, ok=None) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear taps of points at continuous bin coordinates (`fx`, `fy`) (bin centres at integers) on an
+    (n, n) grid: (P, 4) flat bin indices (int32) and weights; taps off the grid, or of points where `ok` is
+    False, get index 0 and weight 0."""
+    x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    tx, ty = fx - x0, fy - y0
+    ok = np.ones(np.shape(fx), bool) if ok is None else ok
+    idx, wts = [], []
+    for dy, wy in ((0, 1 - ty), (1, ty)):
+        for dx, wx in ((0, 1 - tx), (1, tx)):
+            ix, iy = x0 + dx, y0 + dy
+            inside = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n) & ok
+            idx.append(np.where(inside, iy * n + ix, 0))
+            wts.append(np.where(inside, wx * wy, 0.0))
+    return np.stack(idx, -1).astype(np.int32), np.stack(wts, -1)
+
+
 class CanonicalMap(eqx.Module):
     """Where each detector pixel lands on the canonical (n, n) grid: 4 bilinear bin indices and weights.
 
@@ -101,18 +118,10 @@ class CanonicalMap(eqx.Module):
         du = 2.0 * u_max / n
         # continuous bin coordinates: bin centres at (i + 0.5) du - u_max
         fx, fy = (ux + u_max) / du - 0.5, (uy + u_max) / du - 0.5
-        x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
-        tx, ty = fx - x0, fy - y0
-        idx, wts = [], []
-        for dy, wy in ((0, 1 - ty), (1, ty)):
-            for dx, wx in ((0, 1 - tx), (1, tx)):
-                ix, iy = x0 + dx, y0 + dy
-                inside = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n) & valid & (sa > 0)
-                idx.append(np.where(inside, iy * n + ix, 0))
-                wts.append(np.where(inside, wx * wy, 0.0))
+        idx, wts = _bilinear_taps(fx, fy, n, valid & (sa > 0))
         return cls(
-            index=jnp.asarray(np.stack(idx, -1).astype(np.int32)),
-            weight=jnp.asarray(np.stack(wts, -1), jnp.float32),
+            index=jnp.asarray(idx),
+            weight=jnp.asarray(wts, jnp.float32),
             solid_angle=jnp.asarray(np.where(valid, sa, 0.0), jnp.float32),
             image_shape=tuple(experiment.shape),
             n=n,
@@ -175,16 +184,8 @@ def _polar_taps(n: int, nr: int, nphi: int) -> tuple[np.ndarray, np.ndarray]:
     phi = np.arange(nphi) / nphi * 2.0 * np.pi
     fx = n / 2.0 - 0.5 + r[:, None] * np.cos(phi)[None]
     fy = n / 2.0 - 0.5 + r[:, None] * np.sin(phi)[None]
-    x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
-    tx, ty = fx - x0, fy - y0
-    idx, wts = [], []
-    for dy, wy in ((0, 1 - ty), (1, ty)):
-        for dx, wx in ((0, 1 - tx), (1, tx)):
-            ix, iy = x0 + dx, y0 + dy
-            inside = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
-            idx.append(np.where(inside, iy * n + ix, 0).reshape(-1))
-            wts.append(np.where(inside, wx * wy, 0.0).reshape(-1))
-    return np.stack(idx).astype(np.int32), np.stack(wts).astype(np.float32)
+    idx, wts = _bilinear_taps(fx.reshape(-1), fy.reshape(-1), n)
+    return idx.T.copy(), wts.T.astype(np.float32)
 
 
 def polar_resample(x: Float[Array, "c n n"], nr: int, nphi: int) -> Float[Array, "c nr nphi"]:
@@ -487,6 +488,14 @@ def build_model(config: dict, key: PRNGKeyArray) -> InversionCNN:
     )
 
 
+def read_sidecar(path) -> dict:
+    """The JSON sidecar of model file `path`, its config completed by `sidecar_config`."""
+    with open(sidecar_path(path)) as f:
+        meta = json.load(f)
+    meta["config"] = sidecar_config(meta["config"])  # keys older sidecars lack: what they were trained with
+    return meta
+
+
 def sidecar_config(config: dict) -> dict:
     """The config of a model's sidecar with the keys that older sidecars lack set to what THEY were trained
     with (not to today's defaults): a network table without "input" is the Cartesian layout."""
@@ -532,9 +541,7 @@ def _read_network(path: str) -> NetworkPredictor:
     side = sidecar_path(path)
     if not os.path.exists(side):
         raise FileNotFoundError(f"model {path} has no provenance sidecar {side}")
-    with open(side) as f:
-        meta = json.load(f)
-    meta["config"] = sidecar_config(meta["config"])  # keys older sidecars lack: what they were trained with
+    meta = read_sidecar(path)
     template = build_model(meta["config"], jax.random.PRNGKey(0))
     # the file keeps the dtype it was trained in (float32, or float64 under jax_enable_x64): try both
     for dt in (jnp.float32, jnp.float64):

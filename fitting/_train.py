@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import diffscat as ds
 from diffscat.detectors import expected_photons
 
-from ._network import CLASSES, CanonicalMap, build_model, network_loss, sidecar_config, sidecar_path
+from ._network import CLASSES, CanonicalMap, build_model, network_loss, read_sidecar, sidecar_path
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -456,9 +456,7 @@ def save_checkpoint(path, model, opt_state, meta: dict) -> None:
 def load_checkpoint(path, cfg: dict | None = None):
     """(model, opt_state, meta) of a checkpoint; `cfg` (default: the sidecar's) builds the templates."""
     path = os.fspath(path)
-    with open(sidecar_path(path)) as f:
-        meta = json.load(f)
-    meta["config"] = sidecar_config(meta["config"])
+    meta = read_sidecar(path)
     cfg = meta["config"] if cfg is None else cfg
     with open(path, "rb") as f:
         model = eqx.tree_deserialise_leaves(f, build_model(cfg, jax.random.PRNGKey(0)))
@@ -509,8 +507,7 @@ def train(
     if resume:
         if not os.path.exists(sidecar_path(out)):
             raise FileNotFoundError(f"--resume: no checkpoint sidecar {sidecar_path(out)}")
-        with open(sidecar_path(out)) as f:
-            old = sidecar_config(json.load(f)["config"])
+        old = read_sidecar(out)["config"]
         if not _same_except_steps(check_config(old), cfg):  # older sidecars lack newer (default) keys
             raise ValueError(
                 f"--resume: {out} was trained with a different config (only train.steps may change; a model "
