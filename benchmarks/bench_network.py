@@ -10,8 +10,10 @@ Held-out patterns, all made by paths other than the training data's:
   float64 exact slice sum), ellipsoids and the six polyhedra on a 64^2 QGrid.
 
 Reported for the network alone: size error |r_pred / r_true - 1| (median, 90th percentile, per class and size
-bucket), class accuracy and confusion, ellipsoid orientation error up to the twins (geodesic angle to the
-nearest of `twin_rotations`), inference time per pattern at batch 64 (canonical transform + model, and the
+bucket), class accuracy and confusion, orientation error of the ellipsoids and polyhedra up to their twins (geodesic
+angle to the nearest of `twin_rotations(R, class)`: the body's point group and the pattern twins), with the
+same angle for uniformly random rotations as the chance level (it is small for the icosahedron: 120
+twins), inference time per pattern at batch 64 (canonical transform + model, and the
 model alone). Then, on `--n-fit` evalset/Mie patterns: `fitting.fit_from_network` (true class as the only
 candidate) against the multi-start `fitting.fit_auto` restricted to the true class: the fraction where the
 network-started fit reaches the multi-start optimum (data NLL within 1 unit or better) and the time per pattern.
@@ -55,11 +57,18 @@ def mie_counts(exp, radius, delta, beta, photons, beamstop_deg, rng):
     return rng.poisson(mean / mean.sum() * photons).astype(float), mask
 
 
-def angle_to_twins(R_pred, R_true) -> float:
-    """Smallest geodesic angle [deg] between R_pred and the twins of R_true."""
-    tw = np.asarray(twin_rotations(jnp.asarray(R_true, jnp.float32)), float)
+def angle_to_twins(R_pred, R_true, class_name: str = "Ellipsoid") -> float:
+    """Smallest geodesic angle [deg] between R_pred and the twins of R_true (a body of `class_name`)."""
+    tw = np.asarray(twin_rotations(jnp.asarray(R_true, jnp.float32), class_name), float)
     c = (np.einsum("ij,kij->k", np.asarray(R_pred, float), tw) - 1) / 2
     return float(np.degrees(np.arccos(np.clip(c.max(), -1, 1))))
+
+
+def random_rotation(rng) -> np.ndarray:
+    """A uniformly random rotation (QR of a Gaussian matrix, sign-fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q * np.sign(np.linalg.det(q))
 
 
 def summarise(rows, classes) -> dict:
@@ -87,14 +96,29 @@ def summarise(rows, classes) -> dict:
     for r in rows:
         conf[classes.index(r["cls_true"]), classes.index(r["cls_pred"])] += 1
     out["confusion"] = conf.tolist()
-    ang = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None]
+    by_orient = {}
+    for c in classes:
+        a = [r["orient_deg"] for r in rows if r["cls_true"] == c and r.get("orient_deg") is not None]
+        if a:
+            rng = np.random.default_rng(0)
+            chance = [angle_to_twins(random_rotation(rng), random_rotation(rng), c) for _ in range(200)]
+            by_orient[c] = {
+                "n": len(a),
+                "median": float(np.median(a)),
+                "p90": float(np.percentile(a, 90)),
+                "within_10deg": float(np.mean(np.asarray(a) <= 10)),
+                "chance_median": float(np.median(chance)),
+            }
+    if by_orient:
+        out["orientation_deg"] = by_orient
+    ang = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None and r["cls_true"] == "Ellipsoid"]
     if ang:
         out["ellipsoid_orientation_deg"] = {
             "n": len(ang),
             "median": float(np.median(ang)),
             "p90": float(np.percentile(ang, 90)),
         }
-        an = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None and r["aniso"] >= 1.3]
+        an = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None and r.get("aniso", 0) >= 1.3]
         if an:
             out["ellipsoid_orientation_deg_c_over_a_ge_1.3"] = {"n": len(an), "median": float(np.median(an))}
     return out
@@ -137,9 +161,10 @@ def main(argv=None):
                 "cls_true": c_true,
                 "cls_pred": c_pred,
             }
-            if c_true == "Ellipsoid":
+            if c_true != "Sphere":
                 Rp = np.asarray(rotation_from_6d(jnp.asarray(o["rot6d"][i])))
-                row["orient_deg"] = angle_to_twins(Rp, tg["rotation"][i])
+                row["orient_deg"] = angle_to_twins(Rp, tg["rotation"][i], c_true)
+            if c_true == "Ellipsoid":
                 row["aniso"] = float(np.exp(tg["log_axes"][i][1] - tg["log_axes"][i][0]))
             rows["sim"].append(row)
         print(f"sim: {len(rows['sim'])} patterns ({time.perf_counter() - t_all:.0f} s)", flush=True)
@@ -187,8 +212,8 @@ def main(argv=None):
                 "cls_true": t["class"],
                 "cls_pred": p["class"],
             }
+            row["orient_deg"] = angle_to_twins(p["rotation"], np.asarray(t["rotation"]), t["class"])
             if t["class"] == "Ellipsoid":
-                row["orient_deg"] = angle_to_twins(p["rotation"], np.asarray(t["rotation"]))
                 a = np.asarray(t["params"]["semi_axes"])
                 row["aniso"] = float(a.max() / a.min())
             rows["evalset"].append(row)
@@ -229,6 +254,13 @@ def main(argv=None):
         if es is not None:
             ell = es.family("ellipsoid")
             pol = es.family("polyhedra")
+            # round-robin over the polyhedron classes, so a few fits already span them
+            seen: dict[str, int] = {}
+            rank = []
+            for p in pol:
+                rank.append(seen.get(p.truth["class"], 0))
+                seen[p.truth["class"]] = rank[-1] + 1
+            pol = [pol[i] for i in sorted(range(len(pol)), key=lambda i: rank[i])]
             for i in range(max(len(ell), len(pol))):
                 pool += [
                     (p.counts, p.mask, p.truth["class"], p.truth["delta"], p.truth["beta"])
@@ -284,6 +316,11 @@ def main(argv=None):
             print(
                 f"  {k}: n {s['n']}, median {s['size_err_median']:.3f}, p90 {s['size_err_p90']:.3f}, acc {s['class_accuracy']:.2f}"
             )
+            for c, o in s.get("orientation_deg", {}).items():
+                print(
+                    f"    orientation {c}: n {o['n']}, median {o['median']:.1f} deg (chance {o['chance_median']:.1f}), "
+                    f"p90 {o['p90']:.1f}, within 10 deg {o['within_10deg']:.2f}"
+                )
     if "fits" in report:
         f = report["fits"]
         print(

@@ -92,11 +92,13 @@ from ._network import (
     CanonicalMap as CanonicalMap,
     InversionCNN as InversionCNN,
     NetworkPredictor as NetworkPredictor,
+    body_symmetries as body_symmetries,
     canonical_input as canonical_input,
     load_network as load_network,
     network_loss as network_loss,
     polar_resample as polar_resample,
     rotation_from_6d as rotation_from_6d,
+    twin_bodies as twin_bodies,
     twin_rotations as twin_rotations,
 )
 from ._params import (

@@ -160,8 +160,10 @@ def orientation_search(
     batch: int = 32,
     seed: int = 0,
     coarse: bool | int = True,
+    rotations=None,
 ) -> tuple[list, np.ndarray, float]:
-    """Loss of `n_orientations` random orientations x `size_factors` of a class-`name` template of
+    """Loss of `n_orientations` random orientations (or the given `rotations`, (k, 3, 3), r_lab = R r_body)
+    x `size_factors` of a class-`name` template of
     volume-equivalent radius `radius`, evaluated in vmapped batches of `batch` on the low-q crop of the
     pattern (`coarse`: as `fit_auto`'s, the crop `fitting.coarse_level` picks for `radius`; False: the whole
     pattern), binned (QGrid detectors with `bin_factor` dividing n: data summed over blocks, a detector of
@@ -195,7 +197,12 @@ def orientation_search(
         exp_s = ds.Experiment(exp_s.wavelength, ds.QGrid(det.n // f, det.theta_max_deg))
     if size_factors is None:
         size_factors = DECAHEDRON_SIZE_FACTORS if name == "Decahedron" else (0.95, 1.0, 1.05)
-    Rs = random_rotations(int(n_orientations), seed)
+    if rotations is None:
+        Rs = random_rotations(int(n_orientations), seed)
+    else:
+        Rs = np.asarray(rotations, float)
+        if Rs.ndim != 3 or Rs.shape[1:] != (3, 3) or len(Rs) < 1:
+            raise ValueError(f"rotations must be (k, 3, 3) with k >= 1, got shape {Rs.shape}")
     dt = jnp.result_type(float)
     shapes = [
         _template(name, radius * float(sf), delta, beta, rotation=R, dtype=dt)
@@ -315,7 +322,7 @@ def fit_auto(
     *,
     criterion: str = "bic",
     n_starts: int = 8,
-    n_orientations: int = 96,
+    n_orientations: int | None = None,
     n_refine: int = 4,
     class_margin: float | None = 1.5,
     min_classes: int = 2,
@@ -341,7 +348,8 @@ def fit_auto(
       "Cuboctahedron"; edge and orientation free) and "Superellipsoid".
     - `delta`, `beta`: optical constants, fixed (the MSFT model uses them; the sphere start too).
     - `criterion`: "bic" (default) = loss + (k / 2) ln n_used, "aic" = loss + k, or "nll" = loss.
-    - `n_starts` (ellipsoid orientations), `n_orientations` (oriented classes: search size), `n_refine`
+    - `n_starts` (ellipsoid orientations), `n_orientations` (oriented classes: search size; default 96,
+      and with `init=network` 0 for the classes the network was trained to orient, else 48), `n_refine`
       (oriented classes and the ellipsoid: the number of best search results refined together, see
       `fit_ellipsoid_auto`), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
       `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).
@@ -440,7 +448,18 @@ def fit_auto(
     oriented = [name for name in cands if name not in results]
     skw = dict(search_kwargs or {}, seed=seed)
     searches = {
-        name: _class_search(name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, skw)
+        name: _class_search(
+            name,
+            data,
+            experiment,
+            mask,
+            radius,
+            delta,
+            beta,
+            96 if n_orientations is None else n_orientations,
+            coarse,
+            skw,
+        )
         for name in oriented
     }
     keep, pruned = prune_classes({n: float(s[1][0]) for n, s in searches.items()}, class_margin, min_classes)

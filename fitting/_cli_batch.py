@@ -123,7 +123,10 @@ def _schemas() -> dict:
             ),
             "max_steps": Key("int", "fit_auto path: optimiser steps per fit stage", default=200, min=1),
             "n_orientations": Key(
-                "int", "fit_auto path: orientations searched (polyhedra...)", default=96, min=1
+                "int",
+                "fit_auto path: orientations searched (polyhedra...); absent: 96, and with [init] network 0 for "
+                "the classes the network orients (else 48)",
+                min=1,
             ),
             "n_refine": Key("int", "fit_auto path: best orientations refined", default=4, min=1),
             "class_margin": Key(
@@ -305,7 +308,7 @@ def make_fitter(cfg: dict, experiment):
         pitch=fit.get("pitch"),
         max_steps=fit["max_steps"],
         n_starts=fit.get("n_starts", 8),
-        n_orientations=fit["n_orientations"],
+        n_orientations=fit.get("n_orientations"),
         n_refine=fit["n_refine"],
         class_margin=fit["class_margin"],
         min_classes=fit["min_classes"],

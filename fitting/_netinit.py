@@ -15,10 +15,14 @@ unit):
   4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)), each at the
   size factors above. The network cannot tell the twins apart (its loss takes the minimum over them), so both
   are refined and the fit picks the better one.
-- a polyhedron: the edge of the predicted volume at the size factors above, and orientations: the network's
-  rotation first, then seeded uniform random rotations. The shipped network is NOT trained on polyhedron
-  orientations (their loss weight is 0: their rotation groups are not enumerated), so `fit_from_network` also
-  runs `fitting.orientation_search` at the predicted size for them (`n_orientations`).
+- a polyhedron: the edge of the predicted volume at the size factors above, and orientations. A model trained
+  on polyhedron orientations (`train.orientation_classes = "all"`, the shipped one since session 9: its loss
+  takes the minimum over the body's point group and the pattern twins, `twin_rotations(R, class)`) gives the
+  predicted rotation's distinct twin bodies (`twin_bodies`: R and its z-mirror image; for the decahedron also
+  the inverted body and the 180-deg turn) at the size factors; `fit_from_network` then searches only near
+  them (`rotations_near`: turns by 15 and 30 deg about 8 axes) by default. Older models (orientation trained on ellipsoids only): the network's rotation
+  first, then seeded uniform random rotations, and `fit_from_network` also runs `fitting.orientation_search`
+  at the predicted size (`n_orientations`, default 48 then).
 
 Public here (re-exported by `fitting`): `network_starts`, `fit_from_network`, `resolve_network`.
 """
@@ -37,9 +41,9 @@ import diffscat as ds
 
 from ._auto import choose_class, orientation_search
 from ._evalset import POLYHEDRA
-from ._network import NetworkPredictor, load_network, twin_rotations
+from ._network import NetworkPredictor, load_network, twin_bodies, twin_rotations
 
-__all__ = ["network_starts", "fit_from_network", "resolve_network", "START_CLASSES"]
+__all__ = ["network_starts", "fit_from_network", "resolve_network", "rotations_near", "START_CLASSES"]
 
 START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
 _MZ = np.diag([1.0, 1.0, -1.0])
@@ -90,6 +94,19 @@ def _random_rotations(n: int, seed: int) -> np.ndarray:
     return rr(np.random.default_rng([int(seed), 17]), int(n))
 
 
+def rotations_near(rotations, angles_deg: Sequence[float] = (15.0, 30.0)) -> np.ndarray:
+    """Each rotation of `rotations` ((k, 3, 3) or a list) and its turns by each angle of `angles_deg` about
+    the 8 lab axes (+-1, +-1, +-1) / sqrt 3 (evenly around every direction): (k (1 + 8 n_angles), 3, 3)."""
+    axes = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float) / math.sqrt(3.0)
+    turns = [np.eye(3)]
+    for ang in angles_deg:
+        t = math.radians(float(ang))
+        for u in axes:
+            K = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
+            turns.append(np.eye(3) + math.sin(t) * K + (1 - math.cos(t)) * K @ K)  # Rodrigues
+    return np.array([T @ np.asarray(R, float) for R in rotations for T in turns])
+
+
 def _ellipsoid_axes(semi_axes: np.ndarray, r: float, min_anisotropy: float) -> np.ndarray:
     """Sorted semi-axes of volume-equivalent radius `r` with c / a >= (1 + m) / (1 - m)."""
     a = np.sort(np.asarray(semi_axes, float))
@@ -133,6 +150,13 @@ def starts_from_prediction(
             cls = getattr(ds, name)
             v1 = float(np.asarray(cls(1.0).volume()))
             edge = (4.0 / 3.0 * math.pi * r**3 / v1) ** (1 / 3)
+            if name in prediction.get("oriented_classes", ()):
+                bodies = twin_bodies(R, name)
+                fs = _size_factors(max(1, math.ceil(n_per_class / len(bodies))), size_spread)
+                out[name] = [cls(edge * f, delta=delta, beta=beta, rotation=T) for f in fs for T in bodies][
+                    : max(n_per_class, len(bodies))
+                ]
+                continue
             rots = np.concatenate([R[None], _random_rotations(max(n_per_class - 1, 0), seed)])
             fs = _size_factors(n_per_class, size_spread)
             out[name] = [
@@ -214,7 +238,7 @@ def fit_from_network(
     max_steps: int = 60,
     n_per_class: int = 4,
     size_spread: float = 0.04,
-    n_orientations: int = 48,
+    n_orientations: int | None = None,
     n_refine: int = 4,
     search_steps: int = 20,
     search_coarsening: float = 1.5,
@@ -233,9 +257,12 @@ def fit_from_network(
       `fitting.fit_auto` ("bic": data loss + (k / 2) ln n_used, "aic": + k, "nll": the data loss alone).
     - `delta`, `beta` (required): fixed optical constants (not both 0); `max_steps`: optimiser steps of each refinement.
     - `n_per_class`, `size_spread`, `seed`: see `network_starts`.
-    - `n_orientations`, `n_refine`: polyhedra only (the network has no polyhedron orientation): the
-      `n_refine` best of `fitting.orientation_search` over `n_orientations` random orientations at the
-      predicted size join the network's starts (0 = network starts only). `search_kwargs` go to the search.
+    - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
+      `n_orientations` random orientations at the predicted size join the network's starts (0 = network
+      starts only). Default (None): for the classes whose orientation the network was trained on
+      (`prediction["oriented_classes"]`) a LOCAL search instead, over the predicted rotation's twin bodies
+      and their turns by 15 and 30 deg about 8 axes (`rotations_near`: 17 per body); for the others 48
+      random orientations. `search_kwargs` go to the search.
     - `search_steps`, `search_coarsening`: ellipsoids and polyhedra: all starts first run `search_steps`
       optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
       `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
@@ -263,7 +290,7 @@ def fit_from_network(
         raise ValueError(
             f"search_steps must be >= 0 and search_coarsening >= 1, got {search_steps}, {search_coarsening}"
         )
-    if int(n_orientations) < 0 or int(n_refine) < 0:
+    if (n_orientations is not None and int(n_orientations) < 0) or int(n_refine) < 0:
         raise ValueError(f"n_orientations and n_refine must be >= 0, got {n_orientations}, {n_refine}")
     check_data(data, mask, tuple(experiment.shape))
     t0 = time.perf_counter()
@@ -281,7 +308,13 @@ def fit_from_network(
     results = {}
     for name in names:
         s = starts[name]
-        if name in POLYHEDRA and int(n_orientations) > 0 and int(n_refine) > 0:
+        n_or, near = n_orientations, None
+        if n_or is None and name in p.get("oriented_classes", ()):
+            near = rotations_near(twin_bodies(p["rotation"], name))
+            n_or = len(near)
+        elif n_or is None:
+            n_or = 48
+        if name in POLYHEDRA and int(n_or) > 0 and int(n_refine) > 0:
             found, _, _ = orientation_search(
                 name,
                 data,
@@ -290,7 +323,8 @@ def fit_from_network(
                 float(p["radius_eq"]),
                 delta=delta,
                 beta=beta,
-                n_orientations=int(n_orientations),
+                n_orientations=int(n_or),
+                rotations=near,
                 **dict({"seed": seed} | (search_kwargs or {})),
             )
             s = s + found[: int(n_refine)]

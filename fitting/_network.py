@@ -46,6 +46,10 @@ __all__ = [
     "rotation_from_6d",
     "polar_resample",
     "twin_rotations",
+    "twin_factors",
+    "twin_table",
+    "twin_bodies",
+    "body_symmetries",
     "network_loss",
     "NetworkPredictor",
     "load_network",
@@ -54,7 +58,6 @@ __all__ = [
 CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
 NETWORK_CLASSES = CLASSES  # the name `fitting` exports
 CANONICAL_THETA_MAX_DEG = 30.0
-N_TWINS = 8
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -207,7 +210,12 @@ class InversionCNN(eqx.Module):
       features that do not change under that shift: the amplitudes |F_m| of the azimuthal orders m in
       `harmonics` (default 2, 4, 6, 8) of the first two layers' maps, and the mean, max (and |F_2|) over
       azimuth of the last layer's (`harmonics=()`: the mean and max alone, for comparison). The 6-D rotation
-      comes from a second MLP that also sees the last layer's azimuth-resolved maps. Why (docs/network.md,
+      comes from a second MLP (`orient_hidden` wide) that also sees the last layer's azimuth-resolved maps and,
+      with `orient_orders`, the complex azimuthal Fourier coefficients F_m (real and imaginary parts, m in
+      `orient_orders`) of the first two layers' maps, averaged over `orient_bins` radial bins (to keep the
+      model small): their phases carry the in-plane angles of the
+      streaks and anisotropies at full azimuthal resolution (the last layer has only nphi / 16 azimuths);
+      without them the head did not fit the training set's polyhedron orientations (docs/network.md). Why (docs/network.md,
       section 2): the anisotropy of an ellipsoid or the 4-, 6-fold streaks of a polyhedron are even
       azimuthal harmonics of the rings (Friedel symmetry makes a centred pattern nearly centrosymmetric).
       Odd orders are left out because a beam-centre offset makes them: a network trained with all orders
@@ -230,6 +238,8 @@ class InversionCNN(eqx.Module):
     n_classes: int = eqx.field(static=True)
     polar: tuple[int, int] | None = eqx.field(static=True)
     harmonics: tuple[int, ...] = eqx.field(static=True)
+    orient_orders: tuple[int, ...] = eqx.field(static=True, default=())
+    orient_bins: int = eqx.field(static=True, default=0)
 
     def __init__(
         self,
@@ -240,8 +250,12 @@ class InversionCNN(eqx.Module):
         n_classes: int = len(CLASSES),
         polar: tuple[int, int] | None = None,
         harmonics: tuple[int, ...] = (2, 4, 6, 8),
+        orient_orders: tuple[int, ...] = (),
+        orient_hidden: int | None = None,
+        orient_bins: int = 4,
     ):
         n, widths = int(n), tuple(int(w) for w in widths)
+        self.orient_orders = tuple(sorted({int(m) for m in orient_orders}))
         f = 2 ** len(widths)
         keys = jax.random.split(key, len(widths) + 2)
         chans = (2, *widths)
@@ -265,6 +279,16 @@ class InversionCNN(eqx.Module):
             raise ValueError(f"polar = (nr, nphi) must be multiples of 2^len(widths) = {f}, got {polar}")
         if any(m < 1 for m in self.harmonics):
             raise ValueError(f"harmonics must be azimuthal orders >= 1, got {harmonics}")
+        if any(m < 1 for m in self.orient_orders):
+            raise ValueError(f"orient_orders must be azimuthal orders >= 1, got {orient_orders}")
+        self.orient_bins = int(orient_bins) if self.orient_orders else 0
+        n_harm = min(2, len(widths) - 1)  # = len(self._harmonic_layers())
+        if self.orient_orders and (
+            self.orient_bins < 1 or any((nr // 2 ** (i + 1)) % self.orient_bins for i in range(n_harm))
+        ):
+            raise ValueError(
+                f"orient_bins must divide the radii of the first two layers ({nr // 2}, {nr // 4}), got {orient_bins}"
+            )
         self.polar = (nr, nphi)
         self.convs = tuple(
             eqx.nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=0, key=keys[i])
@@ -275,16 +299,20 @@ class InversionCNN(eqx.Module):
         for i in self._harmonic_layers():
             n_inv += widths[i] * (nr // 2 ** (i + 1)) * len(self._orders(nphi // 2 ** (i + 1)))
         self.head = eqx.nn.MLP(n_inv, 1 + k + 2, hidden, 2, key=keys[-2])
-        self.orient_head = eqx.nn.MLP(
-            n_last * (2 + len(self._last_harmonics(nphi // f)) + nphi // f), 6, hidden, 2, key=keys[-1]
-        )
+        n_orient = n_last * (2 + len(self._last_harmonics(nphi // f)) + nphi // f)
+        for i in self._harmonic_layers():
+            nphi_i = nphi // 2 ** (i + 1)
+            n_orient += 2 * widths[i] * self.orient_bins * len(self._orders(nphi_i, self.orient_orders))
+        oh = hidden if orient_hidden is None else int(orient_hidden)
+        self.orient_head = eqx.nn.MLP(n_orient, 6, oh, 2, key=keys[-1])
 
     def _harmonic_layers(self) -> range:
         return range(min(2, len(self.convs) - 1))
 
-    def _orders(self, nphi_layer: int) -> tuple[int, ...]:
-        """The azimuthal orders a layer with `nphi_layer` azimuths resolves (m <= nphi_layer / 2)."""
-        return tuple(m for m in self.harmonics if m <= nphi_layer // 2)
+    def _orders(self, nphi_layer: int, orders: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The azimuthal orders of `orders` (default `harmonics`) a layer with `nphi_layer` azimuths resolves
+        (m <= nphi_layer / 2)."""
+        return tuple(m for m in (self.harmonics if orders is None else orders) if m <= nphi_layer // 2)
 
     def _last_harmonics(self, nphi_layer: int) -> tuple[int, ...]:
         return tuple(m for m in self._orders(nphi_layer) if m <= 2)
@@ -299,20 +327,27 @@ class InversionCNN(eqx.Module):
             rot6d = o[3 + k : 9 + k]
         else:
             h = polar_resample(h, *self.polar)
-            harm = []
+            harm, phase = [], []
             for i, c in enumerate(self.convs):
                 h = jnp.pad(h, ((0, 0), (1, 1), (0, 0)))  # radius: zeros
                 h = jnp.concatenate([h[:, :, -1:], h, h[:, :, :1]], axis=-1)  # azimuth: circular
                 h = jax.nn.gelu(c(h))
+                if i not in self._harmonic_layers():
+                    continue
+                F = jnp.fft.rfft(h, axis=-1)
                 orders = self._orders(h.shape[-1])
-                if i in self._harmonic_layers() and orders:
-                    amp = jnp.abs(jnp.fft.rfft(h, axis=-1))
-                    harm.append(amp[..., jnp.asarray(orders)].reshape(-1))
+                if orders:
+                    harm.append(jnp.abs(F[..., jnp.asarray(orders)]).reshape(-1))
+                orders = self._orders(h.shape[-1], self.orient_orders)
+                if orders:
+                    G = F[..., jnp.asarray(orders)] / h.shape[-1]  # (channels, radii, orders)
+                    G = G.reshape(G.shape[0], self.orient_bins, -1, G.shape[-1]).mean(2)  # radial bins
+                    phase += [G.real.reshape(-1), G.imag.reshape(-1)]
             F = jnp.abs(jnp.fft.rfft(h, axis=-1))
             last = [jnp.mean(h, -1), jnp.max(h, -1)] + [F[..., m] for m in self._last_harmonics(h.shape[-1])]
             pooled = jnp.concatenate(last, 0).reshape(-1)
             o = self.head(jnp.concatenate([pooled, *harm]))
-            rot6d = self.orient_head(jnp.concatenate([pooled, h.reshape(-1)]))
+            rot6d = self.orient_head(jnp.concatenate([pooled, h.reshape(-1), *phase]))
         return {
             "log_size": o[0] + 1.5,  # offset: log(4.5) ~ middle of 2-12 wavelengths
             "logits": o[1 : 1 + k],
@@ -326,25 +361,139 @@ class InversionCNN(eqx.Module):
 # proper diagonal symmetries of an ellipsoid body (det +1) and the improper ones (det -1)
 _D_PROPER = np.array([np.diag(d) for d in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))], np.float32)
 _D_IMPROPER = -_D_PROPER
-_MZ = np.diag([1.0, 1.0, -1.0]).astype(np.float32)
+_LAB_TWINS = (np.eye(3), -np.eye(3), np.diag([1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0]))
 
 
-def twin_rotations(rotation: Float[Array, "3 3"]) -> Float[Array, "8 3 3"]:
-    """The 8 rotations that give (nearly) the same pattern as an ellipsoid at `rotation` (r_lab = R r_body):
+def _plane_symmetries(N: np.ndarray, d: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Every orthogonal matrix g (proper and improper) that maps the set of planes {(n_f, d_f)} of a
+    convex polyhedron onto itself: g sends a reference pair of non-parallel normals to every pair with the
+    same distances and angle (2 handednesses), and is kept if all planes land on planes."""
+    N = np.asarray(N, float)
+    d = np.asarray(d, float) / np.max(np.abs(d))
+    a = 0
+    b = next(j for j in range(len(N)) if np.linalg.norm(np.cross(N[a], N[j])) > 0.1)
+    A_inv = np.linalg.inv(np.stack([N[a], N[b], np.cross(N[a], N[b])], 1))
+    out: list[np.ndarray] = []
+    for i in np.flatnonzero(np.abs(d - d[a]) < tol):
+        for j in np.flatnonzero((np.abs(d - d[b]) < tol) & (np.abs(N @ N[i] - N[a] @ N[b]) < tol)):
+            for hand in (1.0, -1.0):
+                g = np.stack([N[i], N[j], hand * np.cross(N[i], N[j])], 1) @ A_inv
+                M = N @ g.T
+                hit = (np.linalg.norm(M[:, None] - N[None], axis=-1) < 1e-5) & (
+                    np.abs(d[:, None] - d[None]) < tol
+                )
+                if hit.any(axis=1).all() and not any(np.allclose(g, h, atol=1e-6) for h in out):
+                    out.append(g)
+    return np.array(out)
 
-    - body symmetry (axes sorted a <= b <= c, so no permutations): R D, D = diag(+-1, +-1, +-1), det D = 1;
-    - the z-mirror twin (I(qx, qy, qz) ~ I(qx, qy, -qz) near the forward direction): the body mirrored in lab z
-      is M R sigma with M = diag(1, 1, -1) and sigma a body mirror, i.e. M R D' with det D' = -1.
-    The inversion twin r -> -r (Friedel: exact for real dn) leaves a centrosymmetric body unchanged
-    (S(-R^T r) = S(R^T r)), so it adds no candidate; combined with the z-mirror it is the 180-deg turn about the
-    beam, diag(-1, -1, 1) R, which equals M R D' (-M D'' with det D'' = 1), so it is in the set too. Used for ellipsoids; spheres carry no orientation, and the polyhedra's
-    large rotation groups are not enumerated here (their orientation term is switched off, see docs).
+
+@functools.cache
+def body_symmetries(class_name: str) -> np.ndarray:
+    """(m, 3, 3) orthogonal matrices g, proper first then improper, with S(g r) = S(r) for the body of
+    `class_name` in its own frame: the 8 sign flips of the axes for "Ellipsoid" (axes distinct), the
+    point group of a polyhedron found from its face planes (Cube, Octahedron, TruncatedOctahedron,
+    Cuboctahedron: O_h, 48; Icosahedron: I_h, 120; Decahedron: D_5h, 20), the identity for "Sphere"
+    (no orientation to score)."""
+    if class_name == "Sphere":
+        G = np.eye(3)[None]
+    elif class_name == "Ellipsoid":
+        G = np.concatenate([_D_PROPER, _D_IMPROPER]).astype(float)
+    if class_name in ("Sphere", "Ellipsoid"):
+        G.setflags(write=False)
+        return G
+    if class_name not in POLYHEDRA:
+        raise ValueError(
+            f"class_name must be 'Sphere', 'Ellipsoid' or one of {POLYHEDRA}, got {class_name!r}"
+        )
+    body = getattr(ds, class_name)(1.0)
+    planes = body.convex_planes() if hasattr(body, "convex_planes") else body.planes()
+    G = _plane_symmetries(*(np.asarray(x, float) for x in planes))
+    G = G[np.argsort(-np.linalg.det(G), kind="stable")]
+    G.setflags(write=False)  # cached: shared by every caller
+    return G
+
+
+@functools.cache
+def twin_factors(class_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pattern twins of a body of `class_name` as (L, g) pairs, (K, 3, 3) each: the rotations L R g
+    (R: the body's rotation, r_lab = R r_body) give (nearly) the same pattern as R.
+
+    L is one of the lab operations that leave the pattern (nearly) unchanged: identity, the point inversion
+    r -> -r (Friedel: exact for real dn), the mirror in lab z (near the forward direction) and both (the
+    180-deg turn about the beam); g is a body symmetry (`body_symmetries`) with det(L) det(g) = +1, so L R g
+    is a proper rotation. (L, g) and (-L, -g) give the same rotation, so they are listed once; the
+    identity pair comes first, the z-mirror ones (L = diag(1, 1, -1)) start at index K / 2 when the body is
+    centrosymmetric. Ellipsoid: K = 8 (the order of `_D_PROPER`, then the z-mirror with `_D_IMPROPER`);
+    O_h polyhedra: 48; icosahedron: 120; decahedron (no inversion centre): 40."""
+    G = body_symmetries(class_name)
+    R = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    R = R * np.sign(np.linalg.det(R))
+    Ls, gs, seen = [], [], []
+    for L in (_LAB_TWINS[0], _LAB_TWINS[2], _LAB_TWINS[1], _LAB_TWINS[3]):
+        for g in G:
+            if np.linalg.det(L) * np.linalg.det(g) < 0:
+                continue
+            T = L @ R @ g
+            if any(np.allclose(T, u, atol=1e-6) for u in seen):
+                continue
+            seen.append(T)
+            Ls.append(L)
+            gs.append(g)
+    out = np.array(Ls), np.array(gs)
+    for a in out:
+        a.setflags(write=False)  # cached: shared by every caller
+    return out
+
+
+def twin_table(classes: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class of `classes`: (L, g, valid) padded to the largest twin count K: float32 (n, K, 3, 3) twice
+    and (n, K) bool (padding repeats the first pair; `network_loss` masks it)."""
+    facs = [twin_factors(c) for c in classes]
+    K = max(len(L) for L, _ in facs)
+    Ls = np.zeros((len(classes), K, 3, 3), np.float32)
+    gs = np.zeros_like(Ls)
+    valid = np.zeros((len(classes), K), bool)
+    for i, (L, g) in enumerate(facs):
+        k = len(L)
+        Ls[i], gs[i] = L[0], g[0]
+        Ls[i, :k], gs[i, :k] = L, g
+        valid[i, :k] = True
+    return Ls, gs, valid
+
+
+def twin_rotations(rotation: Float[Array, "3 3"], class_name: str = "Ellipsoid") -> Float[Array, "k 3 3"]:
+    """The K rotations that give (nearly) the same pattern as a body of `class_name` at `rotation`
+    (r_lab = R r_body): L R g over the pairs of `twin_factors` (8 for an ellipsoid, 48 for the cubic
+    polyhedra, 120 for the icosahedron, 40 for the decahedron).
+
+    For the ellipsoid (axes sorted a <= b <= c, so no permutations): R D with D = diag(+-1, +-1, +-1),
+    det D = 1 (body symmetry), then the z-mirror twin (I(qx, qy, qz) ~ I(qx, qy, -qz) near the forward
+    direction) M R D' with M = diag(1, 1, -1), det D' = -1. The inversion twin r -> -r (Friedel: exact for
+    real dn) maps a centrosymmetric body onto itself, so it adds no candidate there; combined with the
+    z-mirror it is the 180-deg turn about the beam, diag(-1, -1, 1) R = M R (-1), in the set too. A body
+    without an inversion centre (the decahedron) has the inverted body as another twin, -R g with g improper.
     """
+    L, g = twin_factors(class_name)
     R = jnp.asarray(rotation)
     hi = jax.lax.Precision.HIGHEST
-    a = jnp.einsum("ij,kjl->kil", R, jnp.asarray(_D_PROPER), precision=hi)
-    b = jnp.einsum("ij,jl,klm->kim", jnp.asarray(_MZ), R, jnp.asarray(_D_IMPROPER), precision=hi)
-    return jnp.concatenate([a, b], 0)
+    return jnp.einsum("kij,jl,klm->kim", jnp.asarray(L, R.dtype), R, jnp.asarray(g, R.dtype), precision=hi)
+
+
+def twin_bodies(rotation, class_name: str) -> list[np.ndarray]:
+    """The distinct BODIES among the twins of a body of `class_name` at `rotation` (`twin_rotations`): one
+    rotation per lab operation L, since the twins with the same L differ by a body symmetry only. Two for a
+    centrosymmetric body (R and its z-mirror image), four for the decahedron (also the point-inverted body
+    and the 180-deg turn about the beam). These are the starts a fit must try: the network cannot tell them
+    apart, the data (refraction, Ewald curvature) can, a little."""
+    L, g = twin_factors(class_name)
+    R = np.asarray(rotation, float)
+    out, seen = [], []
+    for Li, gi in zip(L, g, strict=True):
+        if any(np.array_equal(Li, s) for s in seen):
+            continue
+        seen.append(Li)
+        out.append(Li @ R @ gi)
+    return out
 
 
 def network_loss(
@@ -352,15 +501,18 @@ def network_loss(
     target: dict,
     weights: dict | None = None,
     reduce_twins: str = "min",
+    twins: tuple | None = None,
 ) -> tuple[Float[Array, ""], dict]:
     """Loss of ONE prediction `out` (from `InversionCNN`) against ONE `target`: dict with "log_size" (),
     "label" () int index into the class list, "log_axes" (2,), "rotation" (3, 3), "has_orientation" ()
-    1.0 for shapes whose orientation is scored (ellipsoids), "has_axes" () likewise.
+    1.0 for shapes whose orientation is scored, "has_axes" () 1.0 for shapes whose axes are scored.
 
     Terms: size (log_size error)^2, cross-entropy, axes squared log error, and orientation
-    ||R_pred - R_twin||_F^2 / 8 reduced over the 8 twins of `twin_rotations` by `reduce_twins`: "min"
-    (the default, the twin-min loss) or "mean" (for comparison only: it rewards the twins' average).
-    Returns (total, dict of the terms).
+    ||R_pred - R_twin||_F^2 / 8 (= sin^2 of half the angle between them) reduced over the twins of the truth
+    by `reduce_twins`: "min" (the default, the twin-min loss) or "mean" (for comparison only: it rewards the
+    twins' average). `twins`: the table `twin_table(classes)` (L, g, valid) of the class list the labels
+    index: each class's own twins (`twin_rotations(R, class)`); None: the ellipsoid's 8 for every label
+    (models trained before polyhedron orientations). Returns (total, dict of the terms).
     """
     w = {"size": 1.0, "class": 0.3, "axes": 1.0, "orientation": 0.3} | (weights or {})
     size = (out["log_size"] - target["log_size"]) ** 2
@@ -368,11 +520,20 @@ def network_loss(
     ce = -jnp.take(logp, target["label"])
     axes = jnp.sum((out["log_axes"] - target["log_axes"]) ** 2) * target["has_axes"]
     Rp = rotation_from_6d(out["rot6d"])
-    d = jnp.sum((twin_rotations(target["rotation"]) - Rp[None]) ** 2, axis=(-2, -1)) / 8.0
+    R = target["rotation"]
+    if twins is None:
+        tw = twin_rotations(R)
+        valid = jnp.ones(tw.shape[0], bool)
+    else:
+        L = jnp.asarray(twins[0])[target["label"]]
+        g = jnp.asarray(twins[1])[target["label"]]
+        valid = jnp.asarray(twins[2])[target["label"]]
+        tw = jnp.einsum("kij,jl,klm->kim", L, R, g, precision=jax.lax.Precision.HIGHEST)
+    d = jnp.sum((tw - Rp[None]) ** 2, axis=(-2, -1)) / 8.0
     if reduce_twins == "min":
-        rot = jnp.min(d)
+        rot = jnp.min(jnp.where(valid, d, jnp.inf))
     elif reduce_twins == "mean":
-        rot = jnp.mean(d)
+        rot = jnp.sum(jnp.where(valid, d, 0.0)) / jnp.sum(valid)
     else:
         raise ValueError(f"reduce_twins must be 'min' or 'mean', got {reduce_twins!r}")
     rot = rot * target["has_orientation"]
@@ -400,6 +561,7 @@ class NetworkPredictor:
 
     `predict(data, experiment, mask=None)` -> dict: "radius_eq" (experiment length unit), "size_wavelengths",
     "class", "class_probs" {name: p}, "semi_axes" (length unit, sorted; ellipsoids), "rotation" (3, 3),
+    "oriented_classes" (the classes whose rotation the model was trained on; others' is not meaningful),
     "shape" (a diffscat shape of the predicted class with delta/beta from the training config, usable as a
     start for `fitting.fit`). `predict_batch(stack, experiment, mask)` does a whole (N, ny, nx) stack.
     """
@@ -410,6 +572,11 @@ class NetworkPredictor:
         cfg = meta["config"]
         self.classes = tuple(cfg["classes"])
         self.n = int(cfg["network"]["n"])
+        # classes whose orientation the model was trained to predict (older models: the ellipsoid only)
+        if cfg.get("train", {}).get("orientation_classes", "ellipsoid") == "all":
+            self.oriented_classes = tuple(c for c in self.classes if c == "Ellipsoid" or c in POLYHEDRA)
+        else:
+            self.oriented_classes = ("Ellipsoid",) if "Ellipsoid" in self.classes else ()
         self._maps: dict = {}
         self._apply = eqx.filter_jit(lambda m, cmap, c, k: jax.vmap(lambda ci, ki: m(cmap(ci, ki)))(c, k))
 
@@ -450,6 +617,7 @@ class NetworkPredictor:
             "class": cls_name,
             "class_probs": {c: float(pi) for c, pi in zip(self.classes, p)},
             "rotation": R,
+            "oriented_classes": self.oriented_classes,
             "shape": shape,
         }
         a, c = r_wl * math.exp(float(o["log_axes"][i][0])), r_wl * math.exp(float(o["log_axes"][i][1]))
@@ -485,6 +653,9 @@ def build_model(config: dict, key: PRNGKeyArray) -> InversionCNN:
         n_classes=len(config["classes"]),
         polar=polar,
         harmonics=tuple(int(m) for m in net.get("harmonics", (2, 4, 6, 8))),
+        orient_orders=tuple(int(m) for m in net.get("orient_orders", ())),
+        orient_hidden=int(net.get("orient_hidden", net["hidden"])),
+        orient_bins=int(net.get("orient_bins", 4)),
     )
 
 
@@ -502,8 +673,13 @@ def sidecar_config(config: dict) -> dict:
     cfg = json.loads(json.dumps(config))
     if "network" in cfg and "input" not in cfg["network"]:
         cfg["network"]["input"] = "cartesian"
+    if "network" in cfg and "orient_orders" not in cfg["network"]:  # before the Fourier orientation head
+        cfg["network"]["orient_orders"] = []
+        cfg["network"]["orient_hidden"] = cfg["network"].get("hidden", 128)
     if "train" in cfg and "loss_weights" not in cfg["train"]:  # the default before the polar layout
         cfg["train"]["loss_weights"] = {"size": 1.0, "class": 0.3, "axes": 1.0, "orientation": 0.3}
+    if "train" in cfg and "orientation_classes" not in cfg["train"]:  # before polyhedron orientations
+        cfg["train"]["orientation_classes"] = "ellipsoid"
     return cfg
 
 

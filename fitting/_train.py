@@ -36,7 +36,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import diffscat as ds
 from diffscat.detectors import expected_photons
 
-from ._network import CLASSES, CanonicalMap, build_model, network_loss, read_sidecar, sidecar_path
+from ._evalset import POLYHEDRA
+from ._network import CLASSES, CanonicalMap, build_model, network_loss, read_sidecar, sidecar_path, twin_table
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -77,6 +78,11 @@ DEFAULT_CONFIG: dict = {
         "input": "polar",
         "polar": [48, 64],
         "harmonics": [2, 4, 6, 8],
+        # orientation head: also the complex azimuthal Fourier coefficients of these orders (their phases are
+        # the in-plane angles), averaged in `orient_bins` radial bins; [] = without (models before session 9)
+        "orient_orders": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        "orient_bins": 4,
+        "orient_hidden": 128,
     },
     "train": {
         "steps": 100,
@@ -88,6 +94,9 @@ DEFAULT_CONFIG: dict = {
         "log_every": 10,
         # weights of the loss terms (`network_loss`); class 1 since the polar layout (older sidecars: 0.3)
         "loss_weights": {"size": 1.0, "class": 1.0, "axes": 1.0, "orientation": 0.3},
+        # whose orientation the loss scores: "all" (ellipsoids and the polyhedra, each against its own twins,
+        # `fitting.twin_rotations(R, class)`) or "ellipsoid" (models before session 9)
+        "orientation_classes": "all",
     },
 }
 
@@ -135,11 +144,23 @@ def check_config(config: dict | None = None) -> dict:
     for k, v in t["loss_weights"].items():
         if not (math.isfinite(float(v)) and float(v) >= 0):
             raise ValueError(f"train.loss_weights.{k} must be a finite number >= 0, got {v}")
+    if t["orientation_classes"] not in ("all", "ellipsoid"):
+        raise ValueError(
+            f"train.orientation_classes must be 'all' or 'ellipsoid', got {t['orientation_classes']!r}"
+        )
     net = cfg["network"]
     if net["n"] % 2 ** len(net["widths"]):
         raise ValueError("network.n must be a multiple of 2^len(network.widths)")
     if not isinstance(net["harmonics"], list | tuple) or any(int(m) < 1 for m in net["harmonics"]):
         raise ValueError(f"network.harmonics must be a list of azimuthal orders >= 1, got {net['harmonics']}")
+    if not isinstance(net["orient_orders"], list | tuple) or any(int(m) < 1 for m in net["orient_orders"]):
+        raise ValueError(
+            f"network.orient_orders must be a list of azimuthal orders >= 1, got {net['orient_orders']}"
+        )
+    if int(net["orient_hidden"]) < 1 or int(net["orient_bins"]) < 1:
+        raise ValueError(
+            f"network.orient_hidden and network.orient_bins must be >= 1, got {net['orient_hidden']}, {net['orient_bins']}"
+        )
     if net["input"] not in ("polar", "cartesian"):
         raise ValueError(f"network.input must be 'polar' or 'cartesian', got {net['input']!r}")
     if len(net["polar"]) != 2 or any(int(v) % 2 ** len(net["widths"]) or int(v) < 1 for v in net["polar"]):
@@ -299,12 +320,15 @@ def targets_of(cfg: dict, t: dict) -> dict:
     else:
         la = np.zeros((n, 2))
     lab = np.asarray(t["label"])
+    oriented = lab == ell
+    if cfg["train"]["orientation_classes"] == "all":
+        oriented = oriented | np.isin(lab, [i for i, c in enumerate(cfg["classes"]) if c in POLYHEDRA])
     return {
         "log_size": np.log(t["r_eq"]).astype(np.float32),
         "label": lab.astype(np.int32),
         "log_axes": la.astype(np.float32),
         "rotation": np.asarray(t["rotation"], np.float32),
-        "has_orientation": (lab == ell).astype(np.float32),
+        "has_orientation": oriented.astype(np.float32),
         "has_axes": ((lab == ell) | (lab == sph)).astype(np.float32),
     }
 
@@ -400,15 +424,22 @@ def make_optimizer(cfg: dict) -> optax.GradientTransformation:
     return optax.adamw(sched, weight_decay=float(t["weight_decay"]))
 
 
-def batch_loss(model, x, tg, weights: dict | None = None) -> tuple:
+def loss_twins(cfg: dict) -> tuple | None:
+    """The twin table `network_loss` scores orientations with for this config (None: ellipsoids only)."""
+    if cfg["train"]["orientation_classes"] == "ellipsoid":
+        return None
+    return twin_table(tuple(cfg["classes"]))
+
+
+def batch_loss(model, x, tg, weights: dict | None = None, twins: tuple | None = None) -> tuple:
     out = jax.vmap(model)(x)
-    tot, parts = jax.vmap(lambda o, t: network_loss(o, t, weights))(out, tg)
+    tot, parts = jax.vmap(lambda o, t: network_loss(o, t, weights, twins=twins))(out, tg)
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in parts.items()}
 
 
 @eqx.filter_jit
-def _step(model, opt_state, opt, x, tg, weights: dict | None = None):
-    (loss, parts), g = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, x, tg, weights)
+def _step(model, opt_state, opt, x, tg, weights: dict | None = None, twins: tuple | None = None):
+    (loss, parts), g = eqx.filter_value_and_grad(batch_loss, has_aux=True)(model, x, tg, weights, twins)
     upd, opt_state = opt.update(g, opt_state, eqx.filter(model, eqx.is_inexact_array))
     return eqx.apply_updates(model, upd), opt_state, loss, parts
 
@@ -511,7 +542,8 @@ def train(
         if not _same_except_steps(check_config(old), cfg):  # older sidecars lack newer (default) keys
             raise ValueError(
                 f"--resume: {out} was trained with a different config (only train.steps may change; a model "
-                f'trained before the polar layout needs [network] input = "cartesian" in the config)'
+                f'trained before the polar layout needs [network] input = "cartesian" in the config, one trained before '
+                f'polyhedron orientations [train] orientation_classes = "ellipsoid")'
             )
         model, opt_state, meta = load_checkpoint(out, cfg)
     else:
@@ -531,6 +563,7 @@ def train(
         if progress is not None:
             progress(f"data generators compiled in {c_s:.0f} s ({len(stream._fns)} (family, bucket) pairs)")
     weights = {k: float(v) for k, v in t["loss_weights"].items()}
+    twins = loss_twins(cfg)
     step0 = int(meta["step"])
     t0 = t_start = time.perf_counter()
     t_warm = None  # after step step0 + 1
@@ -539,7 +572,7 @@ def train(
     for step in range(step0, int(t["steps"])):
         x, tg = stream.batch(step)
         x, tg = jax.device_put((x, tg), shard)
-        model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg, weights)
+        model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg, weights, twins)
         acc.append([float(loss)] + [float(parts[k]) for k in ("size", "class", "axes", "orientation")])
         done = step + 1
         if done - step0 == 1:  # throughput after the compiling step (the data generators compiled before)

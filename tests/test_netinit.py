@@ -18,7 +18,12 @@ CLASSES = ["Sphere", "Ellipsoid", "Cube"]
 
 
 def _fixed_network(
-    radius: float, cls: str = "Sphere", axes=(-0.1, 0.15), rot6d=(1, 0, 0, 0, 1, 0), classes=tuple(CLASSES)
+    radius: float,
+    cls: str = "Sphere",
+    axes=(-0.1, 0.15),
+    rot6d=(1, 0, 0, 0, 1, 0),
+    classes=tuple(CLASSES),
+    orientation_classes="all",
 ):
     """A tiny `InversionCNN` whose output does not depend on its input: the last layer's weights are zero and
     its bias says `radius` [wavelengths], class `cls`, log axis ratios `axes`, rotation `rot6d`."""
@@ -28,6 +33,7 @@ def _fixed_network(
             "classes": classes,
             "network": {"n": 32, "widths": [8, 16], "hidden": 16, "input": "cartesian"},
             "data": {"n_pixels": 32},
+            "train": {"orientation_classes": orientation_classes},
         }
     )
     m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=len(classes))
@@ -86,6 +92,43 @@ def test_starts_have_the_predicted_classes_sizes_and_twins():
     cube = s["Cube"][0]
     np.testing.assert_allclose(float(cube.volume()), 4 / 3 * math.pi * 3.0**3, rtol=1e-4)
     assert np.abs(np.asarray(s["Cube"][1].rotation) - np.asarray(cube.rotation)).max() > 1e-3
+
+
+def test_polyhedron_starts_are_the_predicted_twin_bodies_when_the_network_orients_them():
+    rot6d = (1.0, 0.3, 0.0, 0.0, 1.0, 0.4)
+    R = np.asarray(fitting.rotation_from_6d(jnp.array(rot6d)), float)
+    counts = _sphere_counts(EXP, 3.0)
+    Mz = np.diag([1.0, 1.0, -1.0])
+    cube_images = [R, Mz @ R]  # the body and its z-mirror image (r -> -r: the cube itself)
+    s = fitting.network_starts(_fixed_network(3.0, "Cube", rot6d=rot6d), counts, EXP, n_per_class=4)
+    assert len(s["Cube"]) == 4
+    for start in s["Cube"]:  # each start is R or the mirror image, as a body (up to the cube's 48 symmetries)
+        rot = np.asarray(start.rotation, float)
+        G = fitting.body_symmetries("Cube")
+        assert any(np.abs(rot @ g - T).max() < 1e-5 for g in G for T in cube_images)
+    assert len({round(float(c.edge), 6) for c in s["Cube"]}) == 2  # two sizes x two bodies
+    # a model trained on ellipsoid orientations only: the network's rotation, then random ones
+    legacy = _fixed_network(3.0, "Cube", rot6d=rot6d, orientation_classes="ellipsoid")
+    s = fitting.network_starts(legacy, counts, EXP, n_per_class=4)
+    np.testing.assert_allclose(np.asarray(s["Cube"][0].rotation), R, atol=1e-5)
+    rot1 = np.asarray(s["Cube"][1].rotation, float)
+    assert all(
+        np.abs(rot1 @ g - T).max() > 1e-3 for g in fitting.body_symmetries("Cube") for T in cube_images
+    )
+    assert legacy.predict(counts, EXP)["oriented_classes"] == ("Ellipsoid",)
+
+
+def test_rotations_near_turns_by_the_given_angles():
+    from fitting._netinit import rotations_near
+
+    R = np.asarray(fitting.rotation_from_6d(jnp.array([1.0, 0.3, 0.0, 0.0, 1.0, 0.4])), float)
+    near = rotations_near([R, -R @ np.diag([1.0, 1.0, -1.0])], (10.0, 25.0))
+    assert near.shape == (2 * 17, 3, 3)
+    np.testing.assert_allclose(
+        np.einsum("kij,kil->kjl", near, near), np.broadcast_to(np.eye(3), near.shape), atol=1e-12
+    )
+    ang = np.degrees(np.arccos(np.clip((np.einsum("kij,ij->k", near[:17], R) - 1) / 2, -1, 1)))
+    np.testing.assert_allclose(ang, [0.0] + [10.0] * 8 + [25.0] * 8, atol=1e-3)  # R: float32
 
 
 def _msft_sphere_counts(radius, photons=1e5, seed=0):
@@ -247,11 +290,12 @@ def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
 
     classes = ("Sphere", "Cube", "Octahedron", "Icosahedron")
     net = _fixed_network(3.0, "Cube", classes=classes)  # p(Cube) = e^5 / (e^5 + 3) ~ 0.98, others ~ 0.007
-    searched, fitted = [], []
+    searched, fitted, rotations = [], [], []
     real_search, real_fit = netinit_mod.orientation_search, netinit_mod.fit_from_network
 
     def spy_search(name, *a, **k):
         searched.append(name)
+        rotations.append(k.get("rotations"))
         return real_search(name, *a, **k)
 
     def spy_fit(*a, candidates, **k):
@@ -266,6 +310,7 @@ def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
     kw |= dict(n_orientations=4, n_refine=1)
     res = fitting.fit_auto(counts, EXP, ["Cube", "Octahedron", "Icosahedron"], network_min_prob=0.05, **kw)
     assert fitted == ["Cube"] and set(searched) == {"Cube"}
+    assert rotations == [None]  # n_orientations given: the random search
     assert [r[0] for r in res.ranking] == ["Cube"]
     assert sorted(n for n, _ in res.network_pruned) == ["Icosahedron", "Octahedron"]
     assert all(0 < p < 0.05 for _, p in res.network_pruned)
@@ -292,6 +337,13 @@ def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
     )
     assert set(searched) == {"Cube"} and [r[0] for r in res.ranking] == ["Cube"]
     assert sorted(n for n, _ in res.network_pruned) == ["Icosahedron", "Octahedron"]
+    # the network orients cubes: by default the search runs near its twin bodies only (2 bodies x 17 turns)
+    rotations.clear()
+    kw.pop("n_orientations")
+    fitting.fit_from_network(
+        counts, EXP, net, candidates=["Cube"], **{k: v for k, v in kw.items() if k != "init"}
+    )
+    assert len(rotations) == 1 and rotations[0].shape == (34, 3, 3)
     with pytest.raises(ValueError, match="network_min_prob needs a network"):
         fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, network_min_prob=0.1)
     with pytest.raises(ValueError, match="network_min_prob"):

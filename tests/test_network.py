@@ -127,6 +127,104 @@ def test_twin_min_loss_invariant_and_below_average():
     assert float(p2["orientation"]) > 10 * float(p0["orientation"])
 
 
+def _body_image(name: str, M: np.ndarray) -> np.ndarray:
+    """The body of class `name` mapped by the 3x3 matrix M, as comparable data: the ellipsoid's quadratic form
+    (semi-axes 1, 1.3, 1.7) or a polyhedron's face planes [M n_f, d_f] (rows, any order)."""
+    if name == "Ellipsoid":
+        return M @ np.diag([1.0, 1 / 1.3**2, 1 / 1.7**2]) @ M.T
+    body = getattr(ds, name)(1.0)
+    N, d = (np.asarray(v, float) for v in (body.convex_planes() if name == "Decahedron" else body.planes()))
+    return np.concatenate([N @ M.T, d[:, None]], 1)
+
+
+def _same_body(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape == (3, 3):
+        return bool(np.abs(a - b).max() < 1e-5)
+    return bool((np.min(np.abs(a[None] - b[:, None]).max(-1), axis=1) < 1e-5).all())  # same set of planes
+
+
+@pytest.mark.parametrize(
+    "name, n_sym, n_twins",
+    [
+        ("Ellipsoid", 8, 8),
+        ("Cube", 48, 48),
+        ("Cuboctahedron", 48, 48),
+        ("Icosahedron", 120, 120),
+        ("Decahedron", 20, 40),
+    ],
+)
+def test_polyhedron_twins_are_the_same_body_or_its_lab_images(name, n_sym, n_twins):
+    """Each twin L R g of a body at R is L applied to that body (L: identity, r -> -r, the z-mirror, both),
+    checked on the face planes (the ellipsoid: its quadratic form), independently of how the group was found."""
+    from fitting._network import body_symmetries, twin_factors
+
+    G = body_symmetries(name)
+    assert len(G) == n_sym and (np.linalg.det(G[: n_sym // 2]) > 0).all()
+    R = _random_rotations(np.random.default_rng(7), 1)[0]
+    tw = np.asarray(twin_rotations(jnp.asarray(R, jnp.float32), name), float)
+    assert len(tw) == n_twins == len(twin_factors(name)[0])
+    labs = [np.eye(3), -np.eye(3), np.diag([1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
+    images = [_body_image(name, L @ R) for L in labs]
+    for T in tw:
+        np.testing.assert_allclose(T @ T.T, np.eye(3), atol=1e-5)
+        assert abs(np.linalg.det(T) - 1) < 1e-5
+        assert any(_same_body(_body_image(name, T), im) for im in images)
+    assert min(np.abs(tw[i] - tw[j]).max() for i in range(len(tw)) for j in range(i)) > 1e-3  # distinct
+    # a generic turn of the body is none of them
+    Rx = np.array([[1.0, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    assert not any(_same_body(_body_image(name, R @ Rx), im) for im in images)
+
+
+def test_loss_scores_each_class_against_its_own_twins():
+    from fitting._network import twin_table
+
+    classes = ("Sphere", "Ellipsoid", "Cube", "Icosahedron")
+    table = twin_table(classes)
+    R = _random_rotations(np.random.default_rng(4), 1)[0]
+    Rz90 = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    out = {
+        "log_size": jnp.array(1.0),
+        "logits": jnp.zeros(4),
+        "log_axes": jnp.array([-0.1, 0.2]),
+        "rot6d": jnp.asarray(np.concatenate([(R @ Rz90)[:, 0], (R @ Rz90)[:, 1]])),
+    }
+
+    def orient(label, reduce="min"):
+        t = _target(R) | {"label": jnp.array(label)}
+        return float(network_loss(out, t, twins=table, reduce_twins=reduce)[1]["orientation"])
+
+    assert orient(2) < 1e-6  # a cube turned by 90 deg about its own axis is the same cube
+    assert orient(1) > 0.1 and orient(3) > 0.01  # not an ellipsoid's nor an icosahedron's symmetry
+    # the padded rows (the cube has 48 twins, the table 120) do not enter the mean
+    cube_twins = np.asarray(twin_rotations(jnp.asarray(R, jnp.float32), "Cube"))
+    mean = np.mean(np.sum((cube_twins - R @ Rz90) ** 2, axis=(1, 2)) / 8)
+    assert orient(2, "mean") == pytest.approx(float(mean), rel=1e-4)
+    # without a table: the ellipsoid's twins for every label (models before polyhedron orientations)
+    t = _target(R) | {"label": jnp.array(2)}
+    assert float(network_loss(out, t)[1]["orientation"]) == pytest.approx(orient(1), rel=1e-5)
+
+
+def test_targets_score_polyhedron_orientations_unless_told_not():
+    from fitting._train import targets_of
+
+    truths = {
+        "r_eq": np.full(3, 2.0),
+        "label": np.array([0, 1, 2]),
+        "rotation": np.tile(np.eye(3), (3, 1, 1)),
+    }
+    classes = ["Sphere", "Ellipsoid", "Cube"]
+    cfg = check_config({**TINY, "classes": classes})
+    assert targets_of(cfg, truths)["has_orientation"].tolist() == [0, 1, 1]
+    cfg = check_config(
+        {**TINY, "classes": classes, "train": {**TINY["train"], "orientation_classes": "ellipsoid"}}
+    )
+    assert targets_of(cfg, truths)["has_orientation"].tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="orientation_classes"):
+        check_config({"train": {"orientation_classes": "cubes"}})
+    with pytest.raises(ValueError, match="orient_orders"):
+        check_config({"network": {"orient_orders": [0, 2]}})
+
+
 def test_cnn_shapes_and_config_checks():
     m = InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), hidden=16, n_classes=3)
     o = m(jnp.zeros((2, 32, 32)))
@@ -213,11 +311,18 @@ def test_sidecars_without_network_input_load_as_cartesian(tmp_path):
     eqx.tree_serialise_leaves(str(path), m)
     legacy = json.loads(json.dumps(cfg))
     del legacy["network"]["input"], legacy["network"]["polar"], legacy["network"]["harmonics"]
-    del legacy["train"]["loss_weights"]
+    del legacy["train"]["loss_weights"], legacy["train"]["orientation_classes"]
+    del (
+        legacy["network"]["orient_orders"],
+        legacy["network"]["orient_hidden"],
+        legacy["network"]["orient_bins"],
+    )
     (tmp_path / "old.eqx.json").write_text(json.dumps({"config": legacy, "step": 1}))
     net = fitting.load_network(str(path))
     assert net.model.polar is None and net.meta["config"]["network"]["input"] == "cartesian"
     assert net.meta["config"]["train"]["loss_weights"]["class"] == 0.3  # what it was trained with
+    assert net.meta["config"]["train"]["orientation_classes"] == "ellipsoid"
+    assert net.meta["config"]["network"]["orient_orders"] == []
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32))
     np.testing.assert_array_equal(np.asarray(net.model(x)["logits"]), np.asarray(m(x)["logits"]))
     assert sidecar_config({"network": {"input": "polar"}})["network"]["input"] == "polar"
