@@ -132,6 +132,9 @@ def main(argv=None):
     ap.add_argument("--n-eval", type=int, default=28, help="evaluation_set patterns (ellipsoids + polyhedra)")
     ap.add_argument("--n-fit", type=int, default=8, help="patterns for the fit comparison (0: skip)")
     ap.add_argument("--fit-steps", type=int, default=100)
+    ap.add_argument(
+        "--fit-classes", default=None, help="comma-separated: fit comparison on these classes only"
+    )
     ap.add_argument("--pitch", type=float, default=0.3, help="voxel pitch of the 'sim' part [wavelengths]")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network.json"))
@@ -267,6 +270,10 @@ def main(argv=None):
                     for p in (ell[i : i + 1] + pol[i : i + 1])
                 ]
         mie_pool = [(c, m, "Sphere", d, bt) for c, m, r, d, bt in mie if r < 8.0]
+        if args.fit_classes:  # only these classes (e.g. to rerun one class after a change)
+            keep = set(args.fit_classes.split(","))
+            pool = [x for x in pool if x[2] in keep]
+            mie_pool = [x for x in mie_pool if x[2] in keep]
         # interleave: sphere, ellipsoid, polyhedron, ...
         order = []
         while (pool or mie_pool) and len(order) < args.n_fit:

@@ -12,9 +12,11 @@ unit):
   one; the spread covers the network's typical size error.
 - "Ellipsoid": the predicted semi-axes (made at least `min_anisotropy` anisotropic, else the orientation has no
   gradient) at the predicted rotation R and at its z-mirror twin (`twin_rotations`: of its 8 rotations, the
-  4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)), each at the
-  size factors above. The network cannot tell the twins apart (its loss takes the minimum over them), so both
-  are refined and the fit picks the better one.
+  4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)); each also
+  turned about its long axis by 45, 90, 135 deg (`ellipsoid_spins` = 4: the network places the long axis to
+  ~10-15 deg but not the spin about it); then both twins at the other size factors. The network cannot tell
+  the twins apart (its loss takes the minimum over them), so all are tried: a short coarse multi-start
+  (`search_steps`) picks the one that is refined.
 - a polyhedron: the edge of the predicted volume at the size factors above, and orientations. A model trained
   on polyhedron orientations (`train.orientation_classes = "all"`, the shipped one since session 9: its loss
   takes the minimum over the body's point group and the pattern twins, `twin_rotations(R, class)`) gives the
@@ -39,7 +41,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import choose_class, orientation_search
+from ._auto import _template, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
 from ._network import NetworkPredictor, load_network, twin_bodies, twin_rotations
 
@@ -107,6 +109,11 @@ def rotations_near(rotations, angles_deg: Sequence[float] = (15.0, 30.0)) -> np.
     return np.array([T @ np.asarray(R, float) for R in rotations for T in turns])
 
 
+def _turn_z(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 def _ellipsoid_axes(semi_axes: np.ndarray, r: float, min_anisotropy: float) -> np.ndarray:
     """Sorted semi-axes of volume-equivalent radius `r` with c / a >= (1 + m) / (1 - m)."""
     a = np.sort(np.asarray(semi_axes, float))
@@ -127,6 +134,7 @@ def starts_from_prediction(
     size_spread: float = 0.04,
     min_anisotropy: float = 0.05,
     seed: int = 0,
+    ellipsoid_spins: int = 4,
 ) -> dict[str, list[ds.AbstractShape]]:
     """Starting shapes per class from one `NetworkPredictor.predict` dict (see the module docstring)."""
     r = float(prediction["radius_eq"])
@@ -143,24 +151,27 @@ def starts_from_prediction(
             twins = [tw[0], tw[4]]
             axes = _ellipsoid_axes(prediction["semi_axes"], r, min_anisotropy)
             fs = _size_factors(max(1, math.ceil(n_per_class / 2)), size_spread)
-            out[name] = [
-                ds.Ellipsoid(axes * f, delta=delta, beta=beta, rotation=T) for f in fs for T in twins
-            ][: max(n_per_class, 2)]
+            # the network's spin about the long axis is not learnt (docs/network.md): turns of each twin
+            # about its long (body z) axis at the predicted size, then the twins at the other sizes
+            spins = [_turn_z(math.pi * k / int(ellipsoid_spins)) for k in range(1, int(ellipsoid_spins))]
+            rots = twins + [T @ S for S in spins for T in twins]
+            out[name] = [ds.Ellipsoid(axes * fs[0], delta=delta, beta=beta, rotation=T) for T in rots] + [
+                ds.Ellipsoid(axes * f, delta=delta, beta=beta, rotation=T) for f in fs[1:] for T in twins
+            ]
         else:
-            cls = getattr(ds, name)
-            v1 = float(np.asarray(cls(1.0).volume()))
-            edge = (4.0 / 3.0 * math.pi * r**3 / v1) ** (1 / 3)
+            # the same template as the orientation search's (the rigid Decahedron: notched=False), so that
+            # the network's starts and the search's can be fitted together in one multi-start
             if name in prediction.get("oriented_classes", ()):
                 bodies = twin_bodies(R, name)
                 fs = _size_factors(max(1, math.ceil(n_per_class / len(bodies))), size_spread)
-                out[name] = [cls(edge * f, delta=delta, beta=beta, rotation=T) for f in fs for T in bodies][
+                out[name] = [_template(name, r * f, delta, beta, rotation=T) for f in fs for T in bodies][
                     : max(n_per_class, len(bodies))
                 ]
                 continue
             rots = np.concatenate([R[None], _random_rotations(max(n_per_class - 1, 0), seed)])
             fs = _size_factors(n_per_class, size_spread)
             out[name] = [
-                cls(edge * f, delta=delta, beta=beta, rotation=Rk) for f, Rk in zip(fs, rots, strict=True)
+                _template(name, r * f, delta, beta, rotation=Rk) for f, Rk in zip(fs, rots, strict=True)
             ]
     return out
 
@@ -178,6 +189,7 @@ def network_starts(
     size_spread: float = 0.04,
     min_anisotropy: float = 0.05,
     seed: int = 0,
+    ellipsoid_spins: int = 4,
 ) -> dict[str, list[ds.AbstractShape]]:
     """Starting shapes for `fitting.fit`, per class, from one network prediction.
 
@@ -188,9 +200,12 @@ def network_starts(
     - `delta`, `beta`: optical constants of the starts (the network does not predict them).
     - `classes`: class names among `START_CLASSES` ("Sphere", "Ellipsoid", the six polyhedra); default the
       network's predicted class only.
-    - `n_per_class` (>= 1): starts per class (ellipsoids: at least 2, the predicted orientation and its
-      z-mirror twin); `size_spread`: relative size step between starts; `min_anisotropy`: ellipsoid starts
-      get c / a >= (1 + m) / (1 - m); `seed`: the random orientations of polyhedron starts.
+    - `n_per_class` (>= 1): starts per class (sizes x orientations; see the module docstring for the
+      ellipsoid's and the polyhedra's twins); `size_spread`: relative size step between starts;
+      `min_anisotropy`: ellipsoid starts get c / a >= (1 + m) / (1 - m); `seed`: the random orientations of
+      polyhedron starts (models not trained on them); `ellipsoid_spins` (>= 1): each ellipsoid twin also turned
+      about its long axis by k 180 / `ellipsoid_spins` deg, k = 1 .. spins - 1, at the predicted size (the
+      network's spin about that axis is not learnt; 1 = none).
 
     **Returns:** {class name: [shape, ...]}, sizes in the experiment's length unit. The full prediction is
     available from `resolve_network(network).predict(data, experiment, mask)`.
@@ -204,6 +219,8 @@ def network_starts(
         raise ValueError(f"size_spread must be in [0, 0.5), got {size_spread}")
     if not 0 <= float(min_anisotropy) < 0.5:
         raise ValueError(f"min_anisotropy must be in [0, 0.5), got {min_anisotropy}")
+    if int(ellipsoid_spins) < 1:
+        raise ValueError(f"ellipsoid_spins must be >= 1, got {ellipsoid_spins}")
     p = net.predict(data, experiment, mask)
     names = [p["class"]] if classes is None else _check_classes(classes)
     return starts_from_prediction(
@@ -215,6 +232,7 @@ def network_starts(
         size_spread=float(size_spread),
         min_anisotropy=float(min_anisotropy),
         seed=seed,
+        ellipsoid_spins=int(ellipsoid_spins),
     )
 
 
@@ -245,6 +263,7 @@ def fit_from_network(
     criterion: str = "bic",
     seed: int = 0,
     search_kwargs: dict | None = None,
+    ellipsoid_spins: int = 4,
     **fit_kwargs,
 ):
     """Network prediction, then a short `fitting.fit` refinement from its starts (`network_starts`).
@@ -256,13 +275,15 @@ def fit_from_network(
       (one vmapped multi-start of its starts) and the best is chosen by `criterion` exactly as in
       `fitting.fit_auto` ("bic": data loss + (k / 2) ln n_used, "aic": + k, "nll": the data loss alone).
     - `delta`, `beta` (required): fixed optical constants (not both 0); `max_steps`: optimiser steps of each refinement.
-    - `n_per_class`, `size_spread`, `seed`: see `network_starts`.
+    - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`: see `network_starts`.
     - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
       `n_orientations` random orientations at the predicted size join the network's starts (0 = network
       starts only). Default (None): for the classes whose orientation the network was trained on
       (`prediction["oriented_classes"]`) a LOCAL search instead, over the predicted rotation's twin bodies
-      and their turns by 15 and 30 deg about 8 axes (`rotations_near`: 17 per body); for the others 48
-      random orientations. `search_kwargs` go to the search.
+      and their turns by 15 and 30 deg about 8 axes (`rotations_near`: 17 per body), whose `n_refine` best
+      are then refined as in `fitting.fit_auto` (`fitting.fit_oriented`: on the low-q crop of the pattern
+      first when the size allows one, then the best at full resolution; `search_steps` is not used); for
+      the others 48 random orientations. `search_kwargs` go to the search.
     - `search_steps`, `search_coarsening`: ellipsoids and polyhedra: all starts first run `search_steps`
       optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
       `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
@@ -304,6 +325,7 @@ def fit_from_network(
         n_per_class=int(n_per_class),
         size_spread=float(size_spread),
         seed=seed,
+        ellipsoid_spins=int(ellipsoid_spins),
     )
     results = {}
     for name in names:
@@ -315,7 +337,7 @@ def fit_from_network(
         elif n_or is None:
             n_or = 48
         if name in POLYHEDRA and int(n_or) > 0 and int(n_refine) > 0:
-            found, _, _ = orientation_search(
+            search = orientation_search(
                 name,
                 data,
                 experiment,
@@ -327,7 +349,26 @@ def fit_from_network(
                 rotations=near,
                 **dict({"seed": seed} | (search_kwargs or {})),
             )
-            s = s + found[: int(n_refine)]
+            if near is not None:
+                # the local search ranked the network's twin bodies and their turns (sizes 0.95-1.05):
+                # refine its best as fit_auto does, on the low-q crop first (fit_oriented), not the full
+                # pattern (a coarse full-pattern multi-start of 8 starts cost ~100 s for a 7.6-lambda
+                # octahedron at 64^2)
+                res = fit_oriented(
+                    name,
+                    data,
+                    experiment,
+                    mask,
+                    radius=float(p["radius_eq"]),
+                    n_refine=int(n_refine),
+                    search=search,
+                    max_steps=int(max_steps),
+                    **fit_kwargs,
+                )
+                res.stages = res.stages or [res]
+                results[name] = res
+                continue
+            s = s + search[0][: int(n_refine)]
         kw = dict(fit_kwargs)
         pitch = kw.pop("pitch", None)
         if pitch is None and experiment.sampling_hint is not None:

@@ -69,9 +69,14 @@ def test_starts_have_the_predicted_classes_sizes_and_twins():
     counts = _sphere_counts(EXP, 3.0)
     # default: the predicted class only
     s = fitting.network_starts(net, counts, EXP)
-    assert list(s) == ["Ellipsoid"] and len(s["Ellipsoid"]) == 4
+    # ellipsoids: 2 twins x 4 spins about the long axis at the predicted size, then the 2 twins at 1.04 x
+    assert list(s) == ["Ellipsoid"] and len(s["Ellipsoid"]) == 2 * 4 + 2
+    c45, s45 = math.cos(math.pi / 4), math.sin(math.pi / 4)
+    spin45 = np.array([[c45, -s45, 0.0], [s45, c45, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(np.asarray(s["Ellipsoid"][2].rotation), R @ spin45, atol=1e-5)
+    assert len(fitting.network_starts(net, counts, EXP, ellipsoid_spins=1)["Ellipsoid"]) == 4
     s = fitting.network_starts(net, counts, EXP, classes=CLASSES, n_per_class=4, delta=0.002, beta=0.001)
-    assert list(s) == CLASSES and all(len(v) == 4 for v in s.values())
+    assert list(s) == CLASSES and [len(v) for v in s.values()] == [4, 10, 4]
     radii = sorted(float(x.radius) for x in s["Sphere"])
     np.testing.assert_allclose(radii, [3.0 * 0.96, 3.0, 3.0 * 1.04, 3.0 * 1.08], rtol=1e-4)
     assert float(s["Sphere"][0].delta) == pytest.approx(0.002) and float(
@@ -116,6 +121,15 @@ def test_polyhedron_starts_are_the_predicted_twin_bodies_when_the_network_orient
         np.abs(rot1 @ g - T).max() > 1e-3 for g in fitting.body_symmetries("Cube") for T in cube_images
     )
     assert legacy.predict(counts, EXP)["oriented_classes"] == ("Ellipsoid",)
+    # the starts have the orientation search's template structure (the rigid Decahedron: notched=False), so
+    # both can be stacked into one multi-start (a notched start made fit_from_network fail on decahedra)
+    from fitting._auto import _drop_hint, _template
+
+    for name in ("Decahedron", "Icosahedron"):
+        net = _fixed_network(3.0, name, rot6d=rot6d, classes=("Sphere", "Ellipsoid", name))
+        for start in fitting.network_starts(net, counts, EXP)[name]:
+            templ = _template(name, 3.0, 0.0, 0.0, rotation=R)  # (the fits drop the size hint themselves)
+            assert jax.tree.structure(_drop_hint(start, None)) == jax.tree.structure(_drop_hint(templ, None))
 
 
 def test_rotations_near_turns_by_the_given_angles():
