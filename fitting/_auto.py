@@ -348,8 +348,9 @@ def fit_auto(
       "Cuboctahedron"; edge and orientation free) and "Superellipsoid".
     - `delta`, `beta`: optical constants, fixed (the MSFT model uses them; the sphere start too).
     - `criterion`: "bic" (default) = loss + (k / 2) ln n_used, "aic" = loss + k, or "nll" = loss.
-    - `n_starts` (ellipsoid orientations), `n_orientations` (oriented classes: search size; default 96,
-      and with `init=network` 0 for the classes the network was trained to orient, else 48), `n_refine`
+    - `n_starts` (ellipsoid orientations), `n_orientations` (oriented classes: search size; default 96; with
+      `init=network` a local search near the network's orientation for the classes it was trained to orient,
+      else 48 random, see `fitting.fit_from_network`), `n_refine`
       (oriented classes and the ellipsoid: the number of best search results refined together, see
       `fit_ellipsoid_auto`), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
       `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).

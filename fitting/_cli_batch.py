@@ -124,8 +124,8 @@ def _schemas() -> dict:
             "max_steps": Key("int", "fit_auto path: optimiser steps per fit stage", default=200, min=1),
             "n_orientations": Key(
                 "int",
-                "fit_auto path: orientations searched (polyhedra...); absent: 96, and with [init] network 0 for "
-                "the classes the network orients (else 48)",
+                "fit_auto path: random orientations searched (polyhedra...); absent: 96, and with [init] network "
+                "a local search near the network's orientation for the classes it orients (else 48)",
                 min=1,
             ),
             "n_refine": Key("int", "fit_auto path: best orientations refined", default=4, min=1),

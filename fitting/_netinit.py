@@ -36,19 +36,17 @@ import os
 import time
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 import diffscat as ds
 
 from ._auto import _template, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
-from ._network import NetworkPredictor, load_network, twin_bodies, twin_rotations
+from ._network import NetworkPredictor, load_network, twin_bodies
 
 __all__ = ["network_starts", "fit_from_network", "resolve_network", "rotations_near", "START_CLASSES"]
 
 START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
-_MZ = np.diag([1.0, 1.0, -1.0])
 
 
 def resolve_network(network) -> NetworkPredictor:
@@ -145,10 +143,9 @@ def starts_from_prediction(
             fs = _size_factors(n_per_class, size_spread)
             out[name] = [ds.Sphere(r * f, delta=delta, beta=beta) for f in fs]
         elif name == "Ellipsoid":
-            # the distinct twins: R and the z-mirror twin M R diag(1, 1, -1) (the other 6 of `twin_rotations`
-            # are body symmetries of these two: the same ellipsoid)
-            tw = np.asarray(twin_rotations(jnp.asarray(R, jnp.float32)), float)
-            twins = [tw[0], tw[4]]
+            # the distinct twin bodies: R and the z-mirror twin M R diag(1, 1, -1) (the other 6 of
+            # `twin_rotations` are body symmetries of these two: the same ellipsoid)
+            twins = twin_bodies(R, "Ellipsoid")
             axes = _ellipsoid_axes(prediction["semi_axes"], r, min_anisotropy)
             fs = _size_factors(max(1, math.ceil(n_per_class / 2)), size_spread)
             # the network's spin about the long axis is not learnt (docs/network.md): turns of each twin

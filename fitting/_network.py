@@ -281,19 +281,19 @@ class InversionCNN(eqx.Module):
             raise ValueError(f"harmonics must be azimuthal orders >= 1, got {harmonics}")
         if any(m < 1 for m in self.orient_orders):
             raise ValueError(f"orient_orders must be azimuthal orders >= 1, got {orient_orders}")
-        self.orient_bins = int(orient_bins) if self.orient_orders else 0
-        n_harm = min(2, len(widths) - 1)  # = len(self._harmonic_layers())
-        if self.orient_orders and (
-            self.orient_bins < 1 or any((nr // 2 ** (i + 1)) % self.orient_bins for i in range(n_harm))
-        ):
-            raise ValueError(
-                f"orient_bins must divide the radii of the first two layers ({nr // 2}, {nr // 4}), got {orient_bins}"
-            )
         self.polar = (nr, nphi)
         self.convs = tuple(
             eqx.nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=0, key=keys[i])
             for i in range(len(widths))
         )
+        self.orient_bins = int(orient_bins) if self.orient_orders else 0
+        if self.orient_orders and (
+            self.orient_bins < 1
+            or any((nr // 2 ** (i + 1)) % self.orient_bins for i in self._harmonic_layers())
+        ):
+            raise ValueError(
+                f"orient_bins must divide the radii of the first two layers ({nr // 2}, {nr // 4}), got {orient_bins}"
+            )
         n_last = widths[-1] * (nr // f)
         n_inv = 2 * n_last + n_last * len(self._last_harmonics(nphi // f))
         for i in self._harmonic_layers():
