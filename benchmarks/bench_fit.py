@@ -2,7 +2,7 @@
 from no initial guess, on an n x n QGrid (30 deg) pattern.
 
 python benchmarks/bench_fit.py [--size 128] [--cases sphere,ellipsoid,sh3,sh6] [--x64] [--patterns 2]
-    [--coarse N]
+    [--coarse N] [--profile N]
 
 `--coarse N` passes `coarse=N` to the drivers (1: every stage at full resolution; 2 or 4: the early stages on
 the central n/N x n/N low-q crop, docs/fitting.md "Multi-resolution"); left out, the drivers' default.
@@ -22,7 +22,9 @@ compiled; SH lmax 6 <= 120 s.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import time
 
 import jax
@@ -78,6 +80,9 @@ def main(argv=None):
     ap.add_argument("--x64", action="store_true", help="float64 (default float32)")
     ap.add_argument("--patterns", type=int, default=2, choices=(1, 2), help="patterns per case")
     ap.add_argument("--coarse", type=int, default=None, help="coarse= for the drivers (default: theirs)")
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="cProfile the last pattern: its N slowest calls"
+    )
     args = ap.parse_args(argv)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
@@ -97,6 +102,10 @@ def main(argv=None):
             n0 = _n_compiled()
             truth = _truth(case, scale, lmax)
             data = _pattern(truth, exp, args.photons, 10 + k)
+            prof = None
+            if args.profile and k == args.patterns - 1:
+                prof = cProfile.Profile()
+                prof.enable()
             t, c = time.perf_counter(), time.process_time()
             if case == "sphere":
                 res = fitting.fit_sphere_auto(data, exp, mask, **kw)
@@ -106,6 +115,9 @@ def main(argv=None):
                 res = fitting.fit_spherical_harmonics(data, exp, lmax, mask, **kw)
             times.append(time.perf_counter() - t)
             cpu = time.process_time() - c
+            if prof is not None:  # where the wall time goes outside the compiled steps (host work)
+                prof.disable()
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
             stages = res.stages or [res]
             first_steps = sum(s.compile_s for s in stages)
             steps = "/".join(str(s.n_steps) for s in stages)

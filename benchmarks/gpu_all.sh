@@ -9,6 +9,9 @@
 # hung one costs its cap and the rest still run; each writes $W/NAME.log, and $W/summary.md gets one row each.
 # SKIP="a b" / ONLY="a b": leave out / run only the named sections (e.g. to rerun the ones that failed).
 # Carried wheels (.whl/: beartype, miepython, pinned equinox/optax/jaxtyping) are installed when present.
+# AUTOTUNE=1: XLA's GEMM/conv autotuning on (off by default: shorter compilations; see below). Compiled
+# programs go to jax's persistent cache (JAX_COMPILATION_CACHE_DIR, default /tmp/diffscat-jax-cache), so a
+# rerun on the same machine (ONLY=...) skips most compilation.
 set -u
 BUDGET=${1:-500}
 W=${W:-$PWD/.gpu}
@@ -18,10 +21,21 @@ T0=$(date +%s)
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # peak-memory readings; no 75 % grab at start
+# compiled programs shared between sections and with a rerun on the same machine (XLA:GPU compiles ~6 s each)
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/diffscat-jax-cache}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
         export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
+# AUTOTUNE=0 (default): XLA's GEMM/conv autotuning off (--xla_gpu_autotune_level=0), which shortens every
+# compilation; kept only when a probe with it runs (an unknown flag aborts XLA). AUTOTUNE=1: XLA's default.
+if [ "${AUTOTUNE:-0}" = 0 ] && [ "${JAX_PLATFORMS:-}" != cpu ]; then
+    if XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" $PY -c 'import jax; print(jax.numpy.ones(3).sum())' \
+        >/dev/null 2>&1; then
+        export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
+    fi
+fi
+echo "XLA_FLAGS=${XLA_FLAGS:-}" >"$W/xla_flags.txt"
 echo "| section | exit | seconds (cap) |" >"$W/summary.md"
 echo "| --- | --- | --- |" >>"$W/summary.md"
 
@@ -47,29 +61,32 @@ sec() { # sec NAME CAP_S COMMAND...: run with a cap cut to the budget left; log 
 }
 
 if ((QUICK)); then
-    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256
+    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256 HN=2 HC=1
 else
-    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024
+    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=6 HC=2
 fi
 
-sec env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
+sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
     $PY -c 'import jax, equinox, optax, jaxtyping; print(jax.__version__, jax.devices(), equinox.__version__,
-    optax.__version__, jaxtyping.__version__)'"
+    optax.__version__, jaxtyping.__version__)'; cat $W/xla_flags.txt"
 sec test_gpu 60 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
-sec forward 75 $PY benchmarks/bench_forward.py --sections forward routes grad memory batch --max-n $FMAXN \
-    --repeats 3 $( ((QUICK)) && echo --quick)
-sec fit_128 80 $PY benchmarks/bench_fit.py --size $S --cases sphere,ellipsoid,sh3
-sec fit_sh6_512 70 $PY benchmarks/bench_fit.py --size $SF --cases sh6
-sec fit_batch 40 $PY benchmarks/bench_fit_batch.py --size $SB --n $((NB / 2))
-sec batch_sphere 30 $PY benchmarks/bench_batch.py --model sphere --n $NS --size $S --chunk $((NS / 4))
-sec batch_ellipsoid 60 $PY benchmarks/bench_batch.py --model ellipsoid --n $((NB / 2)) --size $SB --chunk $((NB / 4))
-TRAIN_S=$((QUICK ? 60 : 150))
+# order: what no GPU run has measured yet first (issue 13's SH lmax 6 at 512^2, issue 17's inference and
+# training, issue 14's SH batch), then the rest
+sec fit_sh6_512 130 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --profile 40
+sec fit_128 90 $PY benchmarks/bench_fit.py --size $S --cases ellipsoid,sh3
+sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
+    --out benchmarks/results/bench_network_gpu.json
+sec batch_harmonics 60 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC
+TRAIN_S=$((QUICK ? 60 : 90))
 rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
 sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \
     $( ((QUICK)) && echo --config configs/train-default.toml)
+sec forward 60 $PY benchmarks/bench_forward.py --sections grad memory batch --max-n $FMAXN \
+    --repeats 3 $( ((QUICK)) && echo --quick)
 sec propagating 25 $PY benchmarks/bench_propagating.py --radii 3,7 --n $((S * 2)) --repeats 3
-sec network_infer 35 $PY benchmarks/bench_network.py --n-sim $((NS / 4)) --n-mie 8 --n-eval 0 --n-fit 0 \
-    --out benchmarks/results/bench_network_gpu.json
+sec batch_sphere 30 $PY benchmarks/bench_batch.py --model sphere --n $NS --size $S --chunk $((NS / 4))
+sec fit_batch 40 $PY benchmarks/bench_fit_batch.py --size $SB --n $((NB / 2))
+sec batch_ellipsoid 60 $PY benchmarks/bench_batch.py --model ellipsoid --n $((NB / 2)) --size $SB --chunk $((NB / 4))
 
 cp -r benchmarks/results "$W/results" 2>/dev/null
 echo "total $(($(date +%s) - T0)) s of $BUDGET" >>"$W/summary.md"

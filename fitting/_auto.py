@@ -297,12 +297,13 @@ def _oriented_full(name, data, experiment, mask, first, search, n_refine, fit_kw
     """`fit_oriented`'s full-resolution refinement: of the crop's best (`first`), or of the `n_refine` best
     search results when there was no crop stage."""
     from ._fit import fit
+    from ._multires import refine_fit
 
     if first is None:
         res = fit(data, experiment, search[0][: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)
         res.time_s += search[2]
         return res
-    res = fit(data, experiment, first.model, mask, free=_free_for(name), **fit_kwargs)
+    res = refine_fit(data, experiment, first.model, mask, free=_free_for(name), **fit_kwargs)
     res.time_s += search[2] + first.time_s
     res.alternatives = first.alternatives
     res.start_losses = first.start_losses

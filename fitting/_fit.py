@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 GRID_LADDER = 2.0**0.25  # ratio between consecutive default grid half-widths (4 rungs per doubling)
+# default voxel-grid half-width of `fit`, in bounding radii of the largest start (room for it to grow)
+GRID_MARGIN = 1.3
 
 OPTIMIZERS = ("lbfgs", "lbfgs-zoom", "adam", "gn")
 
@@ -286,7 +288,7 @@ def fit(
     floor: float | None = None,
     pitch: float | None = None,
     grid: object = None,  # ds.VoxelGrid | None: checked below
-    grid_margin: float = 1.3,
+    grid_margin: float = GRID_MARGIN,
     regularizer: Callable[[ds.AbstractShape], Array] | None = None,
     uncertainties: bool = True,
     alternatives_tol: float = 5.0,
@@ -381,7 +383,7 @@ def fit_batch(
     floor: float | None = None,
     pitch: float | None = None,
     grid: object = None,
-    grid_margin: float = 1.3,
+    grid_margin: float = GRID_MARGIN,
     regularizer: Callable[[ds.AbstractShape], Array] | None = None,
     uncertainties: bool = True,
     alternatives_tol: float = 5.0,

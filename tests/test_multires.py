@@ -153,3 +153,24 @@ def test_ellipsoid_auto_refines_several_search_optima(monkeypatch):
     assert many.loss <= one.loss + 1e-4 * abs(one.loss)
     with pytest.raises(ValueError, match="n_refine"):
         fitting.fit_ellipsoid_auto(data, exp, mask, n_refine=0, **kw)
+
+
+def test_refinement_grid_is_tighter_and_regrows(wide, monkeypatch):
+    # a full-resolution refinement from near the answer runs on a grid REFINE_MARGIN (not fit's 1.3) times the
+    # start's bounding radius; a result that reaches into the grid's outer voxels is fitted again on fit's grid
+    from fitting import _multires
+
+    exp, mask = wide
+    data = _counts(ds.Sphere(3.5, **DK), exp, 1e6, 0)
+    kw = dict(pitch=0.4, uncertainties=False, max_steps=3, free=("radius",))
+    start = ds.Sphere(3.4, **DK)
+    plain = fitting.fit(data, exp, start, mask, **kw)
+    tight = _multires.refine_fit(data, exp, start, mask, **kw)
+    assert tight.grid.shape[0] < plain.grid.shape[0]
+    assert not _multires.outgrew(tight.model, tight.grid)
+    assert tight.loss == pytest.approx(plain.loss, rel=1e-4)  # empty voxels change nothing
+    assert _multires.outgrew(ds.Sphere(3.4), _fit._fit_grid([start], exp, 0.4, 0.6))
+    monkeypatch.setattr(_multires, "REFINE_MARGIN", 0.6)  # the start itself reaches outside this grid
+    again = _multires.refine_fit(data, exp, start, mask, **kw)
+    assert not _multires.outgrew(again.model, again.grid)
+    assert again.grid.shape[0] > _fit._fit_grid([start], exp, 0.4, 0.6).shape[0]
