@@ -121,7 +121,7 @@ def _quarter_nodes(n: int):
 
 
 def _msft_sphere_profile(q, radii, wavelength, delta, beta, per_period: int = 12):
-    """`msft_sphere_intensity` at sorted `q` (n_q,) for `radii` (n_r,), for radius scans: Psi is computed on a
+    """`msft_sphere_intensity` at `q` (n_q,) >= 0 for `radii` (n_r,), for radius scans: Psi is computed on a
     uniform |q| grid with `per_period` samples per 2 pi / max(radii) (Psi is band-limited by the sphere's
     extent) and carried to `q` by 4-point Lagrange interpolation (real and imaginary parts; relative error
     ~1e-3 of the peak at 12 per period), when that grid is coarser than `q`; else evaluated at `q` directly.
