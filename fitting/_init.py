@@ -646,8 +646,8 @@ def harmonics_ladder(
     result's `alternatives`. Four starts cost about four times the run time (one compilation).
 
     Returns (last `FitResult`, list of every stage's result)."""
-    from ._fit import _fit_grid, fit
-    from ._multires import coarse_level, outgrew, refine_grid, stage_kwargs
+    from ._fit import GRID_MARGIN, _fit_grid, fit
+    from ._multires import coarse_level, outgrew, refine_fit, stage_kwargs
     from ._regularizers import SHDegreePrior, sh_degrees
 
     L = int(lmax)
@@ -680,26 +680,21 @@ def harmonics_ladder(
         kw_i = dict(kw_i)
         kw_i.pop("uncertainties", None)
         pitch = kw_i.pop("pitch", None)
-        margin = float(kw_i.pop("grid_margin", 1.3))
-        key = id(e_i)
+        margin = float(kw_i.pop("grid_margin", GRID_MARGIN))
         user_grid = kw_i.pop("grid", None)
-        # the full-resolution stage after the crop's: a refinement from near the answer, on a tighter grid
-        refine = last and lev is not None and user_grid is None and "grid_margin" not in kw
-        grid = grids.get(key, user_grid)
-        if grid is None:
-            grid = refine_grid([shape], e_i, pitch) if refine else _fit_grid([shape], e_i, pitch, margin)
-        if outgrew(shape, grid):  # the shape outgrew the grid: a larger one
-            grid = _fit_grid([shape], e_i, pitch, margin)
-        grids[key] = grid
         starts = harmonics_twins(shape) if twins else shape
         fit_kw = dict(free=("coefficients",), regularizer=reg, active={"coefficients": deg <= l}, **kw_i)
         fit_kw["uncertainties"] = want_sigmas and last
-        res = fit(d_i, e_i, starts, m_i, grid=grid, **fit_kw)
-        if refine and outgrew(res.model, grid):  # grew out of the tight grid: again on fit's roomier one
-            t_first = res.time_s
-            grid = _fit_grid([res.model], e_i, pitch, margin)
-            res = fit(d_i, e_i, res.model, m_i, grid=grid, **fit_kw)
-            res.time_s += t_first
+        if last and lev is not None and user_grid is None and "grid_margin" not in kw:
+            # the full-resolution stage after the crop's: a refinement from near the answer
+            res = refine_fit(d_i, e_i, starts, m_i, pitch=pitch, **fit_kw)
+        else:
+            key = id(e_i)
+            grid = grids.get(key, user_grid)
+            if grid is None or outgrew(shape, grid):  # none yet, or the shape outgrew it: a larger one
+                grid = _fit_grid([shape], e_i, pitch, margin)
+            grids[key] = grid
+            res = fit(d_i, e_i, starts, m_i, grid=grid, **fit_kw)
         stages.append(res)
         shape = res.model
         if verbose:

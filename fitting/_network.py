@@ -475,8 +475,12 @@ def twin_rotations(rotation: Float[Array, "3 3"], class_name: str = "Ellipsoid")
     """
     L, g = twin_factors(class_name)
     R = jnp.asarray(rotation)
-    hi = jax.lax.Precision.HIGHEST
-    return jnp.einsum("kij,jl,klm->kim", jnp.asarray(L, R.dtype), R, jnp.asarray(g, R.dtype), precision=hi)
+    return _twin_product(jnp.asarray(L, R.dtype), R, jnp.asarray(g, R.dtype))
+
+
+def _twin_product(L, R, g):
+    """L_k R g_k for the (k, 3, 3) factors `L`, `g` of `twin_factors` (full-precision matmuls: no TF32)."""
+    return jnp.einsum("kij,jl,klm->kim", L, R, g, precision=jax.lax.Precision.HIGHEST)
 
 
 def twin_bodies(rotation, class_name: str) -> list[np.ndarray]:
@@ -528,7 +532,7 @@ def network_loss(
         L = jnp.asarray(twins[0])[target["label"]]
         g = jnp.asarray(twins[1])[target["label"]]
         valid = jnp.asarray(twins[2])[target["label"]]
-        tw = jnp.einsum("kij,jl,klm->kim", L, R, g, precision=jax.lax.Precision.HIGHEST)
+        tw = _twin_product(L, R, g)
     d = jnp.sum((tw - Rp[None]) ** 2, axis=(-2, -1)) / 8.0
     if reduce_twins == "min":
         rot = jnp.min(jnp.where(valid, d, jnp.inf))
