@@ -108,6 +108,14 @@ def _nll(u, prob: Parametrisation, data, mask, st: _Static):
     return val, scale
 
 
+# Slack of the L-BFGS line search's sufficient-decrease test, relative to the loss (per used pixel, >= 0
+# for the shipped losses): a trial step whose loss rose by less than this is accepted. Near an optimum the
+# float32 loss sum is noise at this level, and without the slack every step there halved the step 6-12
+# times (each halving a full value_and_grad) before `fit`'s stall test (`patience` steps below rtol) could
+# stop it: a 64^2 ellipsoid fit took 85 loss evaluations for 17 steps, 37 with the slack, same optimum.
+LINESEARCH_RTOL = 1e-6
+
+
 @functools.lru_cache(maxsize=32)
 def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_steps: int = 200):
     """An optax optimiser for O(1)-scaled parameters (cached, so equal settings reuse one compilation).
@@ -118,7 +126,7 @@ def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_
     """
     if name == "lbfgs":
         ls = optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=12, decrease_factor=0.5, store_grad=True
+            max_backtracking_steps=12, decrease_factor=0.5, store_grad=True, rtol=LINESEARCH_RTOL
         )
         return optax.lbfgs(learning_rate=learning_rate, linesearch=ls)
     if name == "lbfgs-zoom":
@@ -139,19 +147,39 @@ def _tree_norm(t):
 @eqx.filter_jit
 def _step(u, opt_state, prob, data, mask, norm, st: _Static, optimizer, is_lbfgs: bool):
     """One optimiser step for a batch of starts (leading axis on every argument but `st`, `optimizer`:
-    each start carries its own pattern, so starts of several patterns run in one vmapped call)."""
+    each start carries its own pattern, so starts of several patterns run in one vmapped call).
 
-    def one(u, opt_state, prob, data, mask, norm):
-        f = lambda v: _nll(v, prob, data, mask, st)[0] / norm
+    L-BFGS: the line search stored the value and gradient at the point it accepted, so they are taken from
+    the state and recomputed only when some start lacks them (the first step; a search that ended on a
+    non-finite value). The test is ONE predicate for the batch, so `lax.cond` runs one branch; optax's
+    `value_and_grad_from_state` tests per start, which under `vmap` turns the cond into a select that
+    evaluates both branches: a full value_and_grad every step, half the cost of a typical step."""
+
+    def f(v, prob, data, mask, norm):
+        return _nll(v, prob, data, mask, st)[0] / norm
+
+    value_and_grad = jax.vmap(jax.value_and_grad(f))
+    if is_lbfgs:
+        stored = (optax.tree_utils.tree_get(opt_state, "value"), optax.tree_utils.tree_get(opt_state, "grad"))
+        value, grad = jax.lax.cond(
+            jnp.all(jnp.isfinite(stored[0])),
+            lambda: stored,
+            lambda: jax.tree.map(
+                lambda x, s: x.astype(s.dtype), value_and_grad(u, prob, data, mask, norm), stored
+            ),
+        )
+    else:
+        value, grad = value_and_grad(u, prob, data, mask, norm)
+
+    def one(u, opt_state, prob, data, mask, norm, value, grad):
         if is_lbfgs:
-            value, grad = optax.value_and_grad_from_state(f)(u, state=opt_state)
-            updates, opt_state = optimizer.update(grad, opt_state, u, value=value, grad=grad, value_fn=f)
+            fn = lambda v: f(v, prob, data, mask, norm)  # noqa: E731
+            updates, opt_state = optimizer.update(grad, opt_state, u, value=value, grad=grad, value_fn=fn)
         else:
-            value, grad = jax.value_and_grad(f)(u)
             updates, opt_state = optimizer.update(grad, opt_state, u)
         return optax.apply_updates(u, updates), opt_state, value, _tree_norm(grad)
 
-    return jax.vmap(one)(u, opt_state, prob, data, mask, norm)
+    return jax.vmap(one)(u, opt_state, prob, data, mask, norm, value, grad)
 
 
 @eqx.filter_jit
@@ -550,7 +578,7 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     norm = jnp.asarray(np.asarray(n_used, float)[group], dt)
     u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
     u0, prob, d_b, m_b, norm = _shard_starts((u0, prob, d_b, m_b, norm))
-    run = _optimise(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start)
+    run = _optimise(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start, live_all)
     best_u, history, done, n_steps, t_compile = run
 
     results = []
@@ -600,10 +628,23 @@ def _shard_starts(tree):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*mesh.axis_names)))
 
 
-def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
+def _compacting() -> bool:
+    """Whether `_optimise` drops finished starts from the vmapped batch: on one CPU device, where a batch
+    costs its size per step (a smaller batch compiles the step once more per geometry). Not on a GPU (a
+    batch costs about one start there, and XLA:GPU compiles slowly) nor when starts are sharded."""
+    return jax.default_backend() == "cpu" and jax.local_device_count() == 1
+
+
+def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, live=None):
     """The optimiser loop over a batch of starts (each with its own data); every start stops on its own
     (`rtol` for `patience` steps, or `gtol`), the loop when all have. Returns (best u per start, per-step
-    losses [(B,)], done flags (B,), steps, first step's seconds)."""
+    losses [(B,)], done flags (B,), steps, first step's seconds).
+
+    Compaction (`_compacting`, CPU): once the starts still running fit in a batch half the current size or
+    less, the finished ones leave the batch (their optimiser state is sliced, not restarted; padding repeats
+    a running start and is ignored), so a multi-start whose starts converge at different steps does not pay
+    for the finished ones. `live` (B,) bool: rows that are real starts (False: `fit`'s power-of-two padding,
+    dropped at the first compaction). A finished start's history repeats its last loss."""
     is_gn = cfg.optimizer == "gn"
     opt = None if is_gn else make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.max_steps)
     is_lbfgs = cfg.optimizer.startswith("lbfgs")
@@ -615,10 +656,28 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
         state = _init_state(u, opt)
     history = []
     best_u, best_val = u, np.full(n_batch, np.inf)
+    last_val = np.full(n_batch, np.nan)
     stall = np.zeros(n_batch, int)
     done = np.zeros(n_batch, bool)
+    live = np.ones(n_batch, bool) if live is None else np.asarray(live, bool)
+    compact = _compacting()
+    rows = np.arange(n_batch)  # the start (row of the full batch) each row of the running batch belongs to
+    real = np.ones(n_batch, bool)  # running rows that are not copies made to pad a compacted batch
     t_compile = None
     n_steps = 0
+
+    def settle(best_u, u, state, sel):
+        # L-BFGS / LM: the last update's point was already evaluated (its value is in the state); keep it
+        # where it is better than the start's best (running rows `sel`, full rows `rows[sel]`)
+        if not (is_lbfgs or is_gn) or not len(sel):
+            return best_u
+        v = np.asarray(state[1] if is_gn else optax.tree_utils.tree_get(state, "value"), float)[sel]
+        better = np.isfinite(v) & (v < best_val[rows[sel]])
+        if not better.any():
+            return best_u
+        r, b = rows[sel][better], sel[better]
+        return jax.tree.map(lambda bu, x: bu.at[r].set(x[b]), best_u, u)
+
     for k in range(cfg.max_steps):
         t0 = time.perf_counter()
         if is_gn:
@@ -628,37 +687,51 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start):
             rejected = np.asarray(state[0]) > lam_prev
         else:
             u_new, state, val, gnorm = _step(u, state, prob, d, m, norm, st, opt, is_lbfgs)
-        val = np.asarray(val)  # loss at u (before this update)
+        val = np.asarray(val)  # loss at u (before this update), per running row
         gnorm = np.asarray(gnorm)
         if t_compile is None:
             t_compile = time.perf_counter() - t0
         n_steps = k + 1
-        history.append(val.copy())
-        improved = val < best_val
-        best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+        r = rows[real]  # the starts that ran this step
+        last_val[r] = val[real]
+        history.append(last_val.copy())
+        improved = np.zeros(n_batch, bool)
+        improved[r] = val[real] < best_val[r]
+        if len(rows) == n_batch and real.all() and np.array_equal(rows, np.arange(n_batch)):
+            best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
+        elif improved.any():
+            imp = real & improved[rows]
+            best_u = jax.tree.map(lambda b, x: b.at[rows[imp]].set(x[imp]), best_u, u)
         # a step that does not improve on the best loss by rtol (relative) is a stall: also when the optimiser
         # settles slightly ABOVE its best (L-BFGS after a failed line search) or float32 round-off of the
         # summed loss exceeds rtol
-        gain = (best_val - val) / np.maximum(np.abs(val), 1e-12)
-        stall = np.where(np.isfinite(best_val) & (gain < cfg.rtol), stall + 1, 0)
+        gain = (best_val[r] - val[real]) / np.maximum(np.abs(val[real]), 1e-12)
+        stall_r = np.where(np.isfinite(best_val[r]) & (gain < cfg.rtol), stall[r] + 1, 0)
         if is_gn:
-            stall = np.where(rejected & (np.asarray(state[0]) < 1e7), stall - 1, stall)
-        best_val = np.where(improved, val, best_val)
-        done = done | (stall >= cfg.patience) | (gnorm < cfg.gtol)
+            stall_r = np.where(rejected[real] & (np.asarray(state[0])[real] < 1e7), stall_r - 1, stall_r)
+        stall[r] = stall_r
+        best_val[r] = np.where(improved[r], val[real], best_val[r])
+        done[r] = done[r] | (stall_r >= cfg.patience) | (gnorm[real] < cfg.gtol)
         u = u_new
-        finished = bool(np.all(done))
-        last = n_steps == cfg.max_steps
-        if cfg.every and (k == 0 or n_steps % cfg.every == 0 or finished or last):
-            _print_progress(n_steps, cfg.max_steps, val, t_start, t_compile if k == 0 else None, finished)
+        finished = bool(np.all(done | ~live))
+        if cfg.every and (k == 0 or n_steps % cfg.every == 0 or finished or n_steps == cfg.max_steps):
+            _print_progress(
+                n_steps, cfg.max_steps, last_val, t_start, t_compile if k == 0 else None, finished
+            )
         if finished:
             break
-    # the last update's point: L-BFGS's line search already evaluated it (its state holds the value there);
-    # keep it where it is better. (Adam's last step is small; its best evaluated point is kept.)
-    if history and (is_lbfgs or is_gn):
-        final_val = np.asarray(state[1] if is_gn else optax.tree_utils.tree_get(state, "value"), float)
-        improved = np.isfinite(final_val) & (final_val < best_val)
-        best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
-    return best_u, history, done, n_steps, float(t_compile or 0.0)
+        running = np.flatnonzero(real & ~done[rows] & live[rows])
+        size = _batch_size(len(running))
+        if compact and size < len(rows) and n_steps < cfg.max_steps:
+            # the finished rows leave (their last point settled now); the running ones are gathered, padded
+            # by repeating the first
+            best_u = settle(best_u, u, state, np.setdiff1d(np.flatnonzero(real), running))
+            pick = np.concatenate([running, np.repeat(running[:1], size - len(running))])
+            u, state, prob, d, m, norm = jax.tree.map(lambda x: x[pick], (u, state, prob, d, m, norm))
+            rows = rows[pick]
+            real = np.arange(size) < len(running)
+    best_u = settle(best_u, u, state, np.flatnonzero(real))
+    return best_u, history, done | ~live, n_steps, float(t_compile or 0.0)
 
 
 def _result(best_u, prob, live, d, m, st, cfg: _Settings, models, history, n_used, n_steps, converged,
