@@ -5,6 +5,8 @@
     python benchmarks/bench_batch.py --model ellipsoid-auto --n 3 --size 64           # same data, fit_auto path
     python benchmarks/bench_batch.py --model harmonics --lmax 4 --n 3 --size 64       # AutoBatchFitter, SH
     python benchmarks/bench_batch.py --model Cube --n 3 --size 64                     # any fit_auto class
+    python benchmarks/bench_batch.py --model ellipsoid-auto --init default --n 12 --size 64 --chunk 4
+                                                                  # network-started (the shipped model)
 
 `sphere` (the original benchmark): N Poisson sphere patterns (radius 3-6 wavelengths, ~1e6 photons) on a
 `size`^2 flat detector, timed through the jit-compiled, vmapped `SphereBatchFitter` per chunk after warm-up.
@@ -120,7 +122,7 @@ def _general(a):
 
         cands = {"ellipsoid-auto": "Ellipsoid", "harmonics": "SphericalHarmonics"}.get(a.model, a.model)
         fitter = AutoBatchFitter(
-            exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, **OPT
+            exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, init=a.init, **OPT
         )
         t_last = [time.perf_counter()]
 
@@ -174,6 +176,11 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--lmax", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200; sphere: fixed 8)")
+    ap.add_argument(
+        "--init",
+        default=None,
+        help='per-pattern path: fit_auto(init=...), e.g. "default" (the shipped network)',
+    )
     a = ap.parse_args(argv)
     row = {
         "model": a.model,
@@ -187,6 +194,8 @@ def main(argv=None):
     }
     if a.model == "harmonics":
         row["lmax"] = a.lmax
+    if a.init is not None:
+        row["init"] = a.init
     row.update(_sphere(a) if a.model == "sphere" else _general(a))
     row["peak_rss_MiB"] = _peak_rss_mib()
     row["load_avg_1min_end"] = os.getloadavg()[0]
@@ -194,6 +203,8 @@ def main(argv=None):
         print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
     os.makedirs("benchmarks/results", exist_ok=True)
     name = "bench_batch.json" if a.model == "sphere" else f"bench_batch_{a.model}.json"
+    if a.init is not None:
+        name = name.replace(".json", "_network.json")
     with open(os.path.join("benchmarks/results", name), "w") as f:
         json.dump(row, f, indent=1)
 
