@@ -1,6 +1,7 @@
 """diffscat: differentiable multi-slice Fourier transform (MSFT) simulator of wide-angle diffraction."""
 
 from . import detectors as detectors, io as io, materials as materials, plot as plot, shapes as shapes
+from ._compile_cache import enable_compile_cache as enable_compile_cache
 from ._experiment import (
     AbstractDetector as AbstractDetector,
     AngleGrid as AngleGrid,

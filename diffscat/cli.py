@@ -91,6 +91,11 @@ def main(argv=None) -> int:
     if getattr(args, "_missing", None):
         print(f"diffscat {args.command}: not available in this version", file=sys.stderr)
         return EXIT_ERROR
+    from ._compile_cache import enable_compile_cache
+
+    # compiled programs on disk, reused by later runs (docs/performance.md "Compilation"); off with
+    # DIFFSCAT_COMPILE_CACHE=off
+    enable_compile_cache()
     try:
         code = int(args._run(args) or 0)
         sys.stdout.flush()

@@ -58,6 +58,8 @@ def main(argv=None):
     ap.add_argument("--theta-max", type=float, default=30.0, help="largest angle along the axes, deg")
     ap.add_argument("--starts", type=int, default=8, help="orientations tried at once (multi-start)")
     args = ap.parse_args(argv)
+    # compiled programs kept on disk: a second demo skips XLA's compilation (DIFFSCAT_COMPILE_CACHE=off: not)
+    ds.enable_compile_cache()
 
     t0 = time.perf_counter()
     exp, counts, mask, truth = make_pattern(args.n, args.theta_max)

@@ -2,6 +2,9 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the CLI turns on jax's persistent compilation cache in the user's cache directory: not from the tests
+# (tests/test_compile_cache.py checks it with its own directories)
+os.environ["DIFFSCAT_COMPILE_CACHE"] = "off"
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
