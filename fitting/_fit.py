@@ -628,6 +628,13 @@ def _shard_starts(tree):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*mesh.axis_names)))
 
 
+# `_optimise` shrinks the batch only when a step of it takes at least this long (wall seconds): a smaller batch
+# is another compiled program (~1-5 s on a CPU), which the saved steps must repay. 64^2 and 128^2 fits
+# (0.04-1 s per step) shrink; the test suite's tiny fits (a few milliseconds per step) do not. With 0.1 the
+# 128^2 ellipsoid's crop refinement (64^2) no longer shrank: its second pattern took 25.7 s instead of 17.6 s.
+COMPACT_MIN_STEP_S = 0.03
+
+
 def _compacting() -> bool:
     """Whether `_optimise` drops finished starts from the vmapped batch: on one CPU device, where a batch
     costs its size per step (a smaller batch compiles the step once more per geometry). Not on a GPU (a
@@ -640,11 +647,12 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
     (`rtol` for `patience` steps, or `gtol`), the loop when all have. Returns (best u per start, per-step
     losses [(B,)], done flags (B,), steps, first step's seconds).
 
-    Compaction (`_compacting`, CPU): once the starts still running fit in a batch half the current size or
-    less, the finished ones leave the batch (their optimiser state is sliced, not restarted; padding repeats
-    a running start and is ignored), so a multi-start whose starts converge at different steps does not pay
-    for the finished ones. `live` (B,) bool: rows that are real starts (False: `fit`'s power-of-two padding,
-    dropped at the first compaction). A finished start's history repeats its last loss."""
+    Compaction (`_compacting`, CPU; steps of at least `COMPACT_MIN_STEP_S`): once the starts still running
+    fit in a batch half the current size or less, the finished ones leave the batch (their optimiser state is
+    sliced, not restarted; padding repeats a running start and is ignored), so a multi-start whose starts
+    converge at different steps does not pay for the finished ones. `live` (B,) bool: rows that are real
+    starts (False: `fit`'s power-of-two padding, dropped at the first compaction). A finished start's history
+    repeats its last loss."""
     is_gn = cfg.optimizer == "gn"
     opt = None if is_gn else make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.max_steps)
     is_lbfgs = cfg.optimizer.startswith("lbfgs")
@@ -722,7 +730,8 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
             break
         running = np.flatnonzero(real & ~done[rows] & live[rows])
         size = _batch_size(len(running))
-        if compact and size < len(rows) and n_steps < cfg.max_steps:
+        step_s = time.perf_counter() - t0
+        if compact and size < len(rows) and n_steps < cfg.max_steps and step_s >= COMPACT_MIN_STEP_S:
             # the finished rows leave (their last point settled now); the running ones are gathered, padded
             # by repeating the first
             best_u = settle(best_u, u, state, np.setdiff1d(np.flatnonzero(real), running))
