@@ -671,8 +671,14 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
     compact = _compacting()
     rows = np.arange(n_batch)  # the start (row of the full batch) each row of the running batch belongs to
     real = np.ones(n_batch, bool)  # running rows that are not copies made to pad a compacted batch
+    src = np.arange(n_batch)  # each start's row in the running batch (a finished start's: row 0, unused)
     t_compile = None
     n_steps = 0
+
+    def keep(best_u, x, better):
+        # the starts where `better` (full rows) take their running row of `x`; fixed shapes, so no eager op
+        # compiles anew as the batch shrinks
+        return jax.tree.map(lambda b, y: jnp.where(_bcast(better, b), y[src], b), best_u, x)
 
     def settle(best_u, u, state, sel):
         # L-BFGS / LM: the last update's point was already evaluated (its value is in the state); keep it
@@ -680,11 +686,9 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
         if not (is_lbfgs or is_gn) or not len(sel):
             return best_u
         v = np.asarray(state[1] if is_gn else optax.tree_utils.tree_get(state, "value"), float)[sel]
-        better = np.isfinite(v) & (v < best_val[rows[sel]])
-        if not better.any():
-            return best_u
-        r, b = rows[sel][better], sel[better]
-        return jax.tree.map(lambda bu, x: bu.at[r].set(x[b]), best_u, u)
+        better = np.zeros(n_batch, bool)
+        better[rows[sel]] = np.isfinite(v) & (v < best_val[rows[sel]])
+        return keep(best_u, u, better) if better.any() else best_u
 
     for k in range(cfg.max_steps):
         t0 = time.perf_counter()
@@ -705,11 +709,7 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
         history.append(last_val.copy())
         improved = np.zeros(n_batch, bool)
         improved[r] = val[real] < best_val[r]
-        if len(rows) == n_batch and real.all() and np.array_equal(rows, np.arange(n_batch)):
-            best_u = jax.tree.map(lambda b, x: jnp.where(_bcast(improved, x), x, b), best_u, u)
-        elif improved.any():
-            imp = real & improved[rows]
-            best_u = jax.tree.map(lambda b, x: b.at[rows[imp]].set(x[imp]), best_u, u)
+        best_u = keep(best_u, u, improved)
         # a step that does not improve on the best loss by rtol (relative) is a stall: also when the optimiser
         # settles slightly ABOVE its best (L-BFGS after a failed line search) or float32 round-off of the
         # summed loss exceeds rtol
@@ -739,6 +739,8 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
             u, state, prob, d, m, norm = jax.tree.map(lambda x: x[pick], (u, state, prob, d, m, norm))
             rows = rows[pick]
             real = np.arange(size) < len(running)
+            src = np.zeros(n_batch, int)
+            src[rows[real]] = np.flatnonzero(real)
     best_u = settle(best_u, u, state, np.flatnonzero(real))
     return best_u, history, done | ~live, n_steps, float(t_compile or 0.0)
 
