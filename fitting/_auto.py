@@ -20,6 +20,7 @@ import diffscat as ds
 
 from ._evalset import POLYHEDRA
 from ._losses import as_loss, check_data
+from ._multires import STAGE_COARSENING
 
 __all__ = [
     "fit_auto",
@@ -431,6 +432,7 @@ def fit_auto(
             n_orientations,
             n_refine,
             fit_kwargs,
+            **ckw,
         )
         if verbose:
             print(f"network starts: {sorted(results)} fitted ({time.perf_counter() - t0:.1f} s)")
@@ -555,7 +557,7 @@ def _network_prune(init, cands, data, experiment, mask, min_prob):
     return net, sorted(drop, key=lambda x: -x[1])
 
 
-def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs):  # fmt: skip
+def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None):  # fmt: skip
     """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows (and the ellipsoid
     the harmonic ladder starts from); fills `results`; returns (sphere or None, ellipsoid or None, radius)."""
     from ._netinit import START_CLASSES, fit_from_network
@@ -567,6 +569,17 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
         need = ["Sphere"]
     fitted = {}
     for name in need:
+        kw = fit_kwargs
+        if name == "Ellipsoid" and name not in cands:
+            # only the harmonic ladder's start: an intermediate stage (no uncertainties, STAGE_RTOL) on the
+            # ladder's coarser voxel grid where it has one; the ladder's last stage refines at full pitch
+            from ._init import _stage_pitch
+            from ._multires import stage_kwargs
+
+            kw = stage_kwargs(fit_kwargs, stage_rtol)
+            coarser = _stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
+            if coarser is not None:  # its search at that pitch too (not 1.5 x coarser again)
+                kw.update(pitch=coarser, search_coarsening=1.0)
         fitted[name] = fit_from_network(
             data,
             experiment,
@@ -578,7 +591,7 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
             seed=seed,
             n_orientations=n_orientations,
             n_refine=n_refine,
-            **fit_kwargs,
+            **kw,
         )
     results.update({c: r for c, r in fitted.items() if c in cands})
     first = fitted[need[0]]

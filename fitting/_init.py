@@ -20,6 +20,7 @@ from scipy.special import j0
 import diffscat as ds
 
 from ._losses import check_data
+from ._multires import STAGE_COARSENING
 
 __all__ = [
     "radial_profile",
@@ -589,6 +590,25 @@ def fit_spherical_harmonics(
     return res
 
 
+def _stage_pitch(experiment: ds.Experiment, fit_kwargs: dict, coarse, coarsening: float) -> float | None:
+    """The voxel pitch of `harmonics_ladder`'s intermediate stages when the pattern has no crop: the fit's
+    pitch (`pitch=` or the experiment's `default_pitch`) times `coarsening`; None (the fit's own) when
+    `coarse` is off, `coarsening` is 1, a grid is given, or the experiment has no sampling hint."""
+    c = float(coarsening)
+    if not c >= 1:
+        raise ValueError(f"stage_coarsening must be >= 1, got {coarsening}")
+    on = coarse is True or (not isinstance(coarse, bool) and coarse is not None and int(coarse) > 1)
+    if c == 1 or not on or "grid" in fit_kwargs:
+        return None
+    base = fit_kwargs.get("pitch")
+    if base is None:
+        hint = experiment.sampling_hint
+        if hint is None:
+            return None
+        base = ds.default_pitch(*hint)
+    return float(base) * c
+
+
 def harmonics_twins(shape: ds.SphericalHarmonics) -> list[ds.SphericalHarmonics]:
     """The shape and its three twins that give (nearly) the same pattern: [shape, point inversion r -> -r
     (c_lm -> (-1)^l c_lm), mirror z -> -z along the beam (body reflection c_lm -> (-1)^(l+m) c_lm, rotation
@@ -622,6 +642,7 @@ def harmonics_ladder(
     twins: bool = False,
     coarse: bool | int = True,
     stage_rtol: float | None = None,
+    stage_coarsening: float = STAGE_COARSENING,
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -639,7 +660,11 @@ def harmonics_ladder(
     ladder grid at the crop's coarser pitch, one more compiled step), then one last stage with the degrees
     <= the last of `degrees` free at full resolution from there (`grid=` applies to it). 1 / False: every
     stage at full resolution, as above. Intermediate stages stop at `fit`'s rtol loosened to `stage_rtol`
-    (default `STAGE_RTOL`); the last stage uses the caller's rtol.
+    (default `STAGE_RTOL`); the last stage uses the caller's rtol. Where the pattern has no useful crop
+    (`coarse_factor` 1: a small q_max R) but `coarse` is on and there are several stages, the intermediate
+    stages run on the full pattern with a voxel pitch `stage_coarsening` times the fit's (default
+    `STAGE_COARSENING` = 1.5: 3.4x fewer voxels), and the last stage is a full-pitch refinement from there
+    (`refine_fit`); `stage_coarsening=1` keeps every stage at the fit's pitch.
 
     `twins`: every stage also runs the three twins of its start (`harmonics_twins`: point inversion, mirror
     along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
@@ -664,6 +689,7 @@ def harmonics_ladder(
     lev = coarse_level(data, experiment, mask, coarse, r_eq)
     # (data, experiment, mask, fit keywords, is-last) of every stage
     plan = []
+    coarser = None
     if lev is not None:
         dc, ec, mc, _ = lev
         ckw = stage_kwargs(kw, stage_rtol, experiment, ec)
@@ -671,8 +697,13 @@ def harmonics_ladder(
         plan.append((degs[-1], data, experiment, mask, kw, True))
     else:
         skw = stage_kwargs(kw, stage_rtol)
+        coarser = _stage_pitch(experiment, kw, coarse, stage_coarsening) if len(degs) > 1 else None
+        if coarser is not None:
+            skw["pitch"] = coarser
+            skw.pop("grid", None)
         plan += [(l, data, experiment, mask, skw, False) for l in degs[:-1]]
         plan.append((degs[-1], data, experiment, mask, kw, True))
+    refine_last = lev is not None or coarser is not None
     deg = sh_degrees((L + 1) ** 2)
     grids: dict[int, ds.VoxelGrid] = {}
     stages, res = [], None
@@ -685,11 +716,11 @@ def harmonics_ladder(
         starts = harmonics_twins(shape) if twins else shape
         fit_kw = dict(free=("coefficients",), regularizer=reg, active={"coefficients": deg <= l}, **kw_i)
         fit_kw["uncertainties"] = want_sigmas and last
-        if last and lev is not None and user_grid is None and "grid_margin" not in kw:
-            # the full-resolution stage after the crop's: a refinement from near the answer
+        if last and refine_last and user_grid is None and "grid_margin" not in kw:
+            # the full-resolution stage after the crop's (or the coarse grid's): a refinement from near the answer
             res = refine_fit(d_i, e_i, starts, m_i, pitch=pitch, **fit_kw)
         else:
-            key = id(e_i)
+            key = (id(e_i), pitch)
             grid = grids.get(key, user_grid)
             if grid is None or outgrew(shape, grid):  # none yet, or the shape outgrew it: a larger one
                 grid = _fit_grid([shape], e_i, pitch, margin)

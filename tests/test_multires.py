@@ -174,3 +174,47 @@ def test_refinement_grid_is_tighter_and_regrows(wide, monkeypatch):
     again = _multires.refine_fit(data, exp, start, mask, **kw)
     assert not _multires.outgrew(again.model, again.grid)
     assert again.grid.shape[0] > _fit._fit_grid([start], exp, 0.4, 0.6).shape[0]
+
+
+def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypatch):
+    # a particle too small for a crop (q_max R / 2 < COARSE_MIN_QR): the intermediate degrees run on the full
+    # pattern at STAGE_COARSENING x the fit's pitch, the last degree at the fit's own pitch (a refinement).
+    # The stages' fits are recorded, not run (the fits themselves are tested elsewhere).
+    import types
+
+    from fitting import _multires
+    from fitting._init import _stage_pitch
+
+    calls = []
+
+    def record(kind):
+        def run(data, experiment, starts, mask=None, **kw):
+            pitch = kw["grid"].pitch[0] if kw.get("grid") is not None else kw.get("pitch")
+            calls.append((kind, None if pitch is None else float(pitch), kw.get("rtol")))
+            return types.SimpleNamespace(model=starts, loss=1.0, n_used=1)
+
+        return run
+
+    monkeypatch.setattr(_fit, "fit", record("fit"))
+    monkeypatch.setattr(_multires, "refine_fit", record("refine"))
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
+    data = np.ones(exp.shape)
+    assert fitting.coarse_factor(exp, 1.8, True) == 1
+    base = ds.default_pitch(*exp.sampling_hint)
+    c = _multires.STAGE_COARSENING
+    fitting.harmonics_ladder(data, exp, ell, 4)
+    assert calls == [("fit", pytest.approx(c * base), _multires.STAGE_RTOL)] * 2 + [("refine", None, None)]
+    calls.clear()
+    fitting.harmonics_ladder(data, exp, ell, 4, pitch=0.3, stage_coarsening=1.2)
+    assert [(k, p) for k, p, _ in calls] == [("fit", pytest.approx(0.36))] * 2 + [("refine", 0.3)]
+    for kw in (dict(stage_coarsening=1.0), dict(coarse=False)):
+        calls.clear()
+        fitting.harmonics_ladder(data, exp, ell, 4, **kw)
+        assert [(k, p) for k, p, _ in calls] == [("fit", pytest.approx(base))] * 3
+    # the pitch rule: none with coarse off, coarsening 1 or a fixed grid
+    assert _stage_pitch(exp, {}, 2, 1.5) == pytest.approx(1.5 * base)
+    for kw, coarse in (({}, False), ({}, 1), ({"grid": ds.VoxelGrid.around(3.0, 0.3)}, True)):
+        assert _stage_pitch(exp, kw, coarse, 1.5) is None
+    with pytest.raises(ValueError, match="stage_coarsening"):
+        fitting.harmonics_ladder(data, exp, ell, 4, stage_coarsening=0.5)
