@@ -58,14 +58,14 @@ def _fit(family: str, a, data: str, out: str) -> dict:
         sets.append(f"fit.max_steps={a.max_steps}")
     cmd = _cli("batch-fit", cfg, "--data", data, "-o", out, "--no-progress")
     cmd += [x for s in sets for x in ("--set", s)]
-    log = open(out + ".log", "a")
     info = {"kills": 0, "runs": 0}
     t0 = time.perf_counter()
     resume = os.path.exists(out + ".parts") or os.path.exists(out)
     first = True
     while True:
         c = cmd + (["--resume"] if resume else [])
-        p = subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        with open(out + ".log", "a") as log:
+            p = subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         info["runs"] += 1
         try:
             kill = a.kill_after if first and a.kill_after else None

@@ -20,7 +20,7 @@ import diffscat as ds
 
 from ._evalset import POLYHEDRA
 from ._losses import as_loss, check_data
-from ._multires import STAGE_COARSENING
+from ._multires import STAGE_COARSENING, stage_kwargs, stage_pitch
 
 __all__ = [
     "fit_auto",
@@ -284,7 +284,7 @@ def fit_oriented(
 def _oriented_crop(name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, search, fit_kwargs):
     """`fit_oriented`'s refinement of the `n_refine` best search results on the low-q crop (None: no crop)."""
     from ._fit import fit
-    from ._multires import coarse_level, stage_kwargs
+    from ._multires import coarse_level
 
     lev = coarse_level(data, experiment, mask, coarse, radius)
     if lev is None:
@@ -573,11 +573,8 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
         if name == "Ellipsoid" and name not in cands:
             # only the harmonic ladder's start: an intermediate stage (no uncertainties, STAGE_RTOL) on the
             # ladder's coarser voxel grid where it has one; the ladder's last stage refines at full pitch
-            from ._init import _stage_pitch
-            from ._multires import stage_kwargs
-
             kw = stage_kwargs(fit_kwargs, stage_rtol)
-            coarser = _stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
+            coarser = stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
             if coarser is not None:  # its search at that pitch too (not 1.5 x coarser again)
                 kw.update(pitch=coarser, search_coarsening=1.0)
         fitted[name] = fit_from_network(
@@ -603,7 +600,6 @@ def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts
     """`fit_auto`'s sphere and ellipsoid searches from no guess; fills `results`; returns (sphere, ellipsoid
     or None, sphere radius)."""
     from ._init import fit_ellipsoid_auto, fit_sphere_auto
-    from ._multires import stage_kwargs
 
     stage_rtol = ckw["stage_rtol"]
     sph_final = "Sphere" in cands

@@ -590,25 +590,6 @@ def fit_spherical_harmonics(
     return res
 
 
-def _stage_pitch(experiment: ds.Experiment, fit_kwargs: dict, coarse, coarsening: float) -> float | None:
-    """The voxel pitch of `harmonics_ladder`'s intermediate stages when the pattern has no crop: the fit's
-    pitch (`pitch=` or the experiment's `default_pitch`) times `coarsening`; None (the fit's own) when
-    `coarse` is off, `coarsening` is 1, a grid is given, or the experiment has no sampling hint."""
-    c = float(coarsening)
-    if not c >= 1:
-        raise ValueError(f"stage_coarsening must be >= 1, got {coarsening}")
-    on = coarse is True or (not isinstance(coarse, bool) and coarse is not None and int(coarse) > 1)
-    if c == 1 or not on or "grid" in fit_kwargs:
-        return None
-    base = fit_kwargs.get("pitch")
-    if base is None:
-        hint = experiment.sampling_hint
-        if hint is None:
-            return None
-        base = ds.default_pitch(*hint)
-    return float(base) * c
-
-
 def harmonics_twins(shape: ds.SphericalHarmonics) -> list[ds.SphericalHarmonics]:
     """The shape and its three twins that give (nearly) the same pattern: [shape, point inversion r -> -r
     (c_lm -> (-1)^l c_lm), mirror z -> -z along the beam (body reflection c_lm -> (-1)^(l+m) c_lm, rotation
@@ -672,7 +653,7 @@ def harmonics_ladder(
 
     Returns (last `FitResult`, list of every stage's result)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
-    from ._multires import coarse_level, outgrew, refine_fit, stage_kwargs
+    from ._multires import coarse_level, outgrew, refine_fit, stage_kwargs, stage_pitch
     from ._regularizers import SHDegreePrior, sh_degrees
 
     L = int(lmax)
@@ -697,7 +678,7 @@ def harmonics_ladder(
         plan.append((degs[-1], data, experiment, mask, kw, True))
     else:
         skw = stage_kwargs(kw, stage_rtol)
-        coarser = _stage_pitch(experiment, kw, coarse, stage_coarsening) if len(degs) > 1 else None
+        coarser = stage_pitch(experiment, kw, coarse, stage_coarsening) if len(degs) > 1 else None
         if coarser is not None:
             skw["pitch"] = coarser
             skw.pop("grid", None)
@@ -705,7 +686,7 @@ def harmonics_ladder(
         plan.append((degs[-1], data, experiment, mask, kw, True))
     refine_last = lev is not None or coarser is not None
     deg = sh_degrees((L + 1) ** 2)
-    grids: dict[int, ds.VoxelGrid] = {}
+    grids: dict[tuple, ds.VoxelGrid] = {}  # by (experiment, pitch)
     stages, res = [], None
     for l, d_i, e_i, m_i, kw_i, last in plan:
         kw_i = dict(kw_i)

@@ -108,19 +108,24 @@ def low_q_crop(data, experiment: ds.Experiment, mask=None, factor: int = 2):
     return dc, ds.Experiment(experiment.wavelength, det), mc
 
 
+def _coarse_top(coarse) -> int:
+    """The largest crop factor a `coarse=` request allows (True: 4; False / None: 1; an int >= 1: itself)."""
+    if coarse is True:
+        return 4
+    if coarse is False or coarse is None:
+        return 1
+    top = int(coarse)
+    if top < 1:
+        raise ValueError(f"coarse must be a bool or an integer >= 1, got {coarse}")
+    return top
+
+
 def coarse_factor(experiment: ds.Experiment, radius: float, coarse, min_qr: float = COARSE_MIN_QR) -> int:
     """The crop factor the drivers use for their early stages: the largest f in (1, 2, 4, ...) up to the
     request `coarse` (False / 0 / 1: none; True: up to 4; an int: up to that) with q_max / f * `radius` >=
     `min_qr` (q_max = 2 k sin(theta_max / 2), `radius` the volume-equivalent radius in length units).
     1 means no crop (full resolution throughout)."""
-    if coarse is True:
-        top = 4
-    elif coarse is False or coarse is None:
-        top = 1
-    else:
-        top = int(coarse)
-        if top < 1:
-            raise ValueError(f"coarse must be a bool or an integer >= 1, got {coarse}")
+    top = _coarse_top(coarse)
     hint = experiment.sampling_hint
     if top <= 1 or hint is None:
         return 1
@@ -154,6 +159,24 @@ def coarse_pitch(experiment: ds.Experiment, coarse_experiment: ds.Experiment, pi
     lam, tmax = coarse_experiment.sampling_hint
     crop = ds.default_pitch(lam, tmax)
     return min(float(pitch) * crop / full, 0.6 * lam / (2 * math.sin(tmax)))
+
+
+def stage_pitch(experiment: ds.Experiment, fit_kwargs: dict, coarse, coarsening: float) -> float | None:
+    """The voxel pitch of `harmonics_ladder`'s intermediate stages when the pattern has no crop: the fit's
+    pitch (`pitch=` or the experiment's `default_pitch`) times `coarsening`; None (the fit's own) when
+    `coarse` is off, `coarsening` is 1, a grid is given, or the experiment has no sampling hint."""
+    c = float(coarsening)
+    if not c >= 1:
+        raise ValueError(f"stage_coarsening must be >= 1, got {coarsening}")
+    if c == 1 or _coarse_top(coarse) <= 1 or "grid" in fit_kwargs:
+        return None
+    base = fit_kwargs.get("pitch")
+    if base is None:
+        hint = experiment.sampling_hint
+        if hint is None:
+            return None
+        base = ds.default_pitch(*hint)
+    return float(base) * c
 
 
 def stage_kwargs(fit_kwargs: dict, stage_rtol: float | None, experiment=None, coarse_experiment=None) -> dict:

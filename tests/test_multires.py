@@ -183,7 +183,6 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
     import types
 
     from fitting import _multires
-    from fitting._init import _stage_pitch
 
     calls = []
 
@@ -213,8 +212,8 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
         fitting.harmonics_ladder(data, exp, ell, 4, **kw)
         assert [(k, p) for k, p, _ in calls] == [("fit", pytest.approx(base))] * 3
     # the pitch rule: none with coarse off, coarsening 1 or a fixed grid
-    assert _stage_pitch(exp, {}, 2, 1.5) == pytest.approx(1.5 * base)
+    assert _multires.stage_pitch(exp, {}, 2, 1.5) == pytest.approx(1.5 * base)
     for kw, coarse in (({}, False), ({}, 1), ({"grid": ds.VoxelGrid.around(3.0, 0.3)}, True)):
-        assert _stage_pitch(exp, kw, coarse, 1.5) is None
+        assert _multires.stage_pitch(exp, kw, coarse, 1.5) is None
     with pytest.raises(ValueError, match="stage_coarsening"):
         fitting.harmonics_ladder(data, exp, ell, 4, stage_coarsening=0.5)
