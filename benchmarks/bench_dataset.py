@@ -8,9 +8,8 @@ For each family (`configs/dataset-ellipsoids.toml` fitted by `configs/batch-elli
 `diffscat simulate CONFIG -o FAMILY.cxi --set dataset.count=N --set experiment.detector.n=SIZE`, then
 `diffscat batch-fit` on it as a user would, in a subprocess: with `--kill-after S` the first run is killed
 (SIGKILL) after S seconds and the job is finished by `--resume` (the run must not lose or repeat patterns).
-`--init default` (the default) adds `[init] network = "default"` (network-started fits; the ellipsoid family
-then goes through the per-pattern path, as batch-fit does with network starts); `--init none` keeps each
-config's own driver. Then the results are scored against the truth stored in the CXI file: status counts,
+`--init default` (the default) adds `[init] network = "default"` (network-started fits, through the per-pattern
+path); `--init none` runs each config as shipped (configs/batch-ellipsoid.toml has the network start itself). Then the results are scored against the truth stored in the CXI file: status counts,
 the volume-equivalent radius error, the IoU of the fitted shape with the truth (`fitting.iou`, best over the
 twins), a success = status ok and IoU >= `--iou-ok`, and the time per pattern from `/results/time_s` (the
 per-pattern path) or the wall time. Existing outputs in `--out` are reused (the simulation) or resumed (the

@@ -23,7 +23,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import CANDIDATES, check_network_min_prob, data_loss
+from ._auto import CANDIDATES, check_fit_optics, check_network_min_prob, data_loss
 from ._evalset import POLYHEDRA
 from ._losses import AbstractLoss, as_loss
 
@@ -85,7 +85,9 @@ class AutoBatchFitter:
     - `experiment`: the dataset's geometry.
     - `candidates`: class names among `fitting.CANDIDATES` ("Sphere", "Ellipsoid", "SphericalHarmonics", the
       six polyhedra, "Superellipsoid"); one name = that class only, several = selection by `criterion`.
-    - `delta`, `beta`: optical constants (fixed).
+    - `delta`, `beta`: optical constants (fixed, or the starting values of those named in `fit_optics`).
+    - `fit_optics`: names among ("delta", "beta") fitted per pattern (`fit_auto(fit_optics=...)`): columns
+      `delta` / `beta` (+ sigma), and the reports draw each pattern with its own.
     - `lmax`: largest harmonic degree of "SphericalHarmonics" (the ladder sphere -> ellipsoid -> l = 2..lmax).
     - `loss`, `polarisation`, `method`, `pitch`, `max_steps`, `alternatives_tol`: to every `fitting.fit` call.
     - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes), `class_margin`,
@@ -141,6 +143,7 @@ class AutoBatchFitter:
         gof_threshold: float = GOF_THRESHOLD,
         init: object = None,
         network_min_prob: float | None = None,
+        fit_optics: Sequence[str] = (),
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -171,7 +174,9 @@ class AutoBatchFitter:
         self.gof_draws = int(gof_draws)
         self.gof_threshold = float(gof_threshold)
         self.seed = int(seed)
+        self.fit_optics = check_fit_optics(fit_optics)
         self.auto_kwargs = dict(
+            fit_optics=self.fit_optics,
             lmax=self.lmax,
             criterion=criterion,
             n_starts=int(n_starts),
@@ -214,6 +219,7 @@ class AutoBatchFitter:
             names.append("exponents")
         if self._has_sh:
             names.append("coefficients")
+        names += list(self.fit_optics)
         self.names = tuple(names)
         self.units = {
             "radius": "length",
@@ -229,6 +235,8 @@ class AutoBatchFitter:
             "scatman_angles": "deg",
             "quaternion": "1",
             "time_s": "s",
+            "delta": "1",
+            "beta": "1",
         }
         self.int_columns = ("class", "n_alternatives", "n_steps")
         cn = list(self.candidates)
@@ -313,6 +321,8 @@ class AutoBatchFitter:
             n = (self.lmax + 1) ** 2
             row["coefficients"] = np.full(n, nan)
             row["coefficients_sigma"] = np.full(n, nan)
+        for o in self.fit_optics:
+            row[o] = row[o + "_sigma"] = nan
         return row
 
     def row(self, r) -> dict:
@@ -365,6 +375,9 @@ class AutoBatchFitter:
             q = np.asarray(ds.quaternion_from_rotation(R), float)
             row["quaternion"] = q if q[0] >= 0 else -q
             row["scatman_angles"] = np.asarray(ds.scatman_from_rotation(R), float)
+        for o in self.fit_optics:
+            row[o] = float(np.asarray(r.values[o]))
+            row[o + "_sigma"] = float(sig.get(o, np.nan))
         if self._select and r.ranking is not None:
             for cname, nll, _k, crit in r.ranking:
                 j = self.candidates.index(cname)
@@ -392,6 +405,9 @@ class AutoBatchFitter:
             return None
         name = self.candidates[code]
         kw = dict(delta=self.delta, beta=self.beta)
+        for o in self.fit_optics:  # this pattern's fitted optical constants
+            if o in res and np.isfinite(res[o][i]):
+                kw[o] = float(res[o][i])
         q = np.asarray(res["quaternion"][i], float)
         R = ds.rotation_from_quaternion(q, normalise=True) if np.all(np.isfinite(q)) else None
         if name == "Sphere":

@@ -92,6 +92,12 @@ def _schemas() -> dict:
             "lmax": Key("int", "SphericalHarmonics: largest degree", default=4, min=0),
             "delta": Key("number", "n = 1 - delta + i beta", default=0.0),
             "beta": Key("number", "absorption (>= 0)", default=0.0, min=0.0),
+            "fit_optics": Key(
+                "list",
+                'optical constants fitted per pattern, among ["delta", "beta"] (delta, beta above: the starts); '
+                "a last full-resolution refinement per class (fitting.fit_auto(fit_optics=...))",
+                default=[],
+            ),
             "radius_min": Key(
                 "number",
                 "smallest size (length unit): searched by the fast Sphere / Ellipsoid fitters (required "
@@ -248,6 +254,11 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"model.candidates = {bad} are not among {', '.join(CANDIDATES)}")
     elif "candidates" in m:
         raise ConfigError(f'model.candidates needs type = "auto" (type is {m["type"]!r})')
+    from ._auto import OPTICS
+
+    fo = m.get("fit_optics") or []
+    if not all(isinstance(x, str) and x in OPTICS for x in fo):
+        raise ConfigError(f"model.fit_optics = {fo} must list names among {list(OPTICS)}")
     ini = out.get("init") or {}
     if ini.get("min_prob") is not None:
         if ini.get("network") is None:
@@ -264,6 +275,8 @@ def uses_vmapped(cfg: dict) -> bool:
     """True when a validated config runs a vmapped batch fitter (Sphere / Ellipsoid with driver "vmapped")."""
     if cfg.get("init", {}).get("network") is not None:
         return False  # network starts go through fitting.fit_auto(init=...)
+    if cfg["model"].get("fit_optics"):
+        return False  # fitted optical constants too
     return cfg["model"]["type"] in ("Sphere", "Ellipsoid") and cfg["fit"]["driver"] == "vmapped"
 
 
@@ -321,6 +334,7 @@ def make_fitter(cfg: dict, experiment):
         gof_threshold=fit["gof_threshold"],
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
+        fit_optics=tuple(m.get("fit_optics") or ()),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

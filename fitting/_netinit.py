@@ -40,7 +40,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import _template, choose_class, fit_oriented, orientation_search
+from ._auto import _template, check_fit_optics, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
 from ._network import NetworkPredictor, load_network, twin_bodies
 
@@ -261,6 +261,7 @@ def fit_from_network(
     seed: int = 0,
     search_kwargs: dict | None = None,
     ellipsoid_spins: int = 4,
+    fit_optics: Sequence[str] = (),
     **fit_kwargs,
 ):
     """Network prediction, then a short `fitting.fit` refinement from its starts (`network_starts`).
@@ -272,6 +273,10 @@ def fit_from_network(
       (one vmapped multi-start of its starts) and the best is chosen by `criterion` exactly as in
       `fitting.fit_auto` ("bic": data loss + (k / 2) ln n_used, "aic": + k, "nll": the data loss alone).
     - `delta`, `beta` (required): fixed optical constants (not both 0); `max_steps`: optimiser steps of each refinement.
+    - `fit_optics`: names among ("delta", "beta") freed with the shape's parameters in the sphere's and the
+      ellipsoid's fits (the coarse multi-start too: every start finds its own delta, so a wrong assumed
+      delta does not decide which start wins); `delta`, `beta` are then the starting values. The polyhedra's
+      local-search path keeps them fixed (`fitting.fit_auto(fit_optics=...)` frees them afterwards).
     - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`: see `network_starts`.
     - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
       `n_orientations` random orientations at the predicted size join the network's starts (0 = network
@@ -312,6 +317,7 @@ def fit_from_network(
     if (n_orientations is not None and int(n_orientations) < 0) or int(n_refine) < 0:
         raise ValueError(f"n_orientations and n_refine must be >= 0, got {n_orientations}, {n_refine}")
     check_data(data, mask, tuple(experiment.shape))
+    optics = check_fit_optics(fit_optics)
     t0 = time.perf_counter()
     p = net.predict(data, experiment, mask)
     names = [p["class"]] if candidates is None else _check_classes(candidates)
@@ -378,6 +384,7 @@ def fit_from_network(
             # the largest power of two of them rather than pay for padding (10 starts ran as 16: 64^2
             # ellipsoids, search 14-15 s -> 6-10 s as 8, the same optima on 3 patterns)
             s = s[: 1 << (len(s).bit_length() - 1)]
+        free = _free_for(name) + optics
         if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
             # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
             search = fit(
@@ -385,7 +392,7 @@ def fit_from_network(
                 experiment,
                 s,
                 mask,
-                free=_free_for(name),
+                free=free,
                 pitch=None if pitch is None else pitch * float(search_coarsening),
                 max_steps=int(search_steps),
                 uncertainties=False,
@@ -393,9 +400,7 @@ def fit_from_network(
             )
             stages.append(search)
             s = search.model
-        res = fit(
-            data, experiment, s, mask, free=_free_for(name), pitch=pitch, max_steps=int(max_steps), **kw
-        )
+        res = fit(data, experiment, s, mask, free=free, pitch=pitch, max_steps=int(max_steps), **kw)
         res.stages = stages + [res]
         results[name] = res
     best = choose_class(results, int(next(iter(results.values())).n_used), criterion)

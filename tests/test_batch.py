@@ -86,7 +86,10 @@ def test_rerun_finished_is_noop_and_unfinished_needs_resume(dataset):
 def test_eight_devices_equal_single_device(dataset):
     d, data, cfg, _, ref = dataset
     out = os.path.join(d, "dev8.h5")
-    _run([cfg, "--data", data, "-o", out], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    _run(
+        [cfg, "--data", data, "-o", out],
+        {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"},
+    )
     res = read_results(out)
     assert res["status_names"] == ref["status_names"]
     np.testing.assert_allclose(res["radius"], ref["radius"], rtol=1e-5, equal_nan=True)

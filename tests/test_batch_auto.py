@@ -83,13 +83,28 @@ def test_config_accepts_every_model_class(tmp_path):
         ("[model]\ntype='Cube'\nradius_min=1.0\n", "radius_max"),
         ("[model]\ntype='Torus'\n", "model.type"),
         ("[model]\ntype='Cube'\n[fit]\ngof_draws=1\n", "fit.gof_draws"),
+        ("[model]\ntype='Cube'\nfit_optics=['delta', 'radius']\n", "model.fit_optics"),
     ]:
         cfg.write_text("[data]\nlength_unit='nm'\n" + text)
         with pytest.raises(ConfigError, match=match):
             load_batch_config(str(cfg))
     keys = config_keys()
-    for k in ("candidates", "lmax", "max_steps", "n_orientations", "gof_threshold", "driver"):
+    for k in ("candidates", "lmax", "max_steps", "n_orientations", "gof_threshold", "driver", "fit_optics"):
         assert k in keys
+    # fitted optical constants: the per-pattern path (not the vmapped fitter), a column per constant
+    from fitting._cli_batch import make_fitter
+
+    cfg.write_text(
+        "[data]\nlength_unit='nm'\n[model]\ntype='Ellipsoid'\nradius_min=1.0\nradius_max=2.0\n"
+        "delta=0.01\nfit_optics=['delta']\n"
+    )
+    c = load_batch_config(str(cfg))
+    assert not uses_vmapped(c)
+    fitter, units = make_fitter(c, ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.fit_optics == ("delta",) and fitter.auto_kwargs["fit_optics"] == ("delta",)
+    assert "delta" in fitter.names and "beta" not in fitter.names and units["delta"] == "1"
+    row = fitter._empty_row()
+    assert np.isnan(row["delta"]) and np.isnan(row["delta_sigma"])
 
 
 def test_init_network_section(tmp_path):
@@ -124,7 +139,7 @@ def test_init_network_section(tmp_path):
             load_batch_config(str(cfg))
 
 
-def test_shipped_harmonics_and_polyhedra_configs_cover_their_datasets():
+def test_shipped_batch_configs_cover_their_datasets():
     from diffscat.io import load_config
     from fitting._cli_batch import load_batch_config
 
@@ -132,13 +147,20 @@ def test_shipped_harmonics_and_polyhedra_configs_cover_their_datasets():
     for fit_name, data_name in [
         ("batch-harmonics.toml", "dataset-harmonics.toml"),
         ("batch-polyhedra.toml", "dataset-polyhedra.toml"),
+        ("batch-ellipsoid.toml", "dataset-ellipsoids.toml"),
     ]:
         fit_cfg = load_batch_config(os.path.join(root, fit_name))
         ds_cfg = load_config(os.path.join(root, data_name))
         m = fit_cfg["model"]
         shape_type = ds_cfg["shape"]["type"]
         assert shape_type == m["type"] or shape_type in m.get("candidates", ())
-        assert m["delta"] == ds_cfg["shape"]["delta"] and m["beta"] == ds_cfg["shape"]["beta"]
+        vary = ds_cfg.get("dataset", {}).get("vary", {})
+        for o in ("delta", "beta"):  # an optical constant the dataset varies is fitted, else it is the same
+            if o in vary:
+                assert o in m["fit_optics"], (fit_name, o)
+                assert vary[o]["low"] <= m[o] <= vary[o]["high"]
+            else:
+                assert o in m["fit_optics"] or m[o] == ds_cfg["shape"][o], (fit_name, o)
         assert fit_cfg["fit"]["polarisation"] == ds_cfg["detector_model"]["polarisation"]
     # the polyhedra dataset's edges, as volume-equivalent radii, lie inside the configured range
     ds_cfg = load_config(os.path.join(root, "dataset-polyhedra.toml"))

@@ -100,7 +100,11 @@ def test_sharded_over_devices_equals_one_device(tmp_path):
     )
     out = []
     for n in (1, 4):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        env = dict(
+            os.environ,
+            XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}",
+            JAX_PLATFORMS="cpu",
+        )
         p = subprocess.run(
             [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
         )

@@ -128,6 +128,7 @@ def test_coarse_ellipsoid_second_pattern_compiles_nothing(wide):
     assert [s.grid for s in r2.stages] == [s.grid for s in r1.stages]
 
 
+@pytest.mark.slow  # 55 s on 2 cores: two searches of 8 starts and three refinements
 def test_ellipsoid_auto_refines_several_search_optima(monkeypatch):
     """`n_refine`: the best distinct optima of the coarse search are refined together (one multi-start), so
     the result is never worse than refining the search's best alone (same seed, same search)."""

@@ -297,6 +297,23 @@ def test_fit_auto_init_network_skips_the_searches(monkeypatch):
         fitting.fit_auto(counts, EXP, ["Sphere"], delta=0.001, beta=0.001, init=1.0)
 
 
+def test_network_prune_rule():
+    """`_network_prune`: polyhedra below `network_min_prob` are dropped, never the most probable one."""
+    import fitting._auto as auto_mod
+
+    net = _fixed_network(3.0, "Cube", classes=("Sphere", "Cube", "Octahedron", "Icosahedron"))
+    counts = _sphere_counts(EXP, 3.0)
+    _, drop = auto_mod._network_prune(net, ["Cube", "Octahedron", "Icosahedron"], counts, EXP, None, 0.05)
+    assert sorted(n for n, _ in drop) == ["Icosahedron", "Octahedron"] and all(0 < p < 0.05 for _, p in drop)
+    _, kept = auto_mod._network_prune(net, ["Cube", "Octahedron"], counts, EXP, None, 0.001)
+    assert kept == []  # a threshold below every probability keeps them all
+    _, drop = auto_mod._network_prune(net, ["Octahedron", "Icosahedron"], counts, EXP, None, 0.5)
+    assert len(drop) == 1  # both are < 0.5: one of the two (the most probable) stays
+    _, none = auto_mod._network_prune(net, ["Cube", "Octahedron"], counts, EXP, None, None)
+    assert none == []
+
+
+@pytest.mark.slow  # 46 s on 2 cores (fits of three classes); the pruning rule itself: test_network_prune_rule
 def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
     """`fit_auto(init=net, network_min_prob=p)`: polyhedra the network gives < p are neither searched nor fitted."""
     import fitting._auto as auto_mod
@@ -362,3 +379,34 @@ def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
         fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, network_min_prob=0.1)
     with pytest.raises(ValueError, match="network_min_prob"):
         fitting.fit_auto(counts, EXP, ["Cube"], delta=0.001, beta=0.001, init=net, network_min_prob=1.5)
+
+
+@pytest.mark.slow
+def test_fit_auto_network_frees_delta_in_its_multistart(monkeypatch):
+    """`fit_auto(init=net, fit_optics=("delta",))`: the network-started ellipsoid fits (the coarse multi-start
+    and the refinement) have delta free from the start, so no extra refinement follows; an ellipsoid made by
+    the independent reference path with delta = 0.02, started from an assumed 0.01, comes back with its
+    delta and shape."""
+    from fitting import _fit
+
+    frees = []
+    real_fit = _fit.fit  # fit_from_network imports it at call time
+
+    def spy(*a, free=None, **k):
+        frees.append(tuple(free))
+        return real_fit(*a, free=free, **k)
+
+    monkeypatch.setattr(_fit, "fit", spy)
+    truth = ds.Ellipsoid([3.4, 4.0, 4.7], delta=0.02, beta=0.002)
+    inten = np.asarray(fitting.simulate_reference(truth, EXP))
+    e = np.asarray(expected_photons(jnp.asarray(inten), EXP, 1.0))
+    counts = np.random.default_rng(3).poisson(e / e[np.asarray(EXP.valid)].sum() * 1e6).astype(float)
+    net = _fixed_network(4.0, "Ellipsoid", axes=(0.16, 0.32))
+    kw = dict(delta=0.01, beta=0.002, init=net, max_steps=60, uncertainties=False)
+    res = fitting.fit_auto(counts, EXP, ("Ellipsoid",), fit_optics=("delta",), **kw)
+    assert frees and all("delta" in f for f in frees)
+    assert "delta" in res.free and len(res.stages) == 2  # multi-start + refinement, no extra stage
+    assert float(np.asarray(res.model.delta)) == pytest.approx(0.02, rel=0.1)
+    assert fitting.iou(truth, res.model) > 0.95
+    with pytest.raises(ValueError, match="fit_optics"):
+        fitting.fit_from_network(counts, EXP, net, delta=0.01, beta=0.002, fit_optics=("radius",))

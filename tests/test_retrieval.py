@@ -224,6 +224,8 @@ def test_fit_auto_rejects_unknown_class():
     exp = ds.Experiment(1.0, ds.QGrid(8, 30.0))
     with pytest.raises(ValueError, match="candidates"):
         fitting.fit_auto(np.ones((8, 8)), exp, ("Sphere", "Blob"))
+    with pytest.raises(ValueError, match="fit_optics"):  # before any fit
+        fitting.fit_auto(np.ones((8, 8)), exp, ("Sphere",), fit_optics=("delta", "radius"))
 
 
 @pytest.mark.slow
@@ -365,6 +367,26 @@ def test_fit_auto_sphere_is_not_overfitted():
     assert res.ranking[0][0] == "Sphere"
     assert res.ranking[1][1] <= res.ranking[0][1] + 1.0  # the ellipsoid fits at least about as well...
     assert res.ranking[1][3] > res.ranking[0][3]  # ...but pays for its 5 extra parameters
+
+
+@pytest.mark.slow
+def test_fit_auto_fits_delta_when_asked():
+    """`fit_optics=("delta",)`: a sphere made by the independent reference path with delta = 0.03, fitted from an
+    assumed 0.01. At fixed delta the fit is far from the noise; with delta free it recovers delta and the
+    radius, and the class pays for one more parameter."""
+    truth = ds.Sphere(4.0, delta=0.03, beta=0.003)
+    c, m, exp = _pattern(truth, 24, 3e5, 2)
+    kw = dict(delta=0.01, beta=0.003, max_steps=60)
+    fixed = fitting.fit_auto(c, exp, ("Sphere",), m, **kw)
+    free = fitting.fit_auto(c, exp, ("Sphere",), m, fit_optics=("delta",), **kw)
+    assert "delta" not in fixed.free and "delta" in free.free
+    assert float(np.asarray(free.model.delta)) == pytest.approx(0.03, rel=0.05)
+    assert 0 < float(free.sigmas["delta"]) < 0.003
+    assert float(np.asarray(free.model.radius)) == pytest.approx(4.0, rel=0.01)
+    assert free.loss < fixed.loss - 100.0
+    assert free.ranking[0][2] == fixed.ranking[0][2] + 1
+    assert free.stages[-1] is free and len(free.stages) == len(fixed.stages) + 1
+    assert free.time_s > free.stages[-2].time_s
 
 
 def test_data_loss_and_parameter_count():
