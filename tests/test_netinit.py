@@ -401,7 +401,9 @@ def test_fit_auto_network_frees_delta_in_its_multistart(monkeypatch):
     inten = np.asarray(fitting.simulate_reference(truth, EXP))
     e = np.asarray(expected_photons(jnp.asarray(inten), EXP, 1.0))
     counts = np.random.default_rng(3).poisson(e / e[np.asarray(EXP.valid)].sum() * 1e6).astype(float)
-    net = _fixed_network(4.0, "Ellipsoid", axes=(0.16, 0.32))
+    net = _fixed_network(
+        4.0, "Ellipsoid", axes=(-0.15, 0.15)
+    )  # truth: log(a / r_eq), log(c / r_eq) = -0.16, 0.16
     kw = dict(delta=0.01, beta=0.002, init=net, max_steps=60, uncertainties=False)
     res = fitting.fit_auto(counts, EXP, ("Ellipsoid",), fit_optics=("delta",), **kw)
     assert frees and all("delta" in f for f in frees)
