@@ -122,9 +122,9 @@ def _coarse_top(coarse) -> int:
 
 def coarse_factor(experiment: ds.Experiment, radius: float, coarse, min_qr: float = COARSE_MIN_QR) -> int:
     """The crop factor the drivers use for their early stages: the largest f in (1, 2, 4, ...) up to the
-    request `coarse` (False / 0 / 1: none; True: up to 4; an int: up to that) with q_max / f * `radius` >=
-    `min_qr` (q_max = 2 k sin(theta_max / 2), `radius` the volume-equivalent radius in length units).
-    1 means no crop (full resolution throughout)."""
+    request `coarse` (False / None / 1: none; True: up to 4; an int >= 1: up to that; 0 raises) with
+    q_max / f * `radius` >= `min_qr` (q_max = 2 k sin(theta_max / 2), `radius` the volume-equivalent radius
+    in length units). 1 means no crop (full resolution throughout)."""
     top = _coarse_top(coarse)
     hint = experiment.sampling_hint
     if top <= 1 or hint is None:
