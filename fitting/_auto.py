@@ -21,6 +21,7 @@ import diffscat as ds
 from ._evalset import POLYHEDRA
 from ._losses import as_loss, check_data
 from ._multires import STAGE_COARSENING, stage_kwargs, stage_pitch
+from ._params import OPTICAL
 
 __all__ = [
     "fit_auto",
@@ -507,11 +508,12 @@ def fit_auto(
         if verbose:
             print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
     if optics:
-        reg = regularizer
         for name in list(results):
             if all(o in results[name].free for o in optics):
                 continue  # fitted with them free already (the network's sphere and ellipsoid fits)
-            results[name] = refine_optics(results[name], optics, data, experiment, mask, reg, fit_kwargs)
+            results[name] = refine_optics(
+                results[name], optics, data, experiment, mask, regularizer, fit_kwargs
+            )
             if verbose:
                 vals = ", ".join(f"{o} {float(np.asarray(results[name].values[o])):.4g}" for o in optics)
                 print(f"{name} with {vals}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
@@ -524,17 +526,15 @@ def fit_auto(
     return best
 
 
-OPTICS = ("delta", "beta")
-
-
 def check_fit_optics(fit_optics) -> tuple[str, ...]:
-    """`fit_optics` as a tuple of distinct names among `OPTICS` (ValueError naming the argument otherwise)."""
+    """`fit_optics` as a tuple of distinct names among `OPTICAL` ("delta", "beta"; ValueError naming the argument
+    otherwise)."""
     if isinstance(fit_optics, str):
         fit_optics = (fit_optics,)
     names = tuple(dict.fromkeys(fit_optics or ()))
-    bad = [n for n in names if n not in OPTICS]
+    bad = [n for n in names if n not in OPTICAL]
     if bad:
-        raise ValueError(f"fit_optics must name optical constants among {OPTICS}, got {bad}")
+        raise ValueError(f"fit_optics must name optical constants among {OPTICAL}, got {bad}")
     return names
 
 
@@ -544,11 +544,11 @@ def refine_optics(result, optics: Sequence[str], data, experiment, mask, regular
     ladder). The returned `FitResult` counts the earlier time, appends itself to the earlier stages and keeps
     the earlier `.alternatives` (the twins found at fixed optical constants)."""
     from ._multires import refine_fit
-    from ._regularizers import SHDegreePrior
+    from ._regularizers import sh_regularizer
 
     kw = dict(fit_kwargs)
     if isinstance(result.model, ds.SphericalHarmonics):
-        kw["regularizer"] = SHDegreePrior(0.15) if regularizer is None else regularizer
+        kw["regularizer"] = sh_regularizer(regularizer)
     free = tuple(result.free) + tuple(o for o in optics if o not in result.free)
     res = refine_fit(data, experiment, result.model, mask, free=free, **kw)
     res.time_s += result.time_s

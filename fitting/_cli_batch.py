@@ -254,11 +254,12 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"model.candidates = {bad} are not among {', '.join(CANDIDATES)}")
     elif "candidates" in m:
         raise ConfigError(f'model.candidates needs type = "auto" (type is {m["type"]!r})')
-    from ._auto import OPTICS
+    from ._auto import check_fit_optics
 
-    fo = m.get("fit_optics") or []
-    if not all(isinstance(x, str) and x in OPTICS for x in fo):
-        raise ConfigError(f"model.fit_optics = {fo} must list names among {list(OPTICS)}")
+    try:
+        check_fit_optics(m["fit_optics"])
+    except (ValueError, TypeError) as e:  # TypeError: a table in the list
+        raise ConfigError(f"model.fit_optics = {m['fit_optics']}: {e}") from None
     ini = out.get("init") or {}
     if ini.get("min_prob") is not None:
         if ini.get("network") is None:
@@ -275,7 +276,7 @@ def uses_vmapped(cfg: dict) -> bool:
     """True when a validated config runs a vmapped batch fitter (Sphere / Ellipsoid with driver "vmapped")."""
     if cfg.get("init", {}).get("network") is not None:
         return False  # network starts go through fitting.fit_auto(init=...)
-    if cfg["model"].get("fit_optics"):
+    if cfg["model"]["fit_optics"]:
         return False  # fitted optical constants too
     return cfg["model"]["type"] in ("Sphere", "Ellipsoid") and cfg["fit"]["driver"] == "vmapped"
 
@@ -334,7 +335,7 @@ def make_fitter(cfg: dict, experiment):
         gof_threshold=fit["gof_threshold"],
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
-        fit_optics=tuple(m.get("fit_optics") or ()),
+        fit_optics=tuple(m["fit_optics"]),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

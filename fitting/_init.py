@@ -654,7 +654,7 @@ def harmonics_ladder(
     Returns (last `FitResult`, list of every stage's result)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
     from ._multires import coarse_level, outgrew, refine_fit, stage_kwargs, stage_pitch
-    from ._regularizers import SHDegreePrior, sh_degrees
+    from ._regularizers import sh_degrees, sh_regularizer
 
     L = int(lmax)
     if L < 0:
@@ -662,7 +662,7 @@ def harmonics_ladder(
     degs = list(range(min(2, L), L + 1)) if degrees is None else [int(x) for x in degrees]
     if not degs or any(not 0 <= x <= L for x in degs):
         raise ValueError(f"degrees must be a non-empty list of degrees in [0, lmax={L}], got {degrees}")
-    reg = SHDegreePrior(0.15) if regularizer is None else regularizer
+    reg = sh_regularizer(regularizer)
     kw = dict(fit_kwargs)
     want_sigmas = bool(kw.pop("uncertainties", True))
     shape = harmonics_from_ellipsoid(ellipsoid, L)

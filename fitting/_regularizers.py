@@ -59,6 +59,11 @@ class SHDegreePrior(eqx.Module):
         return 0.5 * jnp.sum((c[1:] / (s[1:] * c[0])) ** 2)
 
 
+def sh_regularizer(regularizer=None):
+    """The harmonic stages' regulariser: `regularizer`, or the default `SHDegreePrior(0.15)` when None."""
+    return SHDegreePrior(0.15) if regularizer is None else regularizer
+
+
 class Compose(eqx.Module):
     """Sum of regularisers: Compose((SHSmoothness(1e-2), SHDegreePrior(0.1)))."""
 
