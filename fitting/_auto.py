@@ -620,6 +620,7 @@ def _network_prune(init, cands, data, experiment, mask, min_prob):
 def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None, fit_optics=()):  # fmt: skip
     """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows (and the ellipsoid
     the harmonic ladder starts from); fills `results`; returns (sphere or None, ellipsoid or None, radius)."""
+    from ._fit import GRID_MARGIN
     from ._netinit import START_CLASSES, fit_from_network
 
     need = [c for c in cands if c in START_CLASSES]
@@ -635,8 +636,13 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
             # ladder's coarser voxel grid where it has one; the ladder's last stage refines at full pitch
             kw = stage_kwargs(fit_kwargs, stage_rtol)
             coarser = stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
-            if coarser is not None:  # its search at that pitch too (not 1.5 x coarser again)
+            if coarser is not None:  # its search at that pitch too (not coarser again)
                 kw.update(pitch=coarser, search_coarsening=1.0)
+            # fit's default grids for its search and refinement: the Ellipsoid candidate's tighter, coarser
+            # search (SEARCH_MARGIN, SEARCH_COARSENING) ended 1.4-184 NLL higher on 5 of 12 harmonic patterns
+            # (lower on 1) at the end of the ladder (docs/batch.md, session 14)
+            kw.setdefault("grid_margin", GRID_MARGIN)
+            kw.setdefault("search_margin", GRID_MARGIN)
         fitted[name] = fit_from_network(
             data,
             experiment,

@@ -188,6 +188,63 @@ def test_fit_from_network_ranks_candidates_by_bic():
     assert res.ranking[1][3] > res.ranking[0][3]  # ... but pays for its extra parameters
 
 
+def test_network_search_and_refinement_use_tight_grids():
+    """The coarse multi-start's grid: SEARCH_MARGIN bounding radii of its largest start at SEARCH_COARSENING x
+    the pitch; the refinement after it: `refine_grid` of the search's optimum, not `fit`'s 1.3-radii default."""
+    from fitting._fit import GRID_MARGIN, _fit_grid
+    from fitting._multires import refine_grid
+    from fitting._netinit import SEARCH_COARSENING, SEARCH_MARGIN
+
+    net = _fixed_network(4.0, "Ellipsoid")
+    counts, mask = _msft_sphere_counts(4.2, seed=2)
+    pitch = ds.default_pitch(*EXP.sampling_hint)
+    kw = dict(delta=0.005, beta=0.002, max_steps=1, search_steps=1, uncertainties=False, pitch=pitch)
+    kw.update(ellipsoid_spins=1, n_per_class=2)
+    res = fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], **kw)
+    search, refine = res.stages
+    starts = fitting.network_starts(
+        net,
+        counts,
+        EXP,
+        mask,
+        classes=["Ellipsoid"],
+        delta=0.005,
+        beta=0.002,
+        n_per_class=2,
+        ellipsoid_spins=1,
+    )
+    starts = starts["Ellipsoid"][: search.n_starts]
+    c = SEARCH_COARSENING * pitch
+    assert search.grid == _fit_grid(starts, EXP, c, SEARCH_MARGIN)
+    assert search.grid.shape[0] < _fit_grid(starts, EXP, c, GRID_MARGIN).shape[0]
+    assert refine.grid == refine_grid([search.model], EXP, pitch)
+    with pytest.raises(ValueError, match="search_margin"):
+        fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], search_margin=1.0, **kw)
+
+
+@pytest.mark.slow
+def test_network_refinement_takes_the_callers_grid_margin():
+    """A caller's grid_margin is the refinement's (and is not passed twice to the search)."""
+    from fitting._fit import _fit_grid
+
+    net = _fixed_network(4.0, "Ellipsoid")
+    counts, mask = _msft_sphere_counts(4.2, seed=2)
+    pitch = ds.default_pitch(*EXP.sampling_hint)
+    kw = dict(delta=0.005, beta=0.002, max_steps=1, search_steps=1, uncertainties=False, pitch=pitch)
+    res = fitting.fit_from_network(
+        counts,
+        EXP,
+        net,
+        mask,
+        candidates=["Ellipsoid"],
+        grid_margin=1.3,
+        ellipsoid_spins=1,
+        n_per_class=2,
+        **kw,
+    )
+    assert res.stages[1].grid == _fit_grid([res.stages[0].model], EXP, pitch, 1.3)
+
+
 def test_bad_arguments_give_clear_errors(tmp_path):
     net = _fixed_network(3.0)
     counts = _sphere_counts(EXP, 3.0)
