@@ -305,8 +305,9 @@ def fit_from_network(
       optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
       `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
       refine every start at full resolution). The search's grid is `search_margin` bounding radii of the
-      largest start wide (`SEARCH_MARGIN`), and the refinement after it runs on `fitting.refine_fit`'s tight
-      grid (the search's optimum is near the answer), unless `grid` or `grid_margin` is given.
+      largest start wide (`SEARCH_MARGIN`; a caller's `grid` / `grid_margin` do not apply to it), and the
+      refinement after it runs on `fitting.refine_fit`'s tight grid (the search's optimum is near the
+      answer) unless the caller gives `grid` or `grid_margin`.
     - other keywords go to every `fitting.fit` call (`pitch`, `loss`, `uncertainties`, ...).
 
     **Returns:** the best candidate's `FitResult` with `.ranking` = [(class, data loss, k, criterion), ...]
