@@ -61,22 +61,25 @@ sec() { # sec NAME CAP_S COMMAND...: run with a cap cut to the budget left; log 
 }
 
 if ((QUICK)); then
-    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256 HN=2 HC=1
+    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256 HN=2 HC=1 NE=4
 else
-    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=6 HC=2
+    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=3 HC=1 NE=12
 fi
 
 sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
     $PY -c 'import jax, equinox, optax, jaxtyping; print(jax.__version__, jax.devices(), equinox.__version__,
     optax.__version__, jaxtyping.__version__)'; cat $W/xla_flags.txt"
-sec test_gpu 60 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
+sec test_gpu 75 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
 # order: what no GPU run has measured yet first (issue 13's SH lmax 6 at 512^2, issue 17's inference and
 # training, issue 14's SH batch), then the rest
-sec fit_sh6_512 130 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --profile 40
+sec fit_sh6_512 180 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --patterns 3 --profile 40
 sec fit_128 90 $PY benchmarks/bench_fit.py --size $S --cases ellipsoid,sh3
 sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
     --out benchmarks/results/bench_network_gpu.json
-sec batch_harmonics 60 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC
+sec batch_harmonics 100 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC
+# the shipped ellipsoid batch path (batch-fit configs/batch-ellipsoid.toml: fit_auto started by the network)
+sec batch_ellipsoid_net 60 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $NE --size $SB \
+    --chunk $((NE / 4))
 TRAIN_S=$((QUICK ? 60 : 90))
 rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
 sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \

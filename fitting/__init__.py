@@ -2,10 +2,12 @@
 
 from ._auto import (
     CANDIDATES as CANDIDATES,
+    DELTA_SIGN_TOL as DELTA_SIGN_TOL,
     bin_pattern as bin_pattern,
     data_loss as data_loss,
     fit_auto as fit_auto,
     fit_oriented as fit_oriented,
+    keep_delta_sign as keep_delta_sign,
     n_parameters as n_parameters,
     orientation_search as orientation_search,
     prune_classes as prune_classes,

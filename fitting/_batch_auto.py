@@ -23,7 +23,7 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import CANDIDATES, check_fit_optics, check_network_min_prob, data_loss
+from ._auto import CANDIDATES, DELTA_SIGN_TOL, check_fit_optics, check_network_min_prob, data_loss
 from ._evalset import POLYHEDRA
 from ._losses import AbstractLoss, as_loss
 
@@ -87,7 +87,11 @@ class AutoBatchFitter:
       six polyhedra, "Superellipsoid"); one name = that class only, several = selection by `criterion`.
     - `delta`, `beta`: optical constants (fixed, or the starting values of those named in `fit_optics`).
     - `fit_optics`: names among ("delta", "beta") fitted per pattern (`fit_auto(fit_optics=...)`): columns
-      `delta` / `beta` (+ sigma), and the reports draw each pattern with its own.
+      `delta` / `beta` (+ sigma), and the reports draw each pattern with its own. With delta fitted, column
+      `delta_sign` (`fitting.keep_delta_sign`, tolerance `delta_sign_tol` NLL units, None: off): 0 = the fit
+      kept the start's sign (unchecked), 1 = it crossed to the other sign but the start's fits as well
+      (within the tolerance): the start's sign kept, the data cannot tell; 2 = the other sign fits better;
+      -1 = no fit.
     - `lmax`: largest harmonic degree of "SphericalHarmonics" (the ladder sphere -> ellipsoid -> l = 2..lmax).
     - `loss`, `polarisation`, `method`, `pitch`, `max_steps`, `alternatives_tol`: to every `fitting.fit` call.
     - `n_starts` (ellipsoid orientations), `n_orientations`, `n_refine` (oriented classes), `class_margin`,
@@ -144,6 +148,7 @@ class AutoBatchFitter:
         init: object = None,
         network_min_prob: float | None = None,
         fit_optics: Sequence[str] = (),
+        delta_sign_tol: float | None = DELTA_SIGN_TOL,
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -175,8 +180,12 @@ class AutoBatchFitter:
         self.gof_threshold = float(gof_threshold)
         self.seed = int(seed)
         self.fit_optics = check_fit_optics(fit_optics)
+        if delta_sign_tol is not None and not float(delta_sign_tol) >= 0:
+            raise ValueError(f"delta_sign_tol must be >= 0 (NLL units) or None, got {delta_sign_tol}")
+        self._has_sign = "delta" in self.fit_optics and delta_sign_tol is not None
         self.auto_kwargs = dict(
             fit_optics=self.fit_optics,
+            delta_sign_tol=None if delta_sign_tol is None else float(delta_sign_tol),
             lmax=self.lmax,
             criterion=criterion,
             n_starts=int(n_starts),
@@ -220,6 +229,8 @@ class AutoBatchFitter:
         if self._has_sh:
             names.append("coefficients")
         names += list(self.fit_optics)
+        if self._has_sign:
+            names.append("delta_sign")
         self.names = tuple(names)
         self.units = {
             "radius": "length",
@@ -238,7 +249,9 @@ class AutoBatchFitter:
             "delta": "1",
             "beta": "1",
         }
-        self.int_columns = ("class", "n_alternatives", "n_steps")
+        self.int_columns = ("class", "n_alternatives", "n_steps") + (
+            ("delta_sign",) if self._has_sign else ()
+        )
         cn = list(self.candidates)
         self.column_attrs = {
             "class": {"names": cn},
@@ -247,6 +260,12 @@ class AutoBatchFitter:
             "radius": {"meaning": "volume-equivalent radius (3 V / 4 pi)^(1/3)"},
             "gof_z": {"threshold": self.gof_threshold, "n_draws": self.gof_draws},
         }
+        if self._has_sign:
+            self.column_attrs["delta_sign"] = {
+                "codes": "0 start's sign (unchecked), 1 start's sign kept (the data cannot tell), "
+                "2 the other sign (the data chose it), -1 no fit",
+                "tolerance": float(delta_sign_tol),
+            }
         if self._select:
             self.column_attrs["class_losses"] = {"names": cn}
             self.column_attrs["class_criterion"] = {"names": cn, "criterion": criterion}
@@ -323,6 +342,8 @@ class AutoBatchFitter:
             row["coefficients_sigma"] = np.full(n, nan)
         for o in self.fit_optics:
             row[o] = row[o + "_sigma"] = nan
+        if self._has_sign:
+            row["delta_sign"] = -1
         return row
 
     def row(self, r) -> dict:
@@ -378,6 +399,8 @@ class AutoBatchFitter:
         for o in self.fit_optics:
             row[o] = float(np.asarray(r.values[o]))
             row[o + "_sigma"] = float(sig.get(o, np.nan))
+        if self._has_sign:
+            row["delta_sign"] = {None: 0, "kept": 1, "data": 2}[getattr(r, "delta_sign", None)]
         if self._select and r.ranking is not None:
             for cname, nll, _k, crit in r.ranking:
                 j = self.candidates.index(cname)

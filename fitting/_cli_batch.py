@@ -98,6 +98,13 @@ def _schemas() -> dict:
                 "a last full-resolution refinement per class (fitting.fit_auto(fit_optics=...))",
                 default=[],
             ),
+            "delta_sign_tol": Key(
+                "number",
+                'with "delta" in fit_optics: a fit that crossed to the other sign of delta keeps the start\'s '
+                "sign when that fits within this many NLL units (fitting.keep_delta_sign; 0: the data decides)",
+                default=2.0,
+                min=0.0,
+            ),
             "radius_min": Key(
                 "number",
                 "smallest size (length unit): searched by the fast Sphere / Ellipsoid fitters (required "
@@ -336,6 +343,7 @@ def make_fitter(cfg: dict, experiment):
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
         fit_optics=tuple(m["fit_optics"]),
+        delta_sign_tol=m["delta_sign_tol"],
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

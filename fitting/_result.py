@@ -54,6 +54,10 @@ class FitResult:
     - `ranking`: for `fitting.fit_auto`, [(class name, loss, number of parameters, criterion), ...] best first;
       `pruned`: [(class name, search deviance / best), ...] of the polyhedra its orientation search ruled out;
       `network_pruned`: [(class name, network probability), ...] of those `network_min_prob` ruled out.
+    - `delta_sign`: for `fitting.fit_auto` with delta fitted, how the sign of delta was settled
+      (`fitting.keep_delta_sign`): None (not checked: the fit kept the start's sign), "kept" (the fit had
+      crossed to the other sign, but the start's sign fits within the tolerance: kept, the other is an
+      alternative) or "data" (the other sign fits better by more than the tolerance).
     """
 
     model: ds.AbstractShape
@@ -84,6 +88,7 @@ class FitResult:
     ranking: list | None = dataclasses.field(repr=False, default=None)
     pruned: list | None = dataclasses.field(repr=False, default=None)
     network_pruned: list | None = dataclasses.field(repr=False, default=None)
+    delta_sign: str | None = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""
