@@ -290,7 +290,8 @@ def fit_from_network(
     - `fit_optics`: names among ("delta", "beta") freed with the shape's parameters in the sphere's and the
       ellipsoid's fits (the coarse multi-start too: every start finds its own delta, so a wrong assumed
       delta does not decide which start wins); `delta`, `beta` are then the starting values. The polyhedra's
-      local-search path keeps them fixed (`fitting.fit_auto(fit_optics=...)` frees them afterwards).
+      local-search path keeps them fixed (`fitting.fit_auto(fit_optics=...)` frees them afterwards). The sign
+      of a fitted delta is the fit's own here; `fitting.fit_auto` then applies `fitting.keep_delta_sign`.
     - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`: see `network_starts`.
     - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
       `n_orientations` random orientations at the predicted size join the network's starts (0 = network
