@@ -433,8 +433,7 @@ def fit_auto(
     pruner = class_network if class_network is not None else init
     check_network_min_prob(network_min_prob, pruner)
     optics = check_fit_optics(fit_optics)
-    if delta_sign_tol is not None and not float(delta_sign_tol) >= 0:
-        raise ValueError(f"delta_sign_tol must be >= 0 (NLL units) or None, got {delta_sign_tol}")
+    delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
 
     results = {}
     t0 = time.perf_counter()
@@ -562,24 +561,42 @@ def check_fit_optics(fit_optics) -> tuple[str, ...]:
     return names
 
 
+def check_delta_sign_tol(delta_sign_tol) -> float | None:
+    """`delta_sign_tol` as a float >= 0 (NLL units) or None (ValueError naming the argument otherwise)."""
+    if delta_sign_tol is None:
+        return None
+    if not float(delta_sign_tol) >= 0:
+        raise ValueError(f"delta_sign_tol must be >= 0 (NLL units) or None, got {delta_sign_tol}")
+    return float(delta_sign_tol)
+
+
+def _refit(result, model, free, data, experiment, mask, regularizer, fit_kwargs):
+    """A full-resolution refinement (`refine_fit`) that continues `result` from `model` with `free` (a harmonic
+    shape with `regularizer`, default `SHDegreePrior(0.15)`, as its ladder). The returned `FitResult` counts the
+    earlier time, appends itself to the earlier stages and keeps the earlier start losses (its alternatives are
+    the caller's to set)."""
+    from ._multires import refine_fit
+    from ._regularizers import sh_regularizer
+
+    kw = dict(fit_kwargs)
+    if isinstance(model, ds.SphericalHarmonics):
+        kw["regularizer"] = sh_regularizer(regularizer)
+    res = refine_fit(data, experiment, model, mask, free=tuple(free), **kw)
+    res.time_s += result.time_s
+    res.stages = list(result.stages or [result]) + [res]
+    res.start_losses = result.start_losses
+    res.n_starts = result.n_starts
+    return res
+
+
 def refine_optics(result, optics: Sequence[str], data, experiment, mask, regularizer, fit_kwargs):
     """`fit_auto(fit_optics=...)`: a full-resolution refinement of `result.model` with `optics` free beside the
     result's own free parameters (a harmonic shape with `regularizer`, default `SHDegreePrior(0.15)`, as its
     ladder). The returned `FitResult` counts the earlier time, appends itself to the earlier stages and keeps
     the earlier `.alternatives` (the twins found at fixed optical constants)."""
-    from ._multires import refine_fit
-    from ._regularizers import sh_regularizer
-
-    kw = dict(fit_kwargs)
-    if isinstance(result.model, ds.SphericalHarmonics):
-        kw["regularizer"] = sh_regularizer(regularizer)
     free = tuple(result.free) + tuple(o for o in optics if o not in result.free)
-    res = refine_fit(data, experiment, result.model, mask, free=free, **kw)
-    res.time_s += result.time_s
-    res.stages = list(result.stages or [result]) + [res]
+    res = _refit(result, result.model, free, data, experiment, mask, regularizer, fit_kwargs)
     res.alternatives = result.alternatives
-    res.start_losses = result.start_losses
-    res.n_starts = result.n_starts
     return res
 
 
@@ -611,8 +628,6 @@ def keep_delta_sign(
     Anything else (delta fixed, the start's sign kept, `delta` = 0) returns `result` unchanged. The returned
     result's `time_s` and `stages` include the refit. `tol` >= 0 (NLL units); other keywords go to the refit
     (`fitting.fit`'s)."""
-    from ._multires import refine_fit
-    from ._regularizers import sh_regularizer
     from ._result import Alternative
 
     tol = float(tol)
@@ -625,30 +640,26 @@ def keep_delta_sign(
     if d == 0 or np.sign(d) == np.sign(d0):
         return result
     flipped = eqx.tree_at(lambda m: m.delta, result.model, -jnp.asarray(result.model.delta))
-    kw = dict(fit_kwargs)
-    if isinstance(result.model, ds.SphericalHarmonics):
-        kw["regularizer"] = sh_regularizer(regularizer)
-    other = refine_fit(data, experiment, flipped, mask, free=tuple(result.free), **kw)
+    # the refit carries result's time and stages: it is the returned result, or its last stage
+    other = _refit(result, flipped, result.free, data, experiment, mask, regularizer, fit_kwargs)
     gap = float(other.loss) - float(result.loss)
-    total_s = float(result.time_s) + float(other.time_s)
-    same_sign = float(np.sign(float(np.asarray(other.model.delta)))) == float(np.sign(d0))
-    if same_sign and gap <= tol:
-        keep = other
-        keep.alternatives = [Alternative(result.model, -gap, dict(result.values))] + list(result.alternatives)
-        keep.start_losses, keep.n_starts = result.start_losses, result.n_starts
-        keep.ranking, keep.pruned, keep.network_pruned = result.ranking, result.pruned, result.network_pruned
-        keep.network_prediction = getattr(result, "network_prediction", None)
-        keep.delta_sign = "kept"
-    else:
-        keep = result
-        if gap <= float(kw.get("alternatives_tol", 5.0)):
-            keep.alternatives = list(result.alternatives) + [
-                Alternative(other.model, gap, dict(other.values))
-            ]
-        keep.delta_sign = "data"
-    keep.stages = list(result.stages or [result]) + [other]
-    keep.time_s = total_s
-    return keep
+    if np.sign(float(np.asarray(other.model.delta))) == np.sign(d0) and gap <= tol:
+        other.alternatives = [Alternative(result.model, -gap, dict(result.values))] + list(
+            result.alternatives
+        )
+        other.ranking, other.pruned, other.network_pruned = (
+            result.ranking,
+            result.pruned,
+            result.network_pruned,
+        )
+        other.network_prediction = getattr(result, "network_prediction", None)
+        other.delta_sign = "kept"
+        return other
+    if gap <= float(fit_kwargs.get("alternatives_tol", 5.0)):
+        result.alternatives = list(result.alternatives) + [Alternative(other.model, gap, dict(other.values))]
+    result.stages, result.time_s = other.stages, other.time_s
+    result.delta_sign = "data"
+    return result
 
 
 def prune_classes(

@@ -23,7 +23,14 @@ import numpy as np
 
 import diffscat as ds
 
-from ._auto import CANDIDATES, DELTA_SIGN_TOL, check_fit_optics, check_network_min_prob, data_loss
+from ._auto import (
+    CANDIDATES,
+    DELTA_SIGN_TOL,
+    check_delta_sign_tol,
+    check_fit_optics,
+    check_network_min_prob,
+    data_loss,
+)
 from ._evalset import POLYHEDRA
 from ._losses import AbstractLoss, as_loss
 
@@ -180,12 +187,11 @@ class AutoBatchFitter:
         self.gof_threshold = float(gof_threshold)
         self.seed = int(seed)
         self.fit_optics = check_fit_optics(fit_optics)
-        if delta_sign_tol is not None and not float(delta_sign_tol) >= 0:
-            raise ValueError(f"delta_sign_tol must be >= 0 (NLL units) or None, got {delta_sign_tol}")
+        delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
         self._has_sign = "delta" in self.fit_optics and delta_sign_tol is not None
         self.auto_kwargs = dict(
             fit_optics=self.fit_optics,
-            delta_sign_tol=None if delta_sign_tol is None else float(delta_sign_tol),
+            delta_sign_tol=delta_sign_tol,
             lmax=self.lmax,
             criterion=criterion,
             n_starts=int(n_starts),
@@ -264,7 +270,7 @@ class AutoBatchFitter:
             self.column_attrs["delta_sign"] = {
                 "codes": "0 start's sign (unchecked), 1 start's sign kept (the data cannot tell), "
                 "2 the other sign (the data chose it), -1 no fit",
-                "tolerance": float(delta_sign_tol),
+                "tolerance": delta_sign_tol,
             }
         if self._select:
             self.column_attrs["class_losses"] = {"names": cn}
