@@ -6,6 +6,7 @@
     python benchmarks/bench_batch.py --model harmonics --lmax 4 --n 3 --size 64       # AutoBatchFitter, SH
     python benchmarks/bench_batch.py --model Cube --n 3 --size 64                     # any fit_auto class
     python benchmarks/bench_batch.py --model ellipsoid-auto --init default --n 12 --size 64 --chunk 4
+    python benchmarks/bench_batch.py --model harmonics --n 16 --size 128 --chunk 8 --lockstep on  # GPU path
                                                                   # network-started (the shipped model)
 
 `sphere` (the original benchmark): N Poisson sphere patterns (radius 3-6 wavelengths, ~1e6 photons) on a
@@ -121,9 +122,11 @@ def _general(a):
         from fitting._batch_auto import AutoBatchFitter
 
         cands = {"ellipsoid-auto": "Ellipsoid", "harmonics": "SphericalHarmonics"}.get(a.model, a.model)
+        lockstep = {"auto": "auto", "on": True, "off": False}[a.lockstep]
         fitter = AutoBatchFitter(
-            exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, init=a.init, **OPT
-        )
+            exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, init=a.init,
+            lockstep=lockstep, **OPT,
+        )  # fmt: skip
         t_last = [time.perf_counter()]
 
         def tick():  # per-pattern times as they come (a killed run still reports)
@@ -135,7 +138,9 @@ def _general(a):
     t1 = time.perf_counter()
     # warm-up: the first chunk; with N <= chunk the per-pattern fitter warms up on one pattern, the vmapped one
     # on all N (one compilation per chunk size; nothing left to time: use it for the peak memory)
-    warm = a.chunk if a.n > a.chunk else (a.n if a.model == "ellipsoid" else 1)
+    # (lockstep: a whole chunk, as the vmapped fitter: its merged fits compile for the chunk's batch size)
+    batched = a.model == "ellipsoid" or (a.model != "sphere" and fitter.uses_lockstep())
+    warm = a.chunk if a.n > a.chunk else (a.n if batched else 1)
     first = call(data[:warm], mask[:warm])
     t2 = time.perf_counter()
     outs = [first]
@@ -181,6 +186,13 @@ def main(argv=None):
         default=None,
         help='per-pattern path: fit_auto(init=...), e.g. "default" (the shipped network)',
     )
+    ap.add_argument(
+        "--lockstep",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="per-pattern path: a chunk's fits merged into vmapped batches (fitting.lockstep_map); "
+        "auto = on an accelerator",
+    )
     a = ap.parse_args(argv)
     row = {
         "model": a.model,
@@ -196,6 +208,8 @@ def main(argv=None):
         row["lmax"] = a.lmax
     if a.init is not None:
         row["init"] = a.init
+    if a.model not in ("sphere", "ellipsoid"):
+        row["lockstep"] = a.lockstep
     row.update(_sphere(a) if a.model == "sphere" else _general(a))
     row["peak_rss_MiB"] = _peak_rss_mib()
     row["load_avg_1min_end"] = os.getloadavg()[0]

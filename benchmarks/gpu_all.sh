@@ -61,9 +61,9 @@ sec() { # sec NAME CAP_S COMMAND...: run with a cap cut to the budget left; log 
 }
 
 if ((QUICK)); then
-    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256 HN=2 HC=1 NE=4
+    S=64 SF=48 SB=32 NB=4 NS=8 FMAXN=256 HN=2 HC=1 NE=4 LC=2
 else
-    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=3 HC=1 NE=12
+    S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=3 HC=1 NE=12 LC=8
 fi
 
 sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
@@ -76,10 +76,17 @@ sec fit_sh6_512 180 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --pattern
 sec fit_128 90 $PY benchmarks/bench_fit.py --size $S --cases ellipsoid,sh3
 sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
     --out benchmarks/results/bench_network_gpu.json
-sec batch_harmonics 100 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC
+sec batch_harmonics 100 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC \
+    --lockstep off
 # the shipped ellipsoid batch path (batch-fit configs/batch-ellipsoid.toml: fit_auto started by the network)
 sec batch_ellipsoid_net 60 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $NE --size $SB \
-    --chunk $((NE / 4))
+    --chunk $((NE / 4)) --lockstep off
+# the lockstep path (fitting.lockstep_map, [batch] lockstep = "auto" is on on a GPU): a chunk's patterns fitted
+# together, their fits merged into vmapped batches; the first chunk compiles, the second is the rate
+sec batch_harmonics_ls 150 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $((2 * LC)) --size $S \
+    --chunk $LC --lockstep on
+sec batch_ellipsoid_ls 90 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $((2 * LC)) \
+    --size $SB --chunk $LC --lockstep on
 TRAIN_S=$((QUICK ? 60 : 90))
 rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
 sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \

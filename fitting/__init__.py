@@ -60,6 +60,7 @@ from ._init import (
     radial_profile as radial_profile,
     random_rotations as random_rotations,
 )
+from ._lockstep import lockstep_map as lockstep_map
 from ._losses import (
     LOSSES as LOSSES,
     AbstractLoss as AbstractLoss,

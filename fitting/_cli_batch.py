@@ -35,6 +35,8 @@ Config (TOML; see configs/batch-sphere.toml):
     [batch]
     chunk_size = 16           # patterns per vmapped call (per part file for the per-pattern path), rounded up
                               # to a multiple of the local devices
+    lockstep = "auto"         # per-pattern path: "on" runs a chunk's patterns together, their fits merged into
+                              # vmapped batches ("auto": on an accelerator only); max_batch caps a merged fit
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
 the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,
@@ -192,6 +194,14 @@ def _schemas() -> dict:
             "chunk_size": Key(
                 "int", "patterns per vmapped call (rounded up to the devices)", default=16, min=1
             ),
+            "lockstep": Key(
+                "str",
+                'fit_auto path: "auto" (on when JAX runs on an accelerator), "on" or "off": the chunk\'s '
+                "patterns run together, their fits merged into vmapped batches (fitting.lockstep_map)",
+                default="auto",
+                choices=("auto", "on", "off"),
+            ),
+            "max_batch": Key("int", "lockstep: at most this many patterns per merged fit", min=1),
         },
     }
 
@@ -344,6 +354,8 @@ def make_fitter(cfg: dict, experiment):
         network_min_prob=cfg.get("init", {}).get("min_prob"),
         fit_optics=tuple(m["fit_optics"]),
         delta_sign_tol=m["delta_sign_tol"],
+        lockstep={"auto": "auto", "on": True, "off": False}[cfg["batch"]["lockstep"]],
+        max_batch=cfg["batch"].get("max_batch"),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

@@ -32,6 +32,7 @@ from diffscat._custom_types import mm
 from diffscat._preflight import check_memory
 from diffscat.detectors import POLARISATIONS, pixel_weight
 
+from ._lockstep import current_batcher
 from ._losses import AbstractLoss, as_loss, check_data
 from ._params import Parametrisation, stack_parametrisations
 from ._result import Alternative, FitResult
@@ -379,14 +380,26 @@ def fit(
     )
     if init is not None:
         models = _network_models(init, d, experiment, m, models[0])
+    options = dict(
+        free=free, background=background, optimizer=optimizer, learning_rate=learning_rate,
+        max_steps=max_steps, rtol=rtol, gtol=gtol, patience=patience, method=method, solid_angle=solid_angle,
+        regularizer=regularizer, uncertainties=uncertainties, alternatives_tol=alternatives_tol, active=active,
+    )  # fmt: skip
+    batcher = current_batcher()
+    if (
+        batcher is not None
+    ):  # inside `fitting.lockstep_map`: this fit joins the other patterns' (one vmapped call)
+        return batcher.submit(
+            d, m, experiment, models, loss, polarisation,
+            grid=_grid_for(grid, models, experiment, pitch, grid_margin),
+            memory_budget=memory_budget, progress=progress, options=options,
+        )  # fmt: skip
     return _run(
         [d], [m], experiment, [models], loss, polarisation, t_start,
         grid=grid, pitch=pitch, grid_margin=grid_margin, memory_budget=memory_budget, progress=progress,
         what=f"fit of {len(models)} start(s)",
         knobs="a coarser pitch=, a smaller grid= or grid_margin, fewer starts or fewer detector pixels",
-        free=free, background=background, optimizer=optimizer, learning_rate=learning_rate,
-        max_steps=max_steps, rtol=rtol, gtol=gtol, patience=patience, method=method, solid_angle=solid_angle,
-        regularizer=regularizer, uncertainties=uncertainties, alternatives_tol=alternatives_tol, active=active,
+        **options,
     )[0]  # fmt: skip
 
 
@@ -493,7 +506,7 @@ def _run(ds_, ms_, experiment, per, loss, polarisation, t_start, *, grid, pitch,
     check_memory(
         grid.shape,
         int(np.prod(experiment.shape)),
-        batch=len(per) * _batch_size(len(per[0])),
+        batch=len(per) * _batch_size(max(len(p) for p in per)),
         itemsize=np.dtype(models[0].dtype).itemsize,
         grad=True,
         budget=memory_budget,
@@ -551,11 +564,12 @@ class _Settings(types.SimpleNamespace):
 
 
 def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[FitResult]:
-    """The core of `fit` and `fit_batch`: N patterns (`ds_`, `ms_` checked arrays), `per` = N lists of K
-    starts. Start b of the vmapped batch belongs to pattern b // Kp (Kp = K padded to a power of two, the
-    padding repeating the pattern's first start)."""
-    n, k = len(per), len(per[0])
-    kp = _batch_size(k)
+    """The core of `fit` and `fit_batch`: N patterns (`ds_`, `ms_` checked arrays), `per` = N lists of
+    starts (`fit_batch`: K each; `fitting.lockstep_map`: K_i each). Start b of the vmapped batch belongs to
+    pattern b // Kp (Kp = the largest K_i padded to a power of two, the padding repeating the pattern's first
+    start, not live)."""
+    n, k = len(per), [len(p) for p in per]
+    kp = _batch_size(max(k))
     dt = per[0][0].dtype
     ds_ = [jnp.asarray(d, dt) for d in ds_]
     n_used = [int(np.sum(np.asarray(m))) for m in ms_]
@@ -568,9 +582,9 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
             )
             for s in per[i]
         ]
-        probs += ps + [ps[0]] * (kp - k)
+        probs += ps + [ps[0]] * (kp - k[i])
     group = np.repeat(np.arange(n), kp)
-    live_all = (np.arange(n * kp) % kp) < k
+    live_all = (np.arange(n * kp) % kp) < np.repeat(k, kp)
     prob = stack_parametrisations(probs)
     st = _Static(cfg.loss, cfg.method, cfg.solid_angle, cfg.polarisation, cfg.grid, cfg.regularizer)
     d_b = jnp.stack([ds_[i] for i in group])
@@ -579,7 +593,7 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
     u0, prob, d_b, m_b, norm = _shard_starts((u0, prob, d_b, m_b, norm))
     run = _optimise(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start, live_all)
-    best_u, history, done, n_steps, t_compile = run
+    best_u, history, done, steps_run, t_compile = run
 
     results = []
     for i in range(n):
@@ -604,7 +618,7 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
                 per[i],
                 hist_i,
                 n_used[i],
-                n_steps,
+                int(steps_run[sl][live_all[sl]].max()),
                 converged,
                 t_start,
                 t_compile,
@@ -645,7 +659,7 @@ def _compacting() -> bool:
 def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, live=None):
     """The optimiser loop over a batch of starts (each with its own data); every start stops on its own
     (`rtol` for `patience` steps, or `gtol`), the loop when all have. Returns (best u per start, per-step
-    losses [(B,)], done flags (B,), steps, first step's seconds).
+    losses [(B,)], done flags (B,), steps each start ran (B,), first step's seconds).
 
     Compaction (`_compacting`, CPU; steps of at least `COMPACT_MIN_STEP_S`): once the starts still running
     fit in a batch half the current size or less, the finished ones leave the batch (their optimiser state is
@@ -674,6 +688,7 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
     src = np.arange(n_batch)  # each start's row in the running batch (a finished start's: row 0, unused)
     t_compile = None
     n_steps = 0
+    steps_run = np.zeros(n_batch, int)  # steps each start took part in (until it stopped)
 
     def keep(best_u, x, better):
         # the starts where `better` (full rows) take their running row of `x`; fixed shapes, so no eager op
@@ -705,6 +720,7 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
             t_compile = time.perf_counter() - t0
         n_steps = k + 1
         r = rows[real]  # the starts that ran this step
+        steps_run[r[~done[r]]] = n_steps
         last_val[r] = val[real]
         history.append(last_val.copy())
         improved = np.zeros(n_batch, bool)
@@ -742,7 +758,7 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
             src = np.zeros(n_batch, int)
             src[rows[real]] = np.flatnonzero(real)
     best_u = settle(best_u, u, state, np.flatnonzero(real))
-    return best_u, history, done | ~live, n_steps, float(t_compile or 0.0)
+    return best_u, history, done | ~live, steps_run, float(t_compile or 0.0)
 
 
 def _result(best_u, prob, live, d, m, st, cfg: _Settings, models, history, n_used, n_steps, converged,
