@@ -386,9 +386,8 @@ def fit(
         regularizer=regularizer, uncertainties=uncertainties, alternatives_tol=alternatives_tol, active=active,
     )  # fmt: skip
     batcher = current_batcher()
-    if (
-        batcher is not None
-    ):  # inside `fitting.lockstep_map`: this fit joins the other patterns' (one vmapped call)
+    if batcher is not None:
+        # inside `fitting.lockstep_map`: this fit joins the other patterns' compatible fits (one vmapped call)
         return batcher.submit(
             d, m, experiment, models, loss, polarisation,
             grid=_grid_for(grid, models, experiment, pitch, grid_margin),
