@@ -118,9 +118,10 @@ class AutoBatchFitter:
       its own thread, their `fitting.fit` calls merged into vmapped batches over the patterns, sharded
       over the local devices); "auto" (default): on when JAX's default backend is not the CPU (a batch
       costs about one pattern on an accelerator, its size on a CPU). `max_batch`: at most this many
-      patterns per merged call (None: the chunk). The merged calls run on the smallest voxel grid that holds
-      every member's, so a pattern's result depends slightly on its chunk mates (the discretisation, ~1 NLL
-      unit); the chunking is fixed by the manifest, so `--resume` stays exact.
+      patterns per merged call (None: the chunk). `merge_grids` (default True): the merged calls run on the
+      smallest voxel grid that holds every member's, so a pattern's result depends slightly on its chunk mates
+      (the discretisation, ~1 NLL unit; the chunking is fixed by the manifest, so `--resume` stays exact);
+      False: only patterns with equal grids merge, each result is its pattern-by-pattern fit.
 
     Calling it on (data[B, ny, nx], mask[B, ny, nx]) returns a dict of per-pattern arrays (row b = pattern b):
     `class` (int code into `candidates`), `radius` (volume-equivalent, length) and `radius_sigma`, `scale`
@@ -167,6 +168,7 @@ class AutoBatchFitter:
         delta_sign_tol: float | None = DELTA_SIGN_TOL,
         lockstep: bool | str = "auto",
         max_batch: int | None = None,
+        merge_grids: bool = True,
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -191,6 +193,7 @@ class AutoBatchFitter:
             raise ValueError(f"max_batch must be None or an integer >= 1, got {max_batch!r}")
         self.lockstep = lockstep
         self.max_batch = None if max_batch is None else int(max_batch)
+        self.merge_grids = bool(merge_grids)
         self.experiment = experiment
         self.candidates = tuple(cands)
         self.delta, self.beta = float(delta), float(beta)
@@ -359,7 +362,9 @@ class AutoBatchFitter:
                     on_pattern()
 
         t0 = time.perf_counter()
-        res = lockstep_map(one, range(len(data)), max_batch=self.max_batch, on_done=done)
+        res = lockstep_map(
+            one, range(len(data)), merge_grids=self.merge_grids, max_batch=self.max_batch, on_done=done
+        )
         dt = (time.perf_counter() - t0) / max(len(data), 1)
         out = []
         for r in res:

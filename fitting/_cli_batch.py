@@ -202,6 +202,12 @@ def _schemas() -> dict:
                 choices=("auto", "on", "off"),
             ),
             "max_batch": Key("int", "lockstep: at most this many patterns per merged fit", min=1),
+            "merge_grids": Key(
+                "bool",
+                "lockstep: merged fits run on the smallest voxel grid holding every member's (true), or merge "
+                "only patterns whose grids are equal (false: each result equals its pattern-by-pattern fit)",
+                default=True,
+            ),
         },
     }
 
@@ -356,6 +362,7 @@ def make_fitter(cfg: dict, experiment):
         delta_sign_tol=m["delta_sign_tol"],
         lockstep={"auto": "auto", "on": True, "off": False}[cfg["batch"]["lockstep"]],
         max_batch=cfg["batch"].get("max_batch"),
+        merge_grids=cfg["batch"]["merge_grids"],
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

@@ -161,7 +161,11 @@ def test_lockstep_config_and_fitter_arguments(tmp_path, exp):
         "[data]\nlength_unit='nm'\n[model]\ntype='SphericalHarmonics'\n[batch]\nlockstep='on'\nmax_batch=4\n"
     )
     c = load_batch_config(str(cfg))
-    assert c["batch"]["lockstep"] == "on" and c["batch"]["max_batch"] == 4
+    assert (
+        c["batch"]["lockstep"] == "on" and c["batch"]["max_batch"] == 4 and c["batch"]["merge_grids"] is True
+    )
+    cfg.write_text(cfg.read_text() + "merge_grids=false\n")
+    assert load_batch_config(str(cfg))["batch"]["merge_grids"] is False
     with pytest.raises(ValueError, match="lockstep"):
         AutoBatchFitter(exp, ("Sphere",), lockstep="yes", **OPT)
     auto = AutoBatchFitter(exp, ("Sphere",), **OPT).uses_lockstep()
