@@ -87,6 +87,16 @@ def _canonical_ellipsoid(axes, sig, R):
     return np.asarray(axes)[order], np.asarray(sig)[order], Rc
 
 
+def _failed_as_none(r, seconds: float):
+    """A pattern's fit (its `batch_time_s` set to `seconds`), or None for a `ValueError` / `ArithmeticError`
+    it raised (reported on stderr): a bad pattern must not stop the batch."""
+    if isinstance(r, ValueError | ArithmeticError):
+        print(f"batch-fit: a pattern failed: {r}", file=sys.stderr)
+        return None
+    r.batch_time_s = seconds
+    return r
+
+
 class AutoBatchFitter:
     """Per-pattern `fitting.fit_auto` for `batch_fit`: one class, or a class chosen by BIC among `candidates`.
 
@@ -305,34 +315,29 @@ class AutoBatchFitter:
     def _fit_chunk(self, data, mask, on_pattern: Callable[[], None] | None = None) -> list:
         """`fitting.fit_auto` on each pattern: data (B, ny, nx) counts, mask (B, ny, nx) True = use. Returns a
         list of B `FitResult`s (None where the fit raised a ValueError: the pattern is then `failed`), calling
-        `on_pattern()` after each pattern."""
-        from ._auto import fit_auto
+        `on_pattern()` after each pattern. Pattern after pattern, or all together (`uses_lockstep`)."""
         from ._jitmem import release_jit_memory
 
+        data, mask = np.asarray(data), np.asarray(mask, bool)
         if self.uses_lockstep():
             return self._fit_chunk_lockstep(data, mask, on_pattern)
         out = []
-        for d, m in zip(np.asarray(data), np.asarray(mask, bool), strict=True):
+        for d, m in zip(data, mask, strict=True):
             release_jit_memory()  # a long run would otherwise die at vm.max_map_count (fitting/_jitmem.py)
             t0 = time.perf_counter()
             try:
-                r = fit_auto(
-                    d,
-                    self.experiment,
-                    self.candidates,
-                    m,
-                    self.delta,
-                    self.beta,
-                    **self.auto_kwargs,
-                )
-                r.batch_time_s = time.perf_counter() - t0
-            except (ValueError, ArithmeticError) as e:  # a bad pattern must not stop the batch
-                print(f"batch-fit: a pattern failed: {e}", file=sys.stderr)
-                r = None
-            out.append(r)
+                r = self._fit_one(d, m)
+            except (ValueError, ArithmeticError) as e:
+                r = e
+            out.append(_failed_as_none(r, time.perf_counter() - t0))
             if on_pattern is not None:
                 on_pattern()
         return out
+
+    def _fit_one(self, d, m):
+        from ._auto import fit_auto
+
+        return fit_auto(d, self.experiment, self.candidates, m, self.delta, self.beta, **self.auto_kwargs)
 
     def uses_lockstep(self) -> bool:
         """Whether chunks run in lockstep (`lockstep`, "auto": not on the CPU backend)."""
@@ -343,18 +348,11 @@ class AutoBatchFitter:
     def _fit_chunk_lockstep(self, data, mask, on_pattern) -> list:
         """`_fit_chunk` with the patterns' fits merged (`fitting.lockstep_map`); `batch_time_s` is the chunk's
         wall time divided by its patterns."""
-        from ._auto import fit_auto
         from ._jitmem import release_jit_memory
         from ._lockstep import lockstep_map
 
         release_jit_memory()
-        data, mask = np.asarray(data), np.asarray(mask, bool)
         lock = threading.Lock()
-
-        def one(i):
-            return fit_auto(
-                data[i], self.experiment, self.candidates, mask[i], self.delta, self.beta, **self.auto_kwargs
-            )
 
         def done(i, r):
             if on_pattern is not None:
@@ -363,19 +361,18 @@ class AutoBatchFitter:
 
         t0 = time.perf_counter()
         res = lockstep_map(
-            one, range(len(data)), merge_grids=self.merge_grids, max_batch=self.max_batch, on_done=done
+            lambda i: self._fit_one(data[i], mask[i]),
+            range(len(data)),
+            merge_grids=self.merge_grids,
+            max_batch=self.max_batch,
+            on_done=done,
         )
         dt = (time.perf_counter() - t0) / max(len(data), 1)
         out = []
         for r in res:
-            if isinstance(r, ValueError | ArithmeticError):  # a bad pattern must not stop the batch
-                print(f"batch-fit: a pattern failed: {r}", file=sys.stderr)
-                r = None
-            elif isinstance(r, BaseException):
+            if isinstance(r, BaseException) and not isinstance(r, ValueError | ArithmeticError):
                 raise r
-            else:
-                r.batch_time_s = dt
-            out.append(r)
+            out.append(_failed_as_none(r, dt))
         return out
 
     # --- one FitResult -> one row ------------------------------------------------------------------------

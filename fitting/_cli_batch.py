@@ -36,7 +36,8 @@ Config (TOML; see configs/batch-sphere.toml):
     chunk_size = 16           # patterns per vmapped call (per part file for the per-pattern path), rounded up
                               # to a multiple of the local devices
     lockstep = "auto"         # per-pattern path: "on" runs a chunk's patterns together, their fits merged into
-                              # vmapped batches ("auto": on an accelerator only); max_batch caps a merged fit
+                              # vmapped batches ("auto": on an accelerator only); max_batch caps a merged fit,
+                              # merge_grids = false merges only equal voxel grids
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
 the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,

@@ -68,7 +68,7 @@ def _structure(models) -> tuple:
 
 class _Request:
     __slots__ = ("data", "mask", "experiment", "models", "loss", "polarisation", "grid",
-                 "memory_budget", "progress", "options", "key", "seq", "done", "result", "error")  # fmt: skip
+                 "memory_budget", "progress", "options", "key", "item", "done", "result", "error")  # fmt: skip
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -92,7 +92,7 @@ class _Batcher:
                progress, options: dict):  # fmt: skip
         """Called by `fit` in a worker thread: queue the call, wait for its batch, return its `FitResult`."""
         exp_fp = _fingerprint(experiment)
-        opts_fp = _fingerprint(dict(options))
+        opts_fp = _fingerprint(options)
         key = (
             exp_fp,
             _structure(models),
@@ -109,7 +109,7 @@ class _Batcher:
             polarisation=polarisation, grid=grid, memory_budget=memory_budget,
             progress=progress, options=options, key=key,
         )  # fmt: skip
-        req.seq = getattr(_local, "index", 0)
+        req.item = getattr(_local, "index", 0)
         with self.cond:
             self.pending.append(req)
             self.cond.notify_all()
@@ -135,10 +135,10 @@ class _Batcher:
                     groups.setdefault(r.key, []).append(r)
                 # the largest group first (ties: the one with the first item), so the choice depends on the
                 # calls alone, never on thread timing (results are reproducible)
-                group = max(groups.values(), key=lambda g: (len(g), -min(r.seq for r in g)))
+                group = max(groups.values(), key=lambda g: (len(g), -min(r.item for r in g)))
                 for r in group:
                     self.pending.remove(r)
-                group.sort(key=lambda r: r.seq)  # rows in item order, whatever order the threads came in
+                group.sort(key=lambda r: r.item)  # rows in item order, whatever order the threads came in
             self._run_group(group)
             with self.cond:
                 for r in group:
@@ -241,12 +241,10 @@ def lockstep_map(
             out[i] = e
         finally:
             _local.batcher = None
-            if on_done is not None:
-                try:
+            try:
+                if on_done is not None:
                     on_done(i, out[i])
-                finally:
-                    b.finish()
-            else:
+            finally:
                 b.finish()
 
     threads = [
