@@ -769,9 +769,12 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
 def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs, n_refine):  # fmt: skip
     """`fit_auto`'s sphere and ellipsoid searches from no guess; fills `results`; returns (sphere, ellipsoid
     or None, sphere radius)."""
-    from ._init import fit_ellipsoid_auto, fit_sphere_auto
+    from ._init import estimate_radius, fit_ellipsoid_auto, fit_sphere_auto
+    from ._multires import start_stage_kwargs
 
     stage_rtol = ckw["stage_rtol"]
+    # a sphere or ellipsoid that only starts the next stage is an intermediate stage (`start_stage_kwargs`)
+    coarse = ckw["coarse"]
     sph_final = "Sphere" in cands
     sph = fit_sphere_auto(
         data,
@@ -781,7 +784,19 @@ def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts
         beta=beta,
         refine=sph_final,
         **ckw,
-        **(fit_kwargs if sph_final else stage_kwargs(fit_kwargs, stage_rtol)),
+        **(
+            fit_kwargs
+            if sph_final
+            else start_stage_kwargs(
+                data,
+                experiment,
+                mask,
+                coarse,
+                estimate_radius(data, experiment, mask, delta=delta, beta=beta),
+                fit_kwargs,
+                stage_rtol,
+            )
+        ),
     )
     radius = float(np.asarray(sph.model.radius))
     if verbose:
@@ -803,7 +818,13 @@ def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts
             refine=ell_final,
             n_refine=n_refine,
             **ckw,
-            **(fit_kwargs if ell_final else stage_kwargs(fit_kwargs, stage_rtol)),
+            **(
+                fit_kwargs
+                if ell_final
+                else start_stage_kwargs(
+                    data, experiment, mask, coarse, radius, fit_kwargs, stage_rtol, search_coarsening=1.0
+                )
+            ),
         )
         if "Ellipsoid" in cands:
             results["Ellipsoid"] = ell

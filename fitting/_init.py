@@ -20,7 +20,7 @@ from scipy.special import j0
 import diffscat as ds
 
 from ._losses import check_data
-from ._multires import STAGE_COARSENING
+from ._multires import N_CORRECT, STAGE_COARSENING, STAGE_MAX_STEPS
 
 __all__ = [
     "radial_profile",
@@ -529,10 +529,12 @@ def fit_spherical_harmonics(
 
     if int(lmax) < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
-    from ._multires import stage_kwargs
+    from ._multires import start_stage_kwargs
 
     stages = []
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
+    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
+    # the sphere and the ellipsoid only start the harmonic stages: intermediate stages (`start_stage_kwargs`)
     sph = fit_sphere_auto(
         data,
         experiment,
@@ -541,7 +543,7 @@ def fit_spherical_harmonics(
         beta=beta,
         refine=False,
         **ckw,
-        **stage_kwargs(fit_kwargs, stage_rtol),
+        **start_stage_kwargs(data, experiment, mask, coarse, r0, fit_kwargs, stage_rtol),
     )
     stages.append(sph)
     if verbose:
@@ -569,7 +571,16 @@ def fit_spherical_harmonics(
         seed=seed,
         refine=False,
         **ckw,
-        **stage_kwargs(fit_kwargs, stage_rtol),
+        **start_stage_kwargs(
+            data,
+            experiment,
+            mask,
+            coarse,
+            float(sph.model.radius),
+            fit_kwargs,
+            stage_rtol,
+            search_coarsening=1.0,
+        ),
     )
     stages.append(ell)
     if verbose:
@@ -588,6 +599,27 @@ def fit_spherical_harmonics(
     )
     res.stages = stages + more
     return res
+
+
+def _corrected_stages(data, experiment, mask, shape, grid, pitch, n, stages, coarse_kwargs, fit_kw):
+    """`harmonics_ladder`'s `n` corrected coarse stages from `shape` on the coarse `grid` (see there); each
+    appended to `stages`. Returns the last one's model. `pitch`: the full-pitch refinement's (None: default)."""
+    from ._fit import GRID_MARGIN, _fit_grid, fit
+    from ._multires import corrected_loss, correction_factor, outgrew, refine_grid
+
+    kw = dict(fit_kw, rtol=coarse_kwargs["rtol"], uncertainties=False)
+    kw["max_steps"] = min(int(kw.get("max_steps", 200)), STAGE_MAX_STEPS)
+    base = kw.pop("loss", "poisson")
+    method = kw.get("method", "msft")
+    for _ in range(n):
+        if outgrew(shape, grid):
+            grid = _fit_grid([shape], experiment, grid.pitch[0], GRID_MARGIN)
+        fine = refine_grid([shape], experiment, pitch)
+        f = correction_factor(shape, experiment, grid, fine, method)  # the model's dtype
+        res = fit(data, experiment, shape, mask, grid=grid, loss=corrected_loss(base, f), **kw)
+        stages.append(res)
+        shape = res.model
+    return shape
 
 
 def harmonics_twins(shape: ds.SphericalHarmonics) -> list[ds.SphericalHarmonics]:
@@ -624,6 +656,8 @@ def harmonics_ladder(
     coarse: bool | int = True,
     stage_rtol: float | None = None,
     stage_coarsening: float = STAGE_COARSENING,
+    coarse_last: bool = False,
+    n_correct: int = N_CORRECT,
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -644,8 +678,17 @@ def harmonics_ladder(
     (default `STAGE_RTOL`); the last stage uses the caller's rtol. Where the pattern has no useful crop
     (`coarse_factor` 1: a small q_max R) but `coarse` is on and there are several stages, the intermediate
     stages run on the full pattern with a voxel pitch `stage_coarsening` times the fit's (default
-    `STAGE_COARSENING` = 1.5: 3.4x fewer voxels), and the last stage is a full-pitch refinement from there
-    (`refine_fit`); `stage_coarsening=1` keeps every stage at the fit's pitch.
+    `STAGE_COARSENING` = 1.5: 3.4x fewer voxels), and the last degree's stage runs at the fit's pitch as a
+    refinement from there (`refine_fit`); `stage_coarsening=1` keeps every stage at the fit's pitch.
+    `coarse_last=True` (experimental, default off): the last degree too on the coarse grid, then
+    `n_correct` (default `N_CORRECT`; 0: none; not with `twins`) corrected coarse stages, then a full-pitch
+    refinement with the same free degrees. The corrected stages: the
+    coarse model times the per-pixel ratio of the full-pitch to the coarse-pitch pattern of the current shape
+    (`fitting._multires.correction_factor`, `CorrectedLoss`), refitted on the coarse grid. The coarse
+    optimum can be thousands of NLL units from the full-pitch one (the coarse model's error at high photon
+    counts), which the full-pitch stage then walks at ~4x the cost per step; the corrected stages walk most of
+    it on the coarse grid. Measured on 9 patterns (docs/fitting.md, session 17): less time on 7, but on one
+    pattern the coarse l = lmax optimum was another basin (+392 NLL), so it is not the default.
 
     `twins`: every stage also runs the three twins of its start (`harmonics_twins`: point inversion, mirror
     along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
@@ -682,9 +725,15 @@ def harmonics_ladder(
         if coarser is not None:
             skw["pitch"] = coarser
             skw.pop("grid", None)
-        plan += [(l, data, experiment, mask, skw, False) for l in degs[:-1]]
+        # `coarse_last`: the last degree too on the coarse grid, then corrected coarse stages, then the refinement
+        # (faster, but it lost the basin on 1 of 9 patterns; docs/fitting.md, session 17)
+        coarse_all = coarser is not None and bool(coarse_last)
+        plan += [(l, data, experiment, mask, skw, False) for l in (degs if coarse_all else degs[:-1])]
         plan.append((degs[-1], data, experiment, mask, kw, True))
     refine_last = lev is not None or coarser is not None
+    n_corr = int(n_correct)
+    if n_corr < 0:
+        raise ValueError(f"n_correct must be >= 0, got {n_correct}")
     deg = sh_degrees((L + 1) ** 2)
     grids: dict[tuple, ds.VoxelGrid] = {}  # by (experiment, pitch)
     stages, res = [], None
@@ -697,6 +746,10 @@ def harmonics_ladder(
         starts = harmonics_twins(shape) if twins else shape
         fit_kw = dict(free=("coefficients",), regularizer=reg, active={"coefficients": deg <= l}, **kw_i)
         fit_kw["uncertainties"] = want_sigmas and last
+        if last and coarse_all and n_corr > 0 and not twins and (id(e_i), coarser) in grids:
+            grid = grids[(id(e_i), coarser)]
+            shape = _corrected_stages(d_i, e_i, m_i, shape, grid, pitch, n_corr, stages, skw, fit_kw)
+            starts = shape
         if last and refine_last and user_grid is None and "grid_margin" not in kw:
             # the full-resolution stage after the crop's (or the coarse grid's): a refinement from near the answer
             res = refine_fit(d_i, e_i, starts, m_i, pitch=pitch, **fit_kw)

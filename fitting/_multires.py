@@ -12,12 +12,15 @@ full resolution (`coarse=`).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 import diffscat as ds
 
-from ._losses import check_data
+from ._losses import AbstractLoss, as_loss, check_data
 
 __all__ = [
     "low_q_crop",
@@ -192,6 +195,84 @@ def stage_kwargs(fit_kwargs: dict, stage_rtol: float | None, experiment=None, co
     s = STAGE_RTOL if stage_rtol is None else float(stage_rtol)
     kw["rtol"] = max(float(fit_kwargs.get("rtol", 1e-7)), s)
     return kw
+
+
+def start_stage_kwargs(
+    data, experiment: ds.Experiment, mask, coarse, radius: float, fit_kwargs: dict, stage_rtol, **more
+) -> dict:
+    """`fit` keywords of a sphere or ellipsoid stage that only starts a later stage (e.g. the harmonic
+    ladder): `stage_kwargs`, and where a particle of `radius` has no crop (`coarse_level` None) but the ladder
+    coarsens (`stage_pitch`), `pitch` = `STAGE_COARSENING` x the fit's pitch plus `more` (e.g.
+    `search_coarsening=1.0`). At the fit's pitch these two stages took about half of a 64^2 lmax 4 fit
+    (docs/fitting.md, session 17)."""
+    kw = stage_kwargs(fit_kwargs, stage_rtol)
+    coarser = stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
+    if coarser is not None and coarse_level(data, experiment, mask, coarse, radius) is None:
+        kw.update(pitch=coarser, **more)
+    return kw
+
+
+# Corrected coarse stages of `harmonics_ladder` before its full-pitch refinement (no crop, coarser pitch).
+N_CORRECT = 2
+# Clip of the per-pixel ratio fine / coarse model of `CorrectedLoss` (pixels where the coarse model is below
+# CORRECTION_FLOOR x its maximum get 1: a ratio of two near-zeros is noise).
+CORRECTION_CLIP = (0.2, 5.0)
+CORRECTION_FLOOR = 1e-6
+
+
+class CorrectedLoss(AbstractLoss):
+    """`inner` evaluated at a model signal multiplied per pixel by `factor`: a coarse-pitch model corrected
+    towards the fine-pitch one (`correction_factor`). The factor is an array (traced under jit: a new pattern
+    or factor compiles nothing new), so this loss is not hashable by value like the shipped ones; it is meant
+    for the corrected intermediate stage of `harmonics_ladder`. The Fisher information of a fit with this loss
+    ignores the factor (that stage asks for no uncertainties)."""
+
+    inner: AbstractLoss
+    factor: Float[Array, "*image"]
+    name: ClassVar[str] = "corrected"
+    nonnegative: ClassVar[bool] = True
+
+    def terms(self, mu, data):
+        return self.inner.terms(mu, data)
+
+    def value(self, model, data, mask=None, *, scale=None, background=0.0):
+        return self.inner.value(model * self.factor, data, mask, scale=scale, background=background)
+
+    def initial_scale(self, model, data, mask, background=0.0):
+        return self.inner.initial_scale(model * self.factor, data, mask, background)
+
+    def profile_scale(self, model, data, mask, background=0.0, *, newton_steps=6):
+        return self.inner.profile_scale(
+            model * self.factor, data, mask, background, newton_steps=newton_steps
+        )
+
+    def fisher_weight(self, mu, data, mask):
+        return self.inner.fisher_weight(mu, data, mask)
+
+    def residuals(self, model, data, mask=None, *, scale=None, background=0.0):
+        return self.inner.residuals(model * self.factor, data, mask, scale=scale, background=background)
+
+
+def correction_factor(
+    shape: ds.AbstractShape,
+    experiment: ds.Experiment,
+    coarse_grid: ds.VoxelGrid,
+    fine_grid: ds.VoxelGrid,
+    method: str = "msft",
+) -> Float[Array, "*image"]:
+    """Per-pixel ratio of `shape`'s pattern on `fine_grid` to its pattern on `coarse_grid` (dimensionless;
+    clipped to `CORRECTION_CLIP`, 1 where the coarse pattern is below `CORRECTION_FLOOR` x its maximum). The
+    pixel weights (solid angle, polarisation) cancel in the ratio."""
+    coarse = ds.simulate(shape, experiment, grid=coarse_grid, method=method)
+    fine = ds.simulate(shape, experiment, grid=fine_grid, method=method)
+    ok = coarse > CORRECTION_FLOOR * jnp.max(coarse)
+    ratio = jnp.where(ok, fine / jnp.where(ok, coarse, 1.0), 1.0)
+    return jnp.clip(ratio, *CORRECTION_CLIP)
+
+
+def corrected_loss(loss, factor) -> CorrectedLoss:
+    """`CorrectedLoss` of `loss` (a name or an `AbstractLoss`, as `fit`'s `loss=`) with `factor`."""
+    return CorrectedLoss(as_loss(loss), jnp.asarray(factor))
 
 
 def outgrew(shape: ds.AbstractShape, grid: ds.VoxelGrid) -> bool:

@@ -1,6 +1,7 @@
 """Multi-resolution drivers: the low-q crop is the same pixels, the coarse path reaches the full path's optimum,
 and a second pattern compiles nothing."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -180,6 +181,8 @@ def test_refinement_grid_is_tighter_and_regrows(wide, monkeypatch):
 def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypatch):
     # a particle too small for a crop (q_max R / 2 < COARSE_MIN_QR): the intermediate degrees run on the full
     # pattern at STAGE_COARSENING x the fit's pitch, the last degree at the fit's own pitch (a refinement).
+    # coarse_last=True: every degree coarse, then N_CORRECT corrected coarse stages (the coarse model times the
+    # full / coarse pattern ratio), then the refinement.
     # The stages' fits are recorded, not run (the fits themselves are tested elsewhere).
     import types
 
@@ -190,7 +193,8 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
     def record(kind):
         def run(data, experiment, starts, mask=None, **kw):
             pitch = kw["grid"].pitch[0] if kw.get("grid") is not None else kw.get("pitch")
-            calls.append((kind, None if pitch is None else float(pitch), kw.get("rtol")))
+            pitch = None if pitch is None else float(pitch)
+            calls.append((kind + ("-corrected" if kw.get("loss") is not None else ""), pitch, kw.get("rtol")))
             return types.SimpleNamespace(model=starts, loss=1.0, n_used=1)
 
         return run
@@ -204,7 +208,16 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
     base = ds.default_pitch(*exp.sampling_hint)
     c = _multires.STAGE_COARSENING
     fitting.harmonics_ladder(data, exp, ell, 4)
-    assert calls == [("fit", pytest.approx(c * base), _multires.STAGE_RTOL)] * 2 + [("refine", None, None)]
+    coarse = [("fit", pytest.approx(c * base), _multires.STAGE_RTOL)] * 2
+    assert calls == coarse + [("refine", None, None)]
+    calls.clear()
+    fitting.harmonics_ladder(data, exp, ell, 4, coarse_last=True)
+    coarse = [("fit", pytest.approx(c * base), _multires.STAGE_RTOL)] * 3
+    corrected = [("fit-corrected", pytest.approx(c * base), _multires.STAGE_RTOL)] * _multires.N_CORRECT
+    assert _multires.N_CORRECT >= 1 and calls == coarse + corrected + [("refine", None, None)]
+    calls.clear()
+    fitting.harmonics_ladder(data, exp, ell, 4, coarse_last=True, n_correct=0)
+    assert calls == coarse + [("refine", None, None)]
     calls.clear()
     fitting.harmonics_ladder(data, exp, ell, 4, pitch=0.3, stage_coarsening=1.2)
     assert [(k, p) for k, p, _ in calls] == [("fit", pytest.approx(0.36))] * 2 + [("refine", 0.3)]
@@ -218,3 +231,80 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
         assert _multires.stage_pitch(exp, kw, coarse, 1.5) is None
     with pytest.raises(ValueError, match="stage_coarsening"):
         fitting.harmonics_ladder(data, exp, ell, 4, stage_coarsening=0.5)
+    with pytest.raises(ValueError, match="n_correct"):
+        fitting.harmonics_ladder(data, exp, ell, 4, n_correct=-1)
+
+
+def test_fit_auto_start_stages_run_coarser_without_a_crop(monkeypatch):
+    # fit_auto from no guess: a sphere / ellipsoid that only starts the harmonic ladder (not a candidate) is an
+    # intermediate stage: STAGE_RTOL and, on a pattern without a crop, STAGE_COARSENING x the fit's pitch (the
+    # ellipsoid's search then at that pitch, not coarser again); a candidate's own fit keeps the fit's pitch.
+    # The stages are recorded, not run.
+    import types
+
+    from fitting import _init, _multires
+
+    calls = []
+
+    def record(kind):
+        def run(data, experiment, mask=None, **kw):
+            calls.append((kind, kw.get("pitch"), kw.get("rtol"), kw.get("search_coarsening")))
+            model = ds.Sphere(1.8, **DK) if kind == "sphere" else ds.Ellipsoid([1.6, 1.8, 2.1], **DK)
+            return types.SimpleNamespace(model=model, loss=1.0, n_used=1, stages=None)
+
+        return run
+
+    def ladder(data, experiment, ell, lmax, mask=None, **kw):
+        out = types.SimpleNamespace(model=ell, loss=1.0, n_used=1, stages=None, free=("coefficients",))
+        return out, [out]
+
+    monkeypatch.setattr(_init, "fit_sphere_auto", record("sphere"))
+    monkeypatch.setattr(_init, "fit_ellipsoid_auto", record("ellipsoid"))
+    monkeypatch.setattr(_init, "harmonics_ladder", ladder)
+    monkeypatch.setattr(
+        fitting._auto, "choose_class", lambda results, n, criterion: results["SphericalHarmonics"]
+    )
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    data = np.ones(exp.shape)
+    assert fitting.coarse_factor(exp, 1.8, True) == 1
+    c = _multires.STAGE_COARSENING * ds.default_pitch(*exp.sampling_hint)
+    fitting.fit_auto(data, exp, candidates=("SphericalHarmonics",))
+    assert calls == [
+        ("sphere", pytest.approx(c), _multires.STAGE_RTOL, None),
+        ("ellipsoid", pytest.approx(c), _multires.STAGE_RTOL, 1.0),
+    ]
+    calls.clear()
+    fitting.fit_auto(data, exp, candidates=("SphericalHarmonics",), coarse=False)
+    assert [(k, p) for k, p, _, _ in calls] == [("sphere", None), ("ellipsoid", None)]
+    calls.clear()
+    fitting.fit_auto(data, exp, candidates=("Ellipsoid", "SphericalHarmonics"))
+    assert [(k, p, s) for k, p, _, s in calls] == [
+        ("sphere", pytest.approx(c), None),
+        ("ellipsoid", None, None),
+    ]
+
+
+def test_corrected_loss_equals_the_fine_model_at_the_correction_point():
+    # the corrected coarse model (coarse pattern x fine / coarse ratio of a shape) IS the fine pattern at that
+    # shape, so the corrected loss there equals the loss of the fine model; elsewhere it differs from both
+    from fitting import _multires
+
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    shape = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 5)[0], **DK)
+    coarse, fine = ds.VoxelGrid.around(2.6, 0.45), ds.VoxelGrid.around(2.6, 0.25)
+    f = _multires.correction_factor(shape, exp, coarse, fine)
+    assert f.shape == exp.shape and bool(jnp.all(jnp.isfinite(f)))
+    assert float(jnp.max(jnp.abs(f - 1))) > 1e-3  # the two pitches differ
+    sc = fitting.expected_signal(shape, exp, coarse)
+    sf = fitting.expected_signal(shape, exp, fine)
+    data = np.random.default_rng(0).poisson(np.asarray(sf) / float(sf.sum()) * 1e5).astype(np.float32)
+    loss = _multires.corrected_loss("poisson", f)
+    lc = float(loss(sc, data))
+    assert lc == pytest.approx(float(fitting.Poisson()(sf, data)), rel=1e-5)
+    assert abs(lc - float(fitting.Poisson()(sc, data))) > 1.0
+    other = ds.Ellipsoid([1.7, 1.8, 2.0], rotation=shape.rotation, **DK)
+    moved = float(loss(fitting.expected_signal(other, exp, coarse), data))
+    assert moved > lc + 1.0
+    # the clip: the ratio stays within CORRECTION_CLIP
+    lo, hi = _multires.CORRECTION_CLIP
+    assert float(jnp.min(f)) >= lo and float(jnp.max(f)) <= hi
