@@ -714,6 +714,7 @@ def harmonics_ladder(
     # (data, experiment, mask, fit keywords, is-last) of every stage
     plan = []
     coarser = None
+    coarse_all = False  # every degree on the coarse grid (`coarse_last`, no crop)
     if lev is not None:
         dc, ec, mc, _ = lev
         ckw = stage_kwargs(kw, stage_rtol, experiment, ec)

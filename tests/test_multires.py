@@ -233,6 +233,14 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
         fitting.harmonics_ladder(data, exp, ell, 4, stage_coarsening=0.5)
     with pytest.raises(ValueError, match="n_correct"):
         fitting.harmonics_ladder(data, exp, ell, 4, n_correct=-1)
+    # a particle with a crop: every degree on the crop, then the refinement (coarse_last changes nothing)
+    big = ds.Experiment(1.0, ds.QGrid(32, 30.0))
+    ell8 = ds.Ellipsoid([7.5, 8.0, 8.5], rotation=ell.rotation, **DK)
+    assert fitting.coarse_factor(big, 8.0, True) == 2
+    for kw in (dict(), dict(coarse_last=True)):
+        calls.clear()
+        fitting.harmonics_ladder(np.ones(big.shape), big, ell8, 4, **kw)
+        assert [k for k, _, _ in calls] == ["fit"] * 3 + ["refine"]
 
 
 def test_fit_auto_start_stages_run_coarser_without_a_crop(monkeypatch):
