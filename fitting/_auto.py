@@ -776,6 +776,7 @@ def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts
     # a sphere or ellipsoid that only starts the next stage is an intermediate stage (`start_stage_kwargs`)
     coarse = ckw["coarse"]
     sph_final = "Sphere" in cands
+    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
     sph = fit_sphere_auto(
         data,
         experiment,
@@ -783,19 +784,12 @@ def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts
         delta=delta,
         beta=beta,
         refine=sph_final,
+        radius=r0,
         **ckw,
         **(
             fit_kwargs
             if sph_final
-            else start_stage_kwargs(
-                data,
-                experiment,
-                mask,
-                coarse,
-                estimate_radius(data, experiment, mask, delta=delta, beta=beta),
-                fit_kwargs,
-                stage_rtol,
-            )
+            else start_stage_kwargs(data, experiment, mask, coarse, r0, fit_kwargs, stage_rtol)
         ),
     )
     radius = float(np.asarray(sph.model.radius))

@@ -318,10 +318,12 @@ def fit_sphere_auto(
     coarse: bool | int = True,
     stage_rtol: float | None = None,
     refine: bool = True,
+    radius: float | None = None,
     **fit_kwargs,
 ):
-    """Sphere fit without an initial guess: `estimate_radius`, then a multi-start fit from radii on both
-    sides of the estimate (fringe aliasing gives local minima near +- one fringe). Returns a `FitResult`.
+    """Sphere fit without an initial guess: `estimate_radius` (or `radius`, length units, where the caller
+    has that estimate already), then a multi-start fit from radii on both sides of the estimate (fringe
+    aliasing gives local minima near +- one fringe). Returns a `FitResult`.
 
     `coarse` (default True): run the multi-start on the low-q crop of the pattern (`fitting.low_q_crop`,
     factor `coarse_factor`: up to 4 for True, up to `coarse` for an int, 1 / False = full resolution), then
@@ -331,7 +333,7 @@ def fit_sphere_auto(
     from ._fit import fit
     from ._multires import coarse_level, refine_fit, stage_kwargs
 
-    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
+    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta) if radius is None else float(radius)
     factors = [1.0] if n_starts <= 1 else list(np.linspace(0.97, 1.03, int(n_starts)))
     starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
     lev = coarse_level(data, experiment, mask, coarse, r0)
@@ -542,6 +544,7 @@ def fit_spherical_harmonics(
         delta=delta,
         beta=beta,
         refine=False,
+        radius=r0,
         **ckw,
         **start_stage_kwargs(data, experiment, mask, coarse, r0, fit_kwargs, stage_rtol),
     )
@@ -601,13 +604,14 @@ def fit_spherical_harmonics(
     return res
 
 
-def _corrected_stages(data, experiment, mask, shape, grid, pitch, n, stages, coarse_kwargs, fit_kw):
-    """`harmonics_ladder`'s `n` corrected coarse stages from `shape` on the coarse `grid` (see there); each
-    appended to `stages`. Returns the last one's model. `pitch`: the full-pitch refinement's (None: default)."""
+def _corrected_stages(data, experiment, mask, shape, grid, pitch, n, stages, rtol, fit_kw):
+    """`harmonics_ladder`'s `n` corrected coarse stages from `shape` on the coarse `grid` (see there), at the
+    intermediate stages' `rtol`; each appended to `stages`. Returns the last one's model. `pitch`: the
+    full-pitch refinement's (None: default)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
     from ._multires import corrected_loss, correction_factor, outgrew, refine_grid
 
-    kw = dict(fit_kw, rtol=coarse_kwargs["rtol"], uncertainties=False)
+    kw = dict(fit_kw, rtol=rtol, uncertainties=False)
     kw["max_steps"] = min(int(kw.get("max_steps", 200)), STAGE_MAX_STEPS)
     base = kw.pop("loss", "poisson")
     method = kw.get("method", "msft")
@@ -749,7 +753,7 @@ def harmonics_ladder(
         fit_kw["uncertainties"] = want_sigmas and last
         if last and coarse_all and n_corr > 0 and not twins and (id(e_i), coarser) in grids:
             grid = grids[(id(e_i), coarser)]
-            shape = _corrected_stages(d_i, e_i, m_i, shape, grid, pitch, n_corr, stages, skw, fit_kw)
+            shape = _corrected_stages(d_i, e_i, m_i, shape, grid, pitch, n_corr, stages, skw["rtol"], fit_kw)
             starts = shape
         if last and refine_last and user_grid is None and "grid_margin" not in kw:
             # the full-resolution stage after the crop's (or the coarse grid's): a refinement from near the answer
