@@ -20,7 +20,7 @@ import diffscat as ds
 
 from ._evalset import POLYHEDRA
 from ._losses import as_loss, check_data
-from ._multires import STAGE_COARSENING, stage_kwargs, stage_pitch
+from ._multires import stage_kwargs, start_stage_kwargs
 from ._params import OPTICAL
 
 __all__ = [
@@ -737,10 +737,9 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
         if name == "Ellipsoid" and name not in cands:
             # only the harmonic ladder's start: an intermediate stage (no uncertainties, STAGE_RTOL) on the
             # ladder's coarser voxel grid where it has one; the ladder's last stage refines at full pitch
-            kw = stage_kwargs(fit_kwargs, stage_rtol)
-            coarser = stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
-            if coarser is not None:  # its search at that pitch too (not coarser again)
-                kw.update(pitch=coarser, search_coarsening=1.0)
+            kw = start_stage_kwargs(
+                data, experiment, mask, coarse, None, fit_kwargs, stage_rtol, search_coarsening=1.0
+            )
             # fit's default grids for its search and refinement: the Ellipsoid candidate's tighter, coarser
             # search (SEARCH_MARGIN, SEARCH_COARSENING) ended 1.4-184 NLL higher on 5 of 12 harmonic patterns
             # (lower on 1) at the end of the ladder (docs/batch.md, session 14)
@@ -767,61 +766,20 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
 
 
 def _search_stages(results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs, n_refine):  # fmt: skip
-    """`fit_auto`'s sphere and ellipsoid searches from no guess; fills `results`; returns (sphere, ellipsoid
-    or None, sphere radius)."""
-    from ._init import estimate_radius, fit_ellipsoid_auto, fit_sphere_auto
-    from ._multires import start_stage_kwargs
+    """`fit_auto`'s sphere and ellipsoid searches from no guess (`sphere_ellipsoid_stages`); fills `results`;
+    returns (sphere, ellipsoid or None, sphere radius)."""
+    from ._init import sphere_ellipsoid_stages
 
-    stage_rtol = ckw["stage_rtol"]
-    # a sphere or ellipsoid that only starts the next stage is an intermediate stage (`start_stage_kwargs`)
-    coarse = ckw["coarse"]
-    sph_final = "Sphere" in cands
-    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
-    sph = fit_sphere_auto(
-        data,
-        experiment,
-        mask,
-        delta=delta,
-        beta=beta,
-        refine=sph_final,
-        radius=r0,
-        **ckw,
-        **(
-            fit_kwargs
-            if sph_final
-            else start_stage_kwargs(data, experiment, mask, coarse, r0, fit_kwargs, stage_rtol)
-        ),
-    )
-    radius = float(np.asarray(sph.model.radius))
-    if verbose:
-        print(f"Sphere: radius {radius:.4g}, loss {sph.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
-    if "Sphere" in cands:
-        results["Sphere"] = sph
-    ell = None
-    if "Ellipsoid" in cands or "SphericalHarmonics" in cands:
-        ell_final = "Ellipsoid" in cands
-        ell = fit_ellipsoid_auto(
-            data,
-            experiment,
-            mask,
-            delta=delta,
-            beta=beta,
-            radius=radius,
-            n_starts=n_starts,
-            seed=seed,
-            refine=ell_final,
-            n_refine=n_refine,
-            **ckw,
-            **(
-                fit_kwargs
-                if ell_final
-                else start_stage_kwargs(
-                    data, experiment, mask, coarse, radius, fit_kwargs, stage_rtol, search_coarsening=1.0
-                )
-            ),
-        )
-        if "Ellipsoid" in cands:
-            results["Ellipsoid"] = ell
+    def report(name, res):
+        if name in cands:
+            results[name] = res
         if verbose:
-            print(f"Ellipsoid: loss {ell.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
-    return sph, ell, radius
+            size = f"radius {float(res.model.radius):.4g}, " if name == "Sphere" else ""
+            print(f"{name}: {size}loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+
+    return sphere_ellipsoid_stages(
+        data, experiment, mask, delta=delta, beta=beta, coarse=ckw["coarse"], stage_rtol=ckw["stage_rtol"],
+        fit_kwargs=fit_kwargs, sphere_final="Sphere" in cands, ellipsoid_final="Ellipsoid" in cands,
+        ellipsoid="Ellipsoid" in cands or "SphericalHarmonics" in cands, n_starts=n_starts, seed=seed,
+        n_refine=n_refine, report=report,
+    )  # fmt: skip

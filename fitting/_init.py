@@ -352,6 +352,61 @@ def fit_sphere_auto(
     return res
 
 
+def sphere_ellipsoid_stages(
+    data,
+    experiment: ds.Experiment,
+    mask,
+    *,
+    delta: float,
+    beta: float,
+    coarse: bool | int,
+    stage_rtol: float | None,
+    fit_kwargs: dict,
+    sphere_final: bool = False,
+    ellipsoid: bool = True,
+    ellipsoid_final: bool = False,
+    n_starts: int = 8,
+    seed: int = 0,
+    n_refine: int = 4,
+    report=None,
+):
+    """The no-guess start of the harmonic ladder and of `fit_auto`: the sphere (`estimate_radius` + fit), then
+    (`ellipsoid`) the triaxial ellipsoid multi-start from the sphere's radius. Returns (sphere, ellipsoid or
+    None, the sphere's radius in wavelength units).
+
+    A stage that is a final answer (`sphere_final`, `ellipsoid_final`) runs with `fit_kwargs` as given; one that
+    only starts a later stage is an intermediate stage (`start_stage_kwargs`: no uncertainties, the stage rtol,
+    and where the particle has no crop the ladder's coarser pitch, with the ellipsoid's search at that pitch
+    too). `report(name, result)` (optional) is called after each stage."""
+    from ._multires import start_stage_kwargs
+
+    ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
+
+    def stage_kw(final, radius, **more):
+        if final:
+            return fit_kwargs
+        return start_stage_kwargs(data, experiment, mask, coarse, radius, fit_kwargs, stage_rtol, **more)
+
+    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
+    sph = fit_sphere_auto(
+        data, experiment, mask, delta=delta, beta=beta, refine=sphere_final, radius=r0, **ckw,
+        **stage_kw(sphere_final, r0),
+    )  # fmt: skip
+    radius = float(np.asarray(sph.model.radius))
+    if report is not None:
+        report("Sphere", sph)
+    if not ellipsoid:
+        return sph, None, radius
+    ell = fit_ellipsoid_auto(
+        data, experiment, mask, delta=delta, beta=beta, radius=radius, n_starts=n_starts, seed=seed,
+        refine=ellipsoid_final, n_refine=n_refine, **ckw,
+        **stage_kw(ellipsoid_final, radius, search_coarsening=1.0),
+    )  # fmt: skip
+    if report is not None:
+        report("Ellipsoid", ell)
+    return sph, ell, radius
+
+
 def _top_optima(result, n: int, tol: float):
     """The starts for the next stage: `result`'s best model and its best `n` - 1 alternatives (a list, or the
     model alone when there is one); `result.alternatives` is then cut to those within `tol` NLL units."""
@@ -531,23 +586,12 @@ def fit_spherical_harmonics(
 
     if int(lmax) < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
-    from ._multires import start_stage_kwargs
-
     stages = []
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
-    r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
-    # the sphere and the ellipsoid only start the harmonic stages: intermediate stages (`start_stage_kwargs`)
-    sph = fit_sphere_auto(
-        data,
-        experiment,
-        mask,
-        delta=delta,
-        beta=beta,
-        refine=False,
-        radius=r0,
-        **ckw,
-        **start_stage_kwargs(data, experiment, mask, coarse, r0, fit_kwargs, stage_rtol),
-    )
+    sph, ell, _ = sphere_ellipsoid_stages(
+        data, experiment, mask, delta=delta, beta=beta, coarse=coarse, stage_rtol=stage_rtol,
+        fit_kwargs=fit_kwargs, ellipsoid=int(lmax) > 0, n_starts=n_starts, seed=seed,
+    )  # fmt: skip
     stages.append(sph)
     if verbose:
         print(f"sphere: radius {float(sph.model.radius):.4g}")
@@ -563,28 +607,6 @@ def fit_spherical_harmonics(
         )
         res.stages = stages + [res]
         return res
-    ell = fit_ellipsoid_auto(
-        data,
-        experiment,
-        mask,
-        delta=delta,
-        beta=beta,
-        radius=float(sph.model.radius),
-        n_starts=n_starts,
-        seed=seed,
-        refine=False,
-        **ckw,
-        **start_stage_kwargs(
-            data,
-            experiment,
-            mask,
-            coarse,
-            float(sph.model.radius),
-            fit_kwargs,
-            stage_rtol,
-            search_coarsening=1.0,
-        ),
-    )
     stages.append(ell)
     if verbose:
         print(f"ellipsoid: semi-axes {np.asarray(ell.model.semi_axes)}")

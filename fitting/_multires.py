@@ -198,16 +198,18 @@ def stage_kwargs(fit_kwargs: dict, stage_rtol: float | None, experiment=None, co
 
 
 def start_stage_kwargs(
-    data, experiment: ds.Experiment, mask, coarse, radius: float, fit_kwargs: dict, stage_rtol, **more
+    data, experiment: ds.Experiment, mask, coarse, radius: float | None, fit_kwargs: dict, stage_rtol, **more
 ) -> dict:
     """`fit` keywords of a sphere or ellipsoid stage that only starts a later stage (e.g. the harmonic
     ladder): `stage_kwargs`, and where a particle of `radius` has no crop (`coarse_level` None) but the ladder
     coarsens (`stage_pitch`), `pitch` = `STAGE_COARSENING` x the fit's pitch plus `more` (e.g.
-    `search_coarsening=1.0`). At the fit's pitch these two stages took about half of a 64^2 lmax 4 fit
-    (docs/fitting.md, session 17)."""
+    `search_coarsening=1.0`). `radius` None: no crop check (a network-started stage, which has no size yet;
+    `fit_from_network` chooses its own crop). At the fit's pitch these two stages took about half of a 64^2
+    lmax 4 fit (docs/fitting.md, session 17)."""
     kw = stage_kwargs(fit_kwargs, stage_rtol)
     coarser = stage_pitch(experiment, fit_kwargs, coarse, STAGE_COARSENING)
-    if coarser is not None and coarse_level(data, experiment, mask, coarse, radius) is None:
+    no_crop = radius is None or coarse_level(data, experiment, mask, coarse, radius) is None
+    if coarser is not None and no_crop:
         kw.update(pitch=coarser, **more)
     return kw
 
