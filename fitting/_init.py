@@ -20,7 +20,7 @@ from scipy.special import j0
 import diffscat as ds
 
 from ._losses import check_data
-from ._multires import N_CORRECT, STAGE_COARSENING, STAGE_MAX_STEPS
+from ._multires import ESCAPE_Z, N_CORRECT, STAGE_COARSENING, STAGE_MAX_STEPS
 
 __all__ = [
     "radial_profile",
@@ -684,6 +684,7 @@ def harmonics_ladder(
     stage_coarsening: float = STAGE_COARSENING,
     coarse_last: bool = False,
     n_correct: int = N_CORRECT,
+    escape_z: float | None = ESCAPE_Z,
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -720,7 +721,16 @@ def harmonics_ladder(
     along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
     result's `alternatives`. Four starts cost about four times the run time (one compilation).
 
-    Returns (last `FitResult`, list of every stage's result)."""
+    `escape_z` (default `ESCAPE_Z` = 5; None: off; not with `twins`): escapes from a local minimum. When the
+    result is a misfit (z of `noise_consistency` > `escape_z`: its loss lies that many noise sd above Poisson
+    realisations of itself), other routes from the same ellipsoid run: "all_degrees" (every degree <= `lmax`
+    freed at once) and, where the intermediate stages run at a coarser pitch, "coarse_last" (see above).
+    The lowest loss is kept. The escapes stop at the first route whose result is consistent with the noise,
+    or that ends within one noise sd of the best so far (two routes at one optimum: the misfit is model error,
+    not a local minimum). `result.escapes` lists (route, loss, z) of each route run, the ladder's first.
+    A pattern whose ladder result is consistent with the noise costs nothing more (8 Poisson draws).
+
+    Returns (the best `FitResult`, list of every stage's result, escape routes' stages included)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
     from ._multires import coarse_level, outgrew, refine_fit, stage_kwargs, stage_pitch
     from ._regularizers import sh_degrees, sh_regularizer
@@ -728,6 +738,8 @@ def harmonics_ladder(
     L = int(lmax)
     if L < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
+    if escape_z is not None and not float(escape_z) > 0:
+        raise ValueError(f"escape_z must be > 0 or None, got {escape_z}")
     degs = list(range(min(2, L), L + 1)) if degrees is None else [int(x) for x in degrees]
     if not degs or any(not 0 <= x <= L for x in degs):
         raise ValueError(f"degrees must be a non-empty list of degrees in [0, lmax={L}], got {degrees}")
@@ -792,4 +804,43 @@ def harmonics_ladder(
         if verbose:
             where = "full resolution" if e_i is experiment else f"crop {e_i.shape}"
             print(f"harmonics l<={l} (lmax {L}, {where}): loss/pixel {res.loss / res.n_used:.4f}")
-    return res, stages
+    if escape_z is None or twins:
+        return res, stages
+    routes = []
+    if degs != [degs[-1]]:
+        routes.append(("all_degrees", dict(degrees=[degs[-1]], coarse_last=coarse_last)))
+    if coarser is not None and not coarse_all:
+        routes.append(("coarse_last", dict(degrees=degrees, coarse_last=True)))
+    again = dict(
+        regularizer=regularizer, verbose=verbose, coarse=coarse, stage_rtol=stage_rtol,
+        stage_coarsening=stage_coarsening, n_correct=n_correct, escape_z=None, **fit_kwargs,
+    )  # fmt: skip
+    run = lambda route: harmonics_ladder(data, experiment, ellipsoid, L, mask, **route, **again)
+    return _escapes(res, stages, routes, run, float(escape_z), verbose)
+
+
+def _escapes(res, stages: list, routes: list, run, escape_z: float, verbose: bool):
+    """`harmonics_ladder`'s escapes (see there): `routes` [(name, keywords)] tried in order through
+    `run(keywords)` -> (result, stages) while the best result is a misfit (z > `escape_z`). Returns (the best
+    result with `.escapes` set when any check found a misfit, all stages)."""
+    from ._batch_auto import noise_consistency
+
+    z, _, sd = noise_consistency(res)
+    if not (np.isfinite(z) and z > escape_z) or not routes:
+        return res, stages
+    log = [("ladder", float(res.loss), float(z))]
+    best = res
+    for name, kw in routes:
+        r, more = run(kw)
+        stages = stages + more
+        zr, _, _ = noise_consistency(r)
+        log.append((name, float(r.loss), float(zr)))
+        if verbose:
+            print(f"harmonics escape {name}: loss {r.loss:.1f} (z {zr:.1f}; best so far {best.loss:.1f})")
+        same = abs(float(r.loss) - float(best.loss)) <= sd
+        if r.loss < best.loss:
+            best = r
+        if same or not (np.isfinite(zr) and zr > escape_z):
+            break
+    best.escapes = log
+    return best, stages

@@ -29,6 +29,7 @@ __all__ = [
     "STAGE_RTOL",
     "STAGE_MAX_STEPS",
     "STAGE_COARSENING",
+    "ESCAPE_Z",
     "REFINE_MARGIN",
 ]
 
@@ -48,6 +49,13 @@ STAGE_MAX_STEPS = 60
 # ellipsoid and polyhedron searches use. 64^2 (R 4-6 wavelengths, lmax 4, network starts): the l <= 2 and
 # l <= 3 stages took 2.8 and 3.3 s of a 19 s fit at the full pitch.
 STAGE_COARSENING = 1.5
+# `harmonics_ladder`'s escapes: when the ladder's result is a misfit (z of `noise_consistency` above ESCAPE_Z,
+# batch-fit's default misfit threshold), other routes from the same ellipsoid run and the lowest loss is kept.
+# A route that ends within one noise sd of the best so far reached the same optimum: the misfit is then taken
+# as model error (e.g. voxelisation at high counts) and no further route runs. Measured: the slow ladder test's
+# pattern at XLA -O0 ended at NLL 4961 (z 129) against 1196 (z 0.7) from the truth; both routes below reached
+# 1198-1200 (docs/fitting.md, session 18).
+ESCAPE_Z = 5.0
 # Voxel-grid half-width of a full-resolution refinement, in bounding radii of its start (before the ladder's
 # rounding up by at most 19 %): the start is already a crop stage's optimum, so it grows little, and `fit`'s
 # default (1.3, room for a start far from the answer) would spend its time on empty voxels. 128^2, SH lmax 3

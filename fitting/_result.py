@@ -58,6 +58,9 @@ class FitResult:
       (`fitting.keep_delta_sign`): None (not checked: the fit kept the start's sign), "kept" (the fit had
       crossed to the other sign, but the start's sign fits within the tolerance: kept, the other is an
       alternative) or "data" (the other sign fits better by more than the tolerance).
+    - `escapes`: for `fitting.harmonics_ladder` (and the fits that run it) when its result was a misfit:
+      [(route, loss, z), ...] in the order run, the first being the ladder itself ("ladder"), then the other
+      routes tried ("all_degrees", "coarse_last"); None when the ladder's result was consistent with the noise.
     """
 
     model: ds.AbstractShape
@@ -89,6 +92,7 @@ class FitResult:
     pruned: list | None = dataclasses.field(repr=False, default=None)
     network_pruned: list | None = dataclasses.field(repr=False, default=None)
     delta_sign: str | None = dataclasses.field(repr=False, default=None)
+    escapes: list | None = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""

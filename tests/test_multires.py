@@ -201,6 +201,8 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
 
     monkeypatch.setattr(_fit, "fit", record("fit"))
     monkeypatch.setattr(_multires, "refine_fit", record("refine"))
+    # every ladder result consistent with the noise: no escape routes (tested below)
+    monkeypatch.setattr(fitting._batch_auto, "noise_consistency", lambda r: (0.0, 0.0, 1.0))
     exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
     ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
     data = np.ones(exp.shape)
@@ -241,6 +243,73 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
         calls.clear()
         fitting.harmonics_ladder(np.ones(big.shape), big, ell8, 4, **kw)
         assert [k for k, _, _ in calls] == ["fit"] * 3 + ["refine"]
+
+
+def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
+    # a ladder result that is a misfit (noise_consistency z > escape_z) runs the other routes from the same
+    # ellipsoid ("all_degrees", then "coarse_last") until one is consistent with the noise or reaches the best
+    # loss so far within one noise sd; the lowest loss is kept and `.escapes` logs each route.
+    # The fits are recorded with scripted final losses, not run; noise_consistency is scripted on the loss.
+    import types
+
+    from fitting import _multires
+
+    calls, losses = [], []
+
+    def record(kind):
+        def run(data, experiment, starts, mask=None, **kw):
+            calls.append((kind, len(np.asarray(kw["active"]["coefficients"]).nonzero()[0])))
+            return types.SimpleNamespace(model=starts, loss=losses.pop(0) if losses else 1.0, n_used=1)
+
+        return run
+
+    checked = []
+
+    def consistency(r):
+        checked.append(r.loss)
+        return (100.0 if r.loss > 2000 else 0.0), 0.0, 1.0  # (z, mean, sd)
+
+    monkeypatch.setattr(_fit, "fit", record("fit"))
+    monkeypatch.setattr(_multires, "refine_fit", record("refine"))
+    monkeypatch.setattr(fitting._batch_auto, "noise_consistency", consistency)
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
+    data = np.ones(exp.shape)
+    ladder = [("fit", 9), ("fit", 16), ("refine", 25)]  # lmax 4: degrees <= 2, <= 3 coarse, <= 4 refined
+    all_degrees = [("fit", 25)]  # every degree at once, one stage at the fit's pitch (no crop, one stage)
+    coarse_last = (
+        [("fit", 9), ("fit", 16), ("fit", 25)] + [("fit", 25)] * _multires.N_CORRECT + [("refine", 25)]
+    )
+
+    def ladder_with(final_losses):
+        # scripted: each route's intermediate stages 1e4, its last stage the next of `final_losses`
+        losses.clear()
+        for n, f in zip((3, 1, 3 + _multires.N_CORRECT + 1), final_losses):
+            losses.extend([1e4] * (n - 1) + [f])
+        calls.clear()
+        checked.clear()
+        return fitting.harmonics_ladder(data, exp, ell, 4)
+
+    res, stages = ladder_with([1500.0])  # consistent: nothing more
+    assert calls == ladder and res.loss == 1500.0 and getattr(res, "escapes", None) is None
+    res, stages = ladder_with([5000.0, 1200.0])  # misfit; all_degrees consistent: kept, stop
+    assert calls == ladder + all_degrees and res.loss == 1200.0 and len(stages) == 4
+    assert res.escapes == [("ladder", 5000.0, 100.0), ("all_degrees", 1200.0, 0.0)]
+    res, stages = ladder_with([5000.0, 5000.5])  # the same optimum within one sd: model error, stop
+    assert calls == ladder + all_degrees and res.loss == 5000.0 and len(res.escapes) == 2
+    res, stages = ladder_with([5000.0, 6000.0, 1300.0])  # another misfit: coarse_last too, the best kept
+    assert calls == ladder + all_degrees + coarse_last and res.loss == 1300.0
+    assert [r for r, _, _ in res.escapes] == ["ladder", "all_degrees", "coarse_last"]
+    res, stages = ladder_with([5000.0, 4000.0, 4500.0])  # all misfits: the lowest loss kept
+    assert res.loss == 4000.0 and [x[1] for x in res.escapes] == [5000.0, 4000.0, 4500.0]
+    calls.clear()
+    losses[:] = [1e4, 1e4, 5000.0]
+    checked.clear()
+    res, _ = fitting.harmonics_ladder(data, exp, ell, 4, escape_z=None)  # off: not even checked
+    assert calls == ladder and checked == [] and res.loss == 5000.0
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="escape_z"):
+            fitting.harmonics_ladder(data, exp, ell, 4, escape_z=bad)
 
 
 def test_fit_auto_start_stages_run_coarser_without_a_crop(monkeypatch):
