@@ -65,6 +65,41 @@ def data_loss(result) -> float:
     return float(loss.value(mu, d, m, scale=1.0, background=0.0))
 
 
+def noise_consistency(result, n_draws: int = 8, seed: int = 0) -> tuple[float, float, float]:
+    """How far a fit's loss lies above what its own noise model gives.
+
+    The fit's data loss (`data_loss`: `result.loss_function` on `result.model_counts`, scale 1,
+    background 0, over the used pixels) is compared with the same loss evaluated on `n_draws` Poisson
+    realisations of `result.model_counts` (expected photon counts) on the same pixels.
+
+    Returns (z, mean, sd): z = (loss - mean) / sd, with mean and sd (ddof 1) over the draws (loss units:
+    summed negative log-likelihood). z ~ N(0, 1) (Student t with n_draws - 1 degrees of freedom) when the data
+    are a Poisson realisation of the fitted model; a model that cannot describe the pattern gives z >> 1.
+    Deterministic for a given `seed`. NaN when the draws have no spread (e.g. all expected counts 0).
+    """
+    if int(n_draws) < 2:
+        raise ValueError(f"n_draws must be >= 2 (a spread is needed), got {n_draws}")
+    loss_function = getattr(result, "loss_function", None)
+    loss = as_loss(loss_function if loss_function is not None else result.loss_kind)
+    m = np.asarray(result.mask, bool)
+    mu = np.clip(np.nan_to_num(np.asarray(result.model_counts, np.float64)), 0.0, None)
+    observed = data_loss(result)
+    rng = np.random.default_rng(seed)
+    sims = np.array(
+        [
+            float(
+                loss.value(
+                    mu, np.where(m, rng.poisson(np.where(m, mu, 0.0)), 0.0), m, scale=1.0, background=0.0
+                )
+            )
+            for _ in range(int(n_draws))
+        ]
+    )
+    mean, sd = float(sims.mean()), float(sims.std(ddof=1))
+    z = (observed - mean) / sd if sd > 0 else float("nan")
+    return z, mean, sd
+
+
 def choose_class(results: dict, n_used: int, criterion: str = "bic"):
     """The best of {class name: `FitResult`} by `criterion` ("bic": data loss + (k / 2) ln n_used, "aic":
     + k, "nll": the data loss alone; k = `n_parameters`, loss = `data_loss`), with `.ranking` set to

@@ -823,7 +823,7 @@ def _escapes(res, stages: list, routes: list, run, escape_z: float, verbose: boo
     """`harmonics_ladder`'s escapes (see there): `routes` [(name, keywords)] tried in order through
     `run(keywords)` -> (result, stages) while the best result is a misfit (z > `escape_z`). Returns (the best
     result with `.escapes` set when any check found a misfit, all stages)."""
-    from ._batch_auto import noise_consistency
+    from ._auto import noise_consistency
 
     z, _, sd = noise_consistency(res)
     if not (np.isfinite(z) and z > escape_z) or not routes:

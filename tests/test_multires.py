@@ -202,7 +202,7 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
     monkeypatch.setattr(_fit, "fit", record("fit"))
     monkeypatch.setattr(_multires, "refine_fit", record("refine"))
     # every ladder result consistent with the noise: no escape routes (tested below)
-    monkeypatch.setattr(fitting._batch_auto, "noise_consistency", lambda r: (0.0, 0.0, 1.0))
+    monkeypatch.setattr(fitting._auto, "noise_consistency", lambda r: (0.0, 0.0, 1.0))
     exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
     ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
     data = np.ones(exp.shape)
@@ -271,7 +271,7 @@ def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
 
     monkeypatch.setattr(_fit, "fit", record("fit"))
     monkeypatch.setattr(_multires, "refine_fit", record("refine"))
-    monkeypatch.setattr(fitting._batch_auto, "noise_consistency", consistency)
+    monkeypatch.setattr(fitting._auto, "noise_consistency", consistency)
     exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
     ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
     data = np.ones(exp.shape)
