@@ -1,8 +1,9 @@
 """Fit a spherical-harmonic shape (lmax 3, ~10 % deformations) with no initial guess.
 
 The pattern comes from a simulation on a finer voxel grid, with Poisson noise and a beamstop;
-`fitting.fit_spherical_harmonics` climbs sphere -> ellipsoid -> harmonics (lmax 2, 3). Prints the volume IoU
-with the truth (up to the point-inversion twin).
+`fitting.fit_spherical_harmonics` climbs sphere -> ellipsoid -> harmonics (every degree <= lmax at once from
+the ellipsoid made compact along the beam; other routes if that ends as a misfit). Prints the volume IoU with
+the truth (up to the point-inversion twin).
 
 python examples/fit_harmonics.py [--n 48] [--lmax 3] [--small] [--out out]
 """

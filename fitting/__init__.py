@@ -46,6 +46,9 @@ from ._fit import (
     make_optimizer as make_optimizer,
 )
 from ._init import (
+    ESCAPE_ROUTES as ESCAPE_ROUTES,
+    SH_ROUTE as SH_ROUTE,
+    beam_compact as beam_compact,
     ellipsoid_starts as ellipsoid_starts,
     estimate_center as estimate_center,
     estimate_radius as estimate_radius,
@@ -78,6 +81,7 @@ from ._losses import (
 )
 from ._metrics import iou as iou
 from ._multires import (
+    BEAM_ELONGATION as BEAM_ELONGATION,
     COARSE_MIN_QR as COARSE_MIN_QR,
     STAGE_MAX_STEPS as STAGE_MAX_STEPS,
     STAGE_RTOL as STAGE_RTOL,

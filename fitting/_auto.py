@@ -19,8 +19,9 @@ import numpy as np
 import diffscat as ds
 
 from ._evalset import POLYHEDRA
+from ._init import SH_ROUTE
 from ._losses import as_loss, check_data
-from ._multires import stage_kwargs, start_stage_kwargs
+from ._multires import ESCAPE_Z, stage_kwargs, start_stage_kwargs
 from ._params import OPTICAL
 
 __all__ = [
@@ -381,6 +382,8 @@ def fit_auto(
     class_network: object = None,
     fit_optics: Sequence[str] = (),
     delta_sign_tol: float | None = DELTA_SIGN_TOL,
+    escape_z: float | None = ESCAPE_Z,
+    sh_route: str | None = SH_ROUTE,
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -415,6 +418,9 @@ def fit_auto(
       else 48 random, see `fitting.fit_from_network`), `n_refine`
       (oriented classes and the ellipsoid: the number of best search results refined together, see
       `fit_ellipsoid_auto`), `seed`, `regularizer` (harmonic stages, default `SHDegreePrior(0.15)`),
+      `sh_route` (the harmonic stage's route, default `SH_ROUTE` = "compact_all": every degree at once from
+      the beam-compact ellipsoid; "ladder": degree by degree; `fitting.harmonics_ladder`), `escape_z` (its
+      escapes from a local minimum; None: off),
       `search_kwargs` (to `orientation_search`: `bin_factor`, `coarsening`, `size_factors`, `batch`).
     - `class_margin`, `min_classes`: every oriented class's orientation search runs first (a few seconds
       each); only the polyhedra whose best search deviance is within `class_margin` times the best
@@ -506,7 +512,16 @@ def fit_auto(
         )  # fmt: skip
     if "SphericalHarmonics" in cands:
         res, stages = harmonics_ladder(
-            data, experiment, ell.model, int(lmax), mask, regularizer=regularizer, **ckw, **fit_kwargs
+            data,
+            experiment,
+            ell.model,
+            int(lmax),
+            mask,
+            regularizer=regularizer,
+            escape_z=escape_z,
+            route=sh_route,
+            **ckw,
+            **fit_kwargs,
         )
         res.stages = [x for x in (sph, ell) if x is not None] + stages
         results["SphericalHarmonics"] = res

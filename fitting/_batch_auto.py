@@ -35,6 +35,7 @@ from ._auto import (
     noise_consistency,
 )
 from ._evalset import POLYHEDRA
+from ._init import ESCAPE_ROUTES
 from ._losses import AbstractLoss, as_loss
 
 __all__ = ["AutoBatchFitter", "noise_consistency", "GOF_THRESHOLD"]
@@ -61,6 +62,16 @@ def _failed_as_none(r, seconds: float):
         return None
     r.batch_time_s = seconds
     return r
+
+
+def escape_code(result) -> int:
+    """batch-fit's `escape` column for a harmonic `FitResult`: 0 when no escape ran, else 1 + the index in
+    `ESCAPE_ROUTES` of the route with the lowest loss in `result.escapes` (the one kept)."""
+    log = getattr(result, "escapes", None)
+    if not log:
+        return 0
+    best = min(log, key=lambda e: e[1])
+    return 1 + ESCAPE_ROUTES.index(best[0])
 
 
 class AutoBatchFitter:
@@ -107,7 +118,8 @@ class AutoBatchFitter:
     `n_steps`, `time_s`; with several candidates `class_losses` and `class_criterion` (B, n_candidates);
     `edge`(+sigma) when a polyhedron is a candidate, `semi_axes`(+sigma) for Ellipsoid / Superellipsoid
     (ellipsoid axes ascending, the rotation relabelled alike), `exponents` for Superellipsoid, `coefficients`
-    (+sigma) ((lmax + 1)^2, body frame) for SphericalHarmonics; NaN where the pattern's class has no such
+    (+sigma) ((lmax + 1)^2, body frame) and `escape` (int: 0 no escape ran, else 1 + the index in
+    `ESCAPE_ROUTES` of the escape route kept; `fitting.harmonics_ladder`) for SphericalHarmonics; NaN where the pattern's class has no such
     parameter. Plus the flags `converged`, `misfit`, `out_of_range` that `batch_fit` turns into the status.
     """
 
@@ -202,6 +214,7 @@ class AutoBatchFitter:
             method=method,
             max_steps=int(max_steps),
             alternatives_tol=float(alternatives_tol),
+            escape_z=self.gof_threshold,  # the harmonic ladder's escapes run on exactly the would-be misfits
         )
         if pitch is not None:
             self.auto_kwargs["pitch"] = float(pitch)
@@ -229,7 +242,7 @@ class AutoBatchFitter:
         if self._has_exp:
             names.append("exponents")
         if self._has_sh:
-            names.append("coefficients")
+            names += ["coefficients", "escape"]
         names += list(self.fit_optics)
         if self._has_sign:
             names.append("delta_sign")
@@ -251,8 +264,10 @@ class AutoBatchFitter:
             "delta": "1",
             "beta": "1",
         }
-        self.int_columns = ("class", "n_alternatives", "n_steps") + (
-            ("delta_sign",) if self._has_sign else ()
+        self.int_columns = (
+            ("class", "n_alternatives", "n_steps")
+            + (("escape",) if self._has_sh else ())
+            + (("delta_sign",) if self._has_sign else ())
         )
         cn = list(self.candidates)
         self.column_attrs = {
@@ -272,6 +287,13 @@ class AutoBatchFitter:
             self.column_attrs["class_losses"] = {"names": cn}
             self.column_attrs["class_criterion"] = {"names": cn, "criterion": criterion}
         if self._has_sh:
+            self.column_attrs["escape"] = {
+                "names": ["none", *ESCAPE_ROUTES],
+                "meaning": "the harmonic stage's route whose result was kept (fitting.harmonics_ladder): "
+                "none = the first route's result was consistent with the noise, no escape ran; else the "
+                "route kept after the escapes (the first, compact_all by default, or another); -1 = no "
+                "harmonic fit",
+            }
             self.column_attrs["coefficients"] = {
                 "lmax": self.lmax,
                 "index": "c_lm at l^2 + l + m (body frame)",
@@ -375,6 +397,7 @@ class AutoBatchFitter:
             n = (self.lmax + 1) ** 2
             row["coefficients"] = np.full(n, nan)
             row["coefficients_sigma"] = np.full(n, nan)
+            row["escape"] = -1
         for o in self.fit_optics:
             row[o] = row[o + "_sigma"] = nan
         if self._has_sign:
@@ -427,6 +450,7 @@ class AutoBatchFitter:
             # first order about a sphere: r = c_00 / sqrt(4 pi)
             row["radius_sigma"] = float(s[0]) / math.sqrt(4.0 * math.pi)
             R = np.asarray(model.rotation, float)
+            row["escape"] = escape_code(r)
         if R is not None:
             q = np.asarray(ds.quaternion_from_rotation(R), float)
             row["quaternion"] = q if q[0] >= 0 else -q

@@ -36,7 +36,27 @@ __all__ = [
     "fit_spherical_harmonics",
     "harmonics_ladder",
     "harmonics_twins",
+    "beam_compact",
 ]
+
+
+# `harmonics_ladder`'s named routes, in the order the escapes try them (`FitResult.escapes` names them;
+# batch-fit's `escape` column codes them after "none": no escape ran)
+ESCAPE_ROUTES = ("compact_all", "ladder", "all_degrees", "compact", "coarse_last")
+# (start from the beam-compact ellipsoid, every degree at once, coarse_last) of each route
+_ROUTE_PLANS = {
+    "compact_all": (True, True, False),
+    "ladder": (False, False, False),
+    "all_degrees": (False, True, False),
+    "compact": (True, False, False),
+    "coarse_last": (False, False, True),
+}
+# The harmonic stage of `fit_spherical_harmonics` and `fit_auto` (their `sh_route`): one full-pitch fit with
+# every degree free from the beam-compact ellipsoid. On the first 80 harmonic dataset patterns (64^2, lmax 4,
+# network-started ellipsoid), against the degree-by-degree "ladder" with its escapes: IoU >= 0.9 on 80 / 80
+# (74 / 80), no misfit (3), NLL lower by > 2 on 21 and higher by 2-5 on 4, median time per pattern 21 s
+# (52 s), both under load (docs/fitting.md, session 19).
+SH_ROUTE = "compact_all"
 
 
 def _norm_q(experiment: ds.Experiment) -> np.ndarray:
@@ -564,12 +584,16 @@ def fit_spherical_harmonics(
     twins: bool = False,
     coarse: bool | int = True,
     stage_rtol: float | None = None,
+    sh_route: str | None = SH_ROUTE,
+    escape_z: float | None = ESCAPE_Z,
     **fit_kwargs,
 ):
     """Spherical-harmonic shape up to degree `lmax` with no initial guess, by the ladder
     sphere (`estimate_radius` + fit) -> triaxial ellipsoid (vmapped multi-start over orientations) ->
-    harmonics (`harmonics_ladder`: (lmax + 1)^2 coefficients from the start, degrees 2, 3, ..., `lmax` freed
-    stage by stage, one compiled step), each stage starting from the last. `twins`: see `harmonics_ladder`.
+    harmonics (`harmonics_ladder` with `route=sh_route`, default `SH_ROUTE` = "compact_all": the (lmax + 1)^2
+    coefficients freed at once from the ellipsoid made compact along the beam, `beam_compact`; "ladder":
+    degrees 2, 3, ..., `lmax` freed stage by stage, one compiled step), each stage starting from the last;
+    `escape_z`: the escapes from a local minimum (`harmonics_ladder`). `twins`: see `harmonics_ladder`.
 
     In the harmonic stages the coefficients are free and the orientation stays at the ellipsoid's (the
     l >= 1 coefficients can express small rotations themselves, so freeing both would be degenerate).
@@ -619,6 +643,8 @@ def fit_spherical_harmonics(
         regularizer=regularizer,
         verbose=verbose,
         twins=twins,
+        route=sh_route,
+        escape_z=escape_z,
         **ckw,
         **fit_kwargs,
     )
@@ -685,6 +711,7 @@ def harmonics_ladder(
     coarse_last: bool = False,
     n_correct: int = N_CORRECT,
     escape_z: float | None = ESCAPE_Z,
+    route: str | None = None,
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -721,13 +748,24 @@ def harmonics_ladder(
     along the beam, both) as vmapped starts; twins ending within `alternatives_tol` of the best are the
     result's `alternatives`. Four starts cost about four times the run time (one compilation).
 
+    `route` (default None: the stages as the arguments above say, named "ladder"): one of the named routes
+    `ESCAPE_ROUTES`, which then set the start and the stages (overriding `degrees`, `coarse_last` and, for
+    "compact_all", `coarse`): "compact_all": every degree <= `lmax` freed at once in one full-pitch fit from
+    the beam-compact ellipsoid (`beam_compact`; `ellipsoid` itself where it is not stretched along the beam),
+    the default of `fit_spherical_harmonics` and `fit_auto` since session 19; "ladder": degrees 2, ..., `lmax`
+    stage by stage from `ellipsoid`; "all_degrees": every degree at once from `ellipsoid` (on the crop first
+    where `coarse` gives one); "compact": the ladder from the beam-compact ellipsoid; "coarse_last": the
+    ladder with `coarse_last=True`.
+
     `escape_z` (default `ESCAPE_Z` = 5; None: off; not with `twins`): escapes from a local minimum. When the
     result is a misfit (z of `noise_consistency` > `escape_z`: its loss lies that many noise sd above Poisson
-    realisations of itself), other routes from the same ellipsoid run: "all_degrees" (every degree <= `lmax`
-    freed at once) and, where the intermediate stages run at a coarser pitch, "coarse_last" (see above).
-    The lowest loss is kept. The escapes stop at the first route whose result is consistent with the noise,
-    or that ends within one noise sd of the best so far (two routes at one optimum: the misfit is model error,
-    not a local minimum). `result.escapes` lists (route, loss, z) of each route run, the ladder's first.
+    realisations of itself), the other routes of `ESCAPE_ROUTES` run in that order, except those that would
+    repeat another: "compact" where the ellipsoid is not stretched along the beam (= "ladder"), "all_degrees"
+    there too when `coarse` gives no crop (= "compact_all"), both for `lmax` <= 2 (one degree stage), and
+    "coarse_last" where the ladder's intermediate stages would not run at a coarser pitch. The lowest loss
+    is kept. The escapes stop at the first route whose result is consistent with the noise, or that ends
+    within one noise sd of the best so far (two routes at one optimum: the misfit is model error, not a
+    local minimum). `result.escapes` lists (route, loss, z) of each route run, the first route's first.
     A pattern whose ladder result is consistent with the noise costs nothing more (8 Poisson draws).
 
     Returns (the best `FitResult`, list of every stage's result, escape routes' stages included)."""
@@ -740,6 +778,17 @@ def harmonics_ladder(
         raise ValueError(f"lmax must be >= 0, got {lmax}")
     if escape_z is not None and not float(escape_z) > 0:
         raise ValueError(f"escape_z must be > 0 or None, got {escape_z}")
+    if route is not None and route not in ESCAPE_ROUTES:
+        raise ValueError(f"route must be None or one of {ESCAPE_ROUTES}, got {route!r}")
+    given = dict(ellipsoid=ellipsoid, coarse=coarse)  # the caller's, for the escapes' routes
+    compact = beam_compact(ellipsoid)
+    if route is not None:
+        from_compact, at_once, coarse_last = _ROUTE_PLANS[route]
+        degrees = [L] if at_once else None
+        if from_compact:
+            ellipsoid = compact if compact is not None else ellipsoid
+        if route == "compact_all":
+            coarse = False
     degs = list(range(min(2, L), L + 1)) if degrees is None else [int(x) for x in degrees]
     if not degs or any(not 0 <= x <= L for x in degs):
         raise ValueError(f"degrees must be a non-empty list of degrees in [0, lmax={L}], got {degrees}")
@@ -806,32 +855,88 @@ def harmonics_ladder(
             print(f"harmonics l<={l} (lmax {L}, {where}): loss/pixel {res.loss / res.n_used:.4f}")
     if escape_z is None or twins:
         return res, stages
-    routes = []
-    if degs != [degs[-1]]:
-        routes.append(("all_degrees", dict(degrees=[degs[-1]], coarse_last=coarse_last)))
-    if coarser is not None and not coarse_all:
-        routes.append(("coarse_last", dict(degrees=degrees, coarse_last=True)))
+    primary = route or "ladder"
+    skip = {primary}
+    if compact is None:
+        skip.add("compact")
+    if L <= 2:
+        skip |= {"all_degrees", "compact"}
+    crop, coarser_stages = _given_plan(data, experiment, mask, given, kw, stage_coarsening, L)
+    if not coarser_stages:
+        skip.add("coarse_last")
+    if compact is None and not crop:  # "all_degrees" would repeat "compact_all" (one full-pitch stage)
+        skip.add("all_degrees")
+    routes = [name for name in ESCAPE_ROUTES if name not in skip]
     again = dict(
-        regularizer=regularizer, verbose=verbose, coarse=coarse, stage_rtol=stage_rtol,
+        regularizer=regularizer, verbose=verbose, coarse=given["coarse"], stage_rtol=stage_rtol,
         stage_coarsening=stage_coarsening, n_correct=n_correct, escape_z=None, **fit_kwargs,
     )  # fmt: skip
-    run = lambda route: harmonics_ladder(data, experiment, ellipsoid, L, mask, **route, **again)
-    return _escapes(res, stages, routes, run, float(escape_z), verbose)
+    run = lambda name: harmonics_ladder(data, experiment, given["ellipsoid"], L, mask, route=name, **again)
+    return _escapes(res, stages, routes, run, float(escape_z), verbose, primary)
 
 
-def _escapes(res, stages: list, routes: list, run, escape_z: float, verbose: bool):
-    """`harmonics_ladder`'s escapes (see there): `routes` [(name, keywords)] tried in order through
-    `run(keywords)` -> (result, stages) while the best result is a misfit (z > `escape_z`). Returns (the best
+def _given_plan(data, experiment, mask, given: dict, kw: dict, stage_coarsening, L: int) -> tuple[bool, bool]:
+    """For the escapes: (the caller's `coarse` gives a low-q crop, the "ladder" route's intermediate stages
+    would run on the full pattern at a coarser pitch: then "coarse_last" is a different route)."""
+    from ._multires import coarse_level, stage_pitch
+
+    r_eq = float(np.prod(np.asarray(given["ellipsoid"].semi_axes, float))) ** (1 / 3)
+    crop = coarse_level(data, experiment, mask, given["coarse"], r_eq) is not None
+    coarser = (
+        L > 2 and not crop and stage_pitch(experiment, kw, given["coarse"], stage_coarsening) is not None
+    )
+    return crop, coarser
+
+
+def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds.Ellipsoid | None:
+    """The escapes' beam-compact start: `ellipsoid` with its transverse (lab x, y) cross-section kept and its
+    extent along the beam (lab z) set to the mean of the transverse ones, no tilt out of the detector plane.
+
+    The pattern fixes a particle's projection on the detector plane; its extent along the beam enters only
+    through the Ewald curvature and the projected thickness, and an ellipsoid fitted to a strongly deformed
+    droplet can stretch along the beam into a basin the harmonic stages do not leave (`BEAM_ELONGATION`).
+    Returns None when the rms extent of `ellipsoid` along z is within `elongation` (default `BEAM_ELONGATION`
+    = 1.1) times the new one: nothing to compact. Lengths in the ellipsoid's units."""
+    from ._multires import BEAM_ELONGATION
+
+    if not isinstance(ellipsoid, ds.Ellipsoid):
+        raise TypeError(f"ellipsoid must be a diffscat.Ellipsoid, got {type(ellipsoid).__name__}")
+    limit = BEAM_ELONGATION if elongation is None else float(elongation)
+    if not limit >= 1.0:
+        raise ValueError(f"elongation must be >= 1, got {elongation}")
+    R = np.asarray(ellipsoid.rotation, float)
+    a = np.asarray(ellipsoid.semi_axes, float)
+    M = (R * a**2) @ R.T  # lab-frame shape matrix: x^T M^-1 x = 1 on the surface
+    w, V = np.linalg.eigh(M[:2, :2])
+    w = np.maximum(w, 0.0)
+    c = float(np.mean(np.sqrt(w)))
+    if not np.sqrt(M[2, 2]) > limit * c:
+        return None
+    rot = np.eye(3)
+    rot[:2, :2] = V if np.linalg.det(V) > 0 else V[:, ::-1]
+    axes = np.sqrt(w) if np.linalg.det(V) > 0 else np.sqrt(w)[::-1]
+    return ds.Ellipsoid(
+        np.array([axes[0], axes[1], c]),
+        ellipsoid.delta,
+        ellipsoid.beta,
+        rotation=rot,
+        centre=ellipsoid.centre,
+    )
+
+
+def _escapes(res, stages: list, routes: list, run, escape_z: float, verbose: bool, primary: str = "ladder"):
+    """`harmonics_ladder`'s escapes (see there): the `routes` (names) tried in order through `run(name)` ->
+    (result, stages), after the `primary` route's result `res`, while the best result is a misfit (z > `escape_z`). Returns (the best
     result with `.escapes` set when any check found a misfit, all stages)."""
     from ._auto import noise_consistency
 
     z, _, sd = noise_consistency(res)
     if not (np.isfinite(z) and z > escape_z) or not routes:
         return res, stages
-    log = [("ladder", float(res.loss), float(z))]
+    log = [(primary, float(res.loss), float(z))]
     best = res
-    for name, kw in routes:
-        r, more = run(kw)
+    for name in routes:
+        r, more = run(name)
         stages = stages + more
         zr, _, _ = noise_consistency(r)
         log.append((name, float(r.loss), float(zr)))

@@ -30,6 +30,7 @@ __all__ = [
     "STAGE_MAX_STEPS",
     "STAGE_COARSENING",
     "ESCAPE_Z",
+    "BEAM_ELONGATION",
     "REFINE_MARGIN",
 ]
 
@@ -56,6 +57,14 @@ STAGE_COARSENING = 1.5
 # pattern at XLA -O0 ended at NLL 4961 (z 129) against 1196 (z 0.7) from the truth; both routes below reached
 # 1198-1200 (docs/fitting.md, session 18).
 ESCAPE_Z = 5.0
+# The escapes' beam-compact routes (`fitting.beam_compact`) run when the ellipsoid's extent along the beam (rms,
+# lab z) exceeds the one its start gets, the mean of its transverse extents, by more than this factor. The
+# pattern fixes the transverse extents; the extent along the beam only through the Ewald curvature and the
+# projected thickness, and the ellipsoid stage of strongly deformed droplets stretches it: of the 80 harmonic
+# dataset patterns of session 18, both misfits from a wrong basin were stretched along the beam (fit/truth rms
+# z extent 1.85 and 1.21, transverse within 1 %), and a ladder from the beam-compact ellipsoid reached the
+# truth's optimum (z -0.2 and -1.5; docs/fitting.md, session 19).
+BEAM_ELONGATION = 1.1
 # Voxel-grid half-width of a full-resolution refinement, in bounding radii of its start (before the ladder's
 # rounding up by at most 19 %): the start is already a crop stage's optimum, so it grows little, and `fit`'s
 # default (1.3, room for a start far from the answer) would spend its time on empty voxels. 128^2, SH lmax 3

@@ -281,6 +281,29 @@ def test_noise_consistency_separates_right_and_wrong_models():
         noise_consistency(r, 1)
 
 
+def test_escape_column_codes_the_route_kept():
+    """A harmonic batch records which escape route of the ladder it kept (`escape`, names "none", then
+    `ESCAPE_ROUTES`); the escapes run at the batch's misfit threshold, so they run on exactly its misfits."""
+    from fitting._batch_auto import AutoBatchFitter, escape_code
+    from fitting._init import ESCAPE_ROUTES
+
+    exp = ds.Experiment(1.0, ds.QGrid(8, 30.0))
+    fitter = AutoBatchFitter(exp, ("SphericalHarmonics",), lmax=2, gof_threshold=7.0)
+    assert "escape" in fitter.names and "escape" in fitter.int_columns
+    assert fitter.column_attrs["escape"]["names"] == ["none", *ESCAPE_ROUTES]
+    assert fitter.auto_kwargs["escape_z"] == 7.0
+    assert fitter._empty_row()["escape"] == -1
+    assert "escape" not in AutoBatchFitter(exp, ("Cube",)).names
+    ns = types.SimpleNamespace
+    assert escape_code(ns(escapes=None)) == 0
+    log = [("compact_all", 5000.0, 90.0), ("ladder", 1300.0, 0.5)]
+    assert escape_code(ns(escapes=log)) == 2  # the ladder kept
+    log = [("compact_all", 5000.0, 90.0), ("ladder", 6000.0, 99.0), ("all_degrees", 5000.4, 89.0)]
+    assert escape_code(ns(escapes=log)) == 1  # every route higher: the first route's result kept
+    log = [("compact_all", 5000.0, 90.0), ("all_degrees", 4000.0, 40.0), ("coarse_last", 4500.0, 50.0)]
+    assert escape_code(ns(escapes=log)) == 3
+
+
 @pytest.mark.slow
 def test_status_rule_sphere_model_on_an_ellipsoid_is_a_misfit(tmp_path):
     """High photon count: a sphere fitted to an elongated ellipsoid's pattern converges but is flagged
@@ -366,6 +389,15 @@ def test_cli_spherical_harmonics_lmax2(tmp_path):
         assert g["coefficients"].attrs["unit"] == "nm" and g["radius"].attrs["unit"] == "nm"
         assert g["radius_sigma"].attrs["unit"] == "nm" and g["scatman_angles"].attrs["unit"] == "deg"
         assert list(g["class"].attrs["names"]) == ["SphericalHarmonics"]
+        assert list(g["escape"].attrs["names"]) == [
+            "none",
+            "ladder",
+            "compact_all",
+            "all_degrees",
+            "compact",
+            "coarse_last",
+        ]
+    assert np.all((res["escape"] >= 0) & (res["escape"] <= 5))  # a harmonic fit: its route recorded
     assert os.path.exists(str(tmp_path / "r_histograms.png")) and os.path.exists(str(tmp_path / "r_fits.png"))
 
 

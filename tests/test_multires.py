@@ -204,7 +204,8 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
     # every ladder result consistent with the noise: no escape routes (tested below)
     monkeypatch.setattr(fitting._auto, "noise_consistency", lambda r: (0.0, 0.0, 1.0))
     exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
-    ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
+    ell = ds.Ellipsoid([1.8, 2.1, 1.6], **DK)  # not stretched along the beam: no compact routes
+    assert fitting.beam_compact(ell) is None
     data = np.ones(exp.shape)
     assert fitting.coarse_factor(exp, 1.8, True) == 1
     base = ds.default_pitch(*exp.sampling_hint)
@@ -246,19 +247,21 @@ def test_harmonic_ladder_without_crop_runs_intermediate_stages_coarser(monkeypat
 
 
 def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
-    # a ladder result that is a misfit (noise_consistency z > escape_z) runs the other routes from the same
-    # ellipsoid ("all_degrees", then "coarse_last") until one is consistent with the noise or reaches the best
+    # a ladder result that is a misfit (noise_consistency z > escape_z) runs the other routes ("all_degrees",
+    # then "coarse_last", from the same ellipsoid; "compact_all" first and "compact" after "all_degrees" when
+    # the ellipsoid is stretched along the beam) until one is consistent with the noise or reaches the best
     # loss so far within one noise sd; the lowest loss is kept and `.escapes` logs each route.
     # The fits are recorded with scripted final losses, not run; noise_consistency is scripted on the loss.
     import types
 
     from fitting import _multires
 
-    calls, losses = [], []
+    calls, losses, firsts = [], [], []
 
     def record(kind):
         def run(data, experiment, starts, mask=None, **kw):
             calls.append((kind, len(np.asarray(kw["active"]["coefficients"]).nonzero()[0])))
+            firsts.append(np.asarray(starts.coefficients))
             return types.SimpleNamespace(model=starts, loss=losses.pop(0) if losses else 1.0, n_used=1)
 
         return run
@@ -273,35 +276,71 @@ def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
     monkeypatch.setattr(_multires, "refine_fit", record("refine"))
     monkeypatch.setattr(fitting._auto, "noise_consistency", consistency)
     exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
-    ell = ds.Ellipsoid([1.6, 1.8, 2.1], rotation=fitting.random_rotations(1, 3)[0], **DK)
+    ell = ds.Ellipsoid([1.8, 2.1, 1.6], **DK)  # not stretched along the beam: no "compact" route
+    assert fitting.beam_compact(ell) is None
     data = np.ones(exp.shape)
     ladder = [("fit", 9), ("fit", 16), ("refine", 25)]  # lmax 4: degrees <= 2, <= 3 coarse, <= 4 refined
-    all_degrees = [("fit", 25)]  # every degree at once, one stage at the fit's pitch (no crop, one stage)
+    at_once = [("fit", 25)]  # every degree at once, one stage at the fit's pitch (no crop, one stage)
     coarse_last = (
         [("fit", 9), ("fit", 16), ("fit", 25)] + [("fit", 25)] * _multires.N_CORRECT + [("refine", 25)]
     )
 
-    def ladder_with(final_losses):
+    def ladder_with(final_losses, start=ell, lengths=(3, 1, 1, 3 + _multires.N_CORRECT + 1), **kw):
         # scripted: each route's intermediate stages 1e4, its last stage the next of `final_losses`
         losses.clear()
-        for n, f in zip((3, 1, 3 + _multires.N_CORRECT + 1), final_losses):
+        for n, f in zip(lengths, final_losses):
             losses.extend([1e4] * (n - 1) + [f])
         calls.clear()
         checked.clear()
-        return fitting.harmonics_ladder(data, exp, ell, 4)
+        firsts.clear()
+        return fitting.harmonics_ladder(data, exp, start, 4, **kw)
 
+    # the "ladder" route (route None); escapes: compact_all (from `ell` itself here), coarse_last ("compact" and
+    # "all_degrees" would repeat "ladder" and "compact_all": no crop at 16^2)
     res, stages = ladder_with([1500.0])  # consistent: nothing more
     assert calls == ladder and res.loss == 1500.0 and getattr(res, "escapes", None) is None
-    res, stages = ladder_with([5000.0, 1200.0])  # misfit; all_degrees consistent: kept, stop
-    assert calls == ladder + all_degrees and res.loss == 1200.0 and len(stages) == 4
-    assert res.escapes == [("ladder", 5000.0, 100.0), ("all_degrees", 1200.0, 0.0)]
+    res, stages = ladder_with([5000.0, 1200.0])  # misfit; compact_all consistent: kept, stop
+    assert calls == ladder + at_once and res.loss == 1200.0 and len(stages) == 4
+    assert res.escapes == [("ladder", 5000.0, 100.0), ("compact_all", 1200.0, 0.0)]
     res, stages = ladder_with([5000.0, 5000.5])  # the same optimum within one sd: model error, stop
-    assert calls == ladder + all_degrees and res.loss == 5000.0 and len(res.escapes) == 2
-    res, stages = ladder_with([5000.0, 6000.0, 1300.0])  # another misfit: coarse_last too, the best kept
-    assert calls == ladder + all_degrees + coarse_last and res.loss == 1300.0
-    assert [r for r, _, _ in res.escapes] == ["ladder", "all_degrees", "coarse_last"]
-    res, stages = ladder_with([5000.0, 4000.0, 4500.0])  # all misfits: the lowest loss kept
-    assert res.loss == 4000.0 and [x[1] for x in res.escapes] == [5000.0, 4000.0, 4500.0]
+    assert calls == ladder + at_once and res.loss == 5000.0 and len(res.escapes) == 2
+    res, stages = ladder_with([5000.0, 6000.0, 1300.0], lengths=(3, 1, 3 + _multires.N_CORRECT + 1))
+    assert calls == ladder + at_once + coarse_last and res.loss == 1300.0  # on to coarse_last, the best kept
+    assert [r for r, _, _ in res.escapes] == ["ladder", "compact_all", "coarse_last"]
+    res, stages = ladder_with([5000.0, 4000.0, 4500.0], lengths=(3, 1, 3 + _multires.N_CORRECT + 1))
+    assert res.loss == 4000.0 and [x[1] for x in res.escapes] == [5000.0, 4000.0, 4500.0]  # all misfits
+    # stretched along the beam (lab z rms extent 2.6 against 1.7 across): the beam-compact routes start from
+    # the compact ellipsoid
+    long = ds.Ellipsoid([1.6, 1.8, 2.6], **DK)
+    compact = fitting.beam_compact(long)
+    assert compact is not None
+    c_long = np.asarray(fitting.harmonics_from_ellipsoid(long, 4).coefficients)
+    c_compact = np.asarray(fitting.harmonics_from_ellipsoid(compact, 4).coefficients)
+    order = (
+        3,
+        1,
+        1,
+        3,
+        3 + _multires.N_CORRECT + 1,
+    )  # ladder, compact_all, all_degrees, compact, coarse_last
+    res, _ = ladder_with([5000.0, 6000.0, 7000.0, 5500.0, 6500.0], long, order)  # all misfits
+    assert calls == ladder + at_once + at_once + ladder + coarse_last and res.loss == 5000.0
+    names = ["ladder", "compact_all", "all_degrees", "compact", "coarse_last"]
+    assert [r for r, _, _ in res.escapes] == names
+    route_starts = [firsts[i] for i in (0, 3, 4, 5, 8)]  # the first stage of each route
+    for got, want in zip(route_starts, (c_long, c_compact, c_long, c_compact, c_long)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # the default of fit_auto / fit_spherical_harmonics: route "compact_all" first, one full-pitch stage from
+    # the compact ellipsoid; its escapes the other routes in order
+    res, _ = ladder_with([5000.0, 1250.0], long, (1, 3), route="compact_all")  # the ladder consistent
+    assert calls == at_once + ladder and res.loss == 1250.0
+    assert [r for r, _, _ in res.escapes] == ["compact_all", "ladder"]
+    np.testing.assert_allclose(firsts[0], c_compact, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(firsts[1], c_long, rtol=1e-6, atol=1e-6)
+    res, _ = ladder_with([900.0], long, (1,), route="compact_all")  # consistent: one stage, no escape
+    assert calls == at_once and res.loss == 900.0 and getattr(res, "escapes", None) is None
+    with pytest.raises(ValueError, match="route"):
+        fitting.harmonics_ladder(data, exp, long, 4, route="zigzag")
     calls.clear()
     losses[:] = [1e4, 1e4, 5000.0]
     checked.clear()
@@ -310,6 +349,35 @@ def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="escape_z"):
             fitting.harmonics_ladder(data, exp, ell, 4, escape_z=bad)
+
+
+def test_beam_compact_keeps_the_projection_and_shortens_the_beam_axis():
+    # the escapes' beam-compact start: the lab-frame cross-section (x, y) of the ellipsoid kept exactly, the rms
+    # extent along the beam set to the mean transverse semi-axis, no tilt out of the detector plane; None when
+    # the ellipsoid is not stretched along the beam by more than `elongation`
+    R = np.asarray(fitting.random_rotations(1, 11)[0])
+    e = ds.Ellipsoid([1.5, 2.0, 4.0], rotation=R, centre=[0.1, -0.2, 0.3], **DK)
+    M = (R * np.array([1.5, 2.0, 4.0]) ** 2) @ R.T
+    assert np.sqrt(M[2, 2]) > 1.1 * np.mean(
+        np.sqrt(np.linalg.eigvalsh(M[:2, :2]))
+    )  # this rotation: stretched
+    c = fitting.beam_compact(e)
+    Rc, ac = np.asarray(c.rotation, float), np.asarray(c.semi_axes, float)
+    Mc = (Rc * ac**2) @ Rc.T
+    np.testing.assert_allclose(Mc[:2, :2], M[:2, :2], rtol=1e-5, atol=1e-5)  # the projection kept
+    np.testing.assert_allclose(Mc[2, :2], 0.0, atol=1e-6)  # no tilt out of the detector plane
+    np.testing.assert_allclose(ac[2], np.mean(np.sqrt(np.linalg.eigvalsh(M[:2, :2]))), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(Rc), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(c.centre), [0.1, -0.2, 0.3], rtol=1e-6)
+    assert float(c.delta) == float(e.delta) and float(c.beta) == float(e.beta)
+    assert fitting.beam_compact(c) is None  # already compact
+    assert fitting.beam_compact(e, elongation=100.0) is None
+    flat = ds.Ellipsoid([2.0, 2.0, 1.0], **DK)  # shorter along the beam than across: left alone
+    assert fitting.beam_compact(flat) is None
+    with pytest.raises(TypeError, match="ellipsoid"):
+        fitting.beam_compact(ds.Sphere(1.0, **DK))
+    with pytest.raises(ValueError, match="elongation"):
+        fitting.beam_compact(e, elongation=0.5)
 
 
 def test_fit_auto_start_stages_run_coarser_without_a_crop(monkeypatch):
