@@ -3,6 +3,7 @@
 python benchmarks/bench_retrieval.py [--n 4] [--size 64] [--families harmonics,ellipsoid,polyhedra]
     [--candidates Sphere,Ellipsoid,SphericalHarmonics,Cube,...] [--lmax 4] [--quick] [--seed 0] [--x64]
     [--cache-dir DIR] [--no-split] [--coarse N] [--init default|MODEL] [--class-network M] [--network-min-prob P]
+    [--sh-route compact_all|ladder|...]
 
 Per pattern: fit_auto with the candidates, then the IoU of the chosen shape against the truth (best over the
 twins, `fitting.iou`), the size error (volume-equivalent radius), for ellipsoids the sorted semi-axes error, and
@@ -150,6 +151,11 @@ def main(argv=None):
         help="with --init: fit_auto(network_min_prob=...): polyhedra below this network probability not fitted",
     )
     ap.add_argument(
+        "--sh-route",
+        default=None,
+        help="fit_auto(sh_route=...): the harmonic stage's route (fitting.ESCAPE_ROUTES; default: the driver's)",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="with --json: keep the rows already in the file and fit only the patterns it lacks (a killed run)",
@@ -192,7 +198,7 @@ def main(argv=None):
         es.patterns = keep
     print(f"evaluation set: {len(es)} patterns, {a.size}^2, generated in {time.perf_counter() - t0:.1f} s")
     print(
-        f"candidates: {cands} (polyhedra: {poly_cands}), lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}"
+        f"candidates: {cands} (polyhedra: {poly_cands}), lmax {a.lmax}, max_steps {a.max_steps}, x64 {a.x64}, coarse {a.coarse}, sh_route {a.sh_route}"
     )
     rows = []
     if a.resume:
@@ -215,6 +221,8 @@ def main(argv=None):
         t = p.truth
         t1, c1 = time.perf_counter(), time.process_time()
         extra = {} if a.coarse is None else {"coarse": a.coarse}
+        if a.sh_route is not None:
+            extra["sh_route"] = a.sh_route
         if a.init is not None:
             extra |= {"init": a.init, "network_min_prob": a.network_min_prob}
         if a.class_network is not None:
