@@ -59,8 +59,9 @@ def _params(model) -> dict:
     """The fitted shape's parameters (JSON-able)."""
     out = {"class": type(model).__name__}
     for k in ("radius", "semi_axes", "coefficients", "edge", "exponents", "rotation"):
-        if hasattr(model, k):
-            out[k] = np.asarray(getattr(model, k), float).tolist()
+        v = getattr(model, k, None)
+        if v is not None and not callable(v):  # SphericalHarmonics.radius is a method (r(direction))
+            out[k] = np.asarray(v, float).tolist()
     return out
 
 
