@@ -119,8 +119,8 @@ class AutoBatchFitter:
     `edge`(+sigma) when a polyhedron is a candidate, `semi_axes`(+sigma) for Ellipsoid / Superellipsoid
     (ellipsoid axes ascending, the rotation relabelled alike), `exponents` for Superellipsoid, `coefficients`
     (+sigma) ((lmax + 1)^2, body frame) and `escape` (int: 0 no escape ran, else 1 + the index in
-    `ESCAPE_ROUTES` of the escape route kept; `fitting.harmonics_ladder`) for SphericalHarmonics; NaN where the pattern's class has no such
-    parameter. Plus the flags `converged`, `misfit`, `out_of_range` that `batch_fit` turns into the status.
+    `ESCAPE_ROUTES` of the escape route kept; `fitting.harmonics_ladder`) for SphericalHarmonics; NaN where
+    the pattern's class has no such parameter. Plus the flags `converged`, `misfit`, `out_of_range` that `batch_fit` turns into the status.
     """
 
     per_pattern = True

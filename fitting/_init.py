@@ -856,17 +856,7 @@ def harmonics_ladder(
     if escape_z is None or twins:
         return res, stages
     primary = route or "ladder"
-    skip = {primary}
-    if compact is None:
-        skip.add("compact")
-    if L <= 2:
-        skip |= {"all_degrees", "compact"}
-    crop, coarser_stages = _given_plan(data, experiment, mask, given, kw, stage_coarsening, L)
-    if not coarser_stages:
-        skip.add("coarse_last")
-    if compact is None and not crop:  # "all_degrees" would repeat "compact_all" (one full-pitch stage)
-        skip.add("all_degrees")
-    routes = [name for name in ESCAPE_ROUTES if name not in skip]
+    routes = functools.partial(_escape_routes, primary, compact, L, data, experiment, mask, given, kw, stage_coarsening)  # fmt: skip
     again = dict(
         regularizer=regularizer, verbose=verbose, coarse=given["coarse"], stage_rtol=stage_rtol,
         stage_coarsening=stage_coarsening, n_correct=n_correct, escape_z=None, **fit_kwargs,
@@ -875,9 +865,11 @@ def harmonics_ladder(
     return _escapes(res, stages, routes, run, float(escape_z), verbose, primary)
 
 
-def _given_plan(data, experiment, mask, given: dict, kw: dict, stage_coarsening, L: int) -> tuple[bool, bool]:
-    """For the escapes: (the caller's `coarse` gives a low-q crop, the "ladder" route's intermediate stages
-    would run on the full pattern at a coarser pitch: then "coarse_last" is a different route)."""
+def _escape_routes(primary: str, compact, L: int, data, experiment, mask, given: dict, kw: dict, stage_coarsening):  # fmt: skip
+    """`harmonics_ladder`'s escape routes after the `primary` one: `ESCAPE_ROUTES` less those that would
+    repeat another ("compact" without a `compact` ellipsoid; "all_degrees" there too when the caller's
+    `coarse` gives no crop; both for `L` <= 2; "coarse_last" unless the ladder's intermediate stages would run
+    on the full pattern at a coarser pitch). Called only once a misfit is found (it crops the pattern)."""
     from ._multires import coarse_level, stage_pitch
 
     r_eq = float(np.prod(np.asarray(given["ellipsoid"].semi_axes, float))) ** (1 / 3)
@@ -885,7 +877,16 @@ def _given_plan(data, experiment, mask, given: dict, kw: dict, stage_coarsening,
     coarser = (
         L > 2 and not crop and stage_pitch(experiment, kw, given["coarse"], stage_coarsening) is not None
     )
-    return crop, coarser
+    skip = {primary}
+    if compact is None:
+        skip.add("compact")
+        if not crop:  # one full-pitch stage, as "compact_all"
+            skip.add("all_degrees")
+    if L <= 2:
+        skip |= {"all_degrees", "compact"}
+    if not coarser:
+        skip.add("coarse_last")
+    return [name for name in ESCAPE_ROUTES if name not in skip]
 
 
 def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds.Ellipsoid | None:
@@ -924,18 +925,22 @@ def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds
     )
 
 
-def _escapes(res, stages: list, routes: list, run, escape_z: float, verbose: bool, primary: str = "ladder"):
-    """`harmonics_ladder`'s escapes (see there): the `routes` (names) tried in order through `run(name)` ->
-    (result, stages), after the `primary` route's result `res`, while the best result is a misfit (z > `escape_z`). Returns (the best
-    result with `.escapes` set when any check found a misfit, all stages)."""
+def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, primary: str = "ladder"):
+    """`harmonics_ladder`'s escapes (see there): when the `primary` route's result `res` is a misfit (z >
+    `escape_z`), the route names `routes()` returns are tried in order through `run(name)` -> (result,
+    stages) while the best result is a misfit. Returns (the best result with `.escapes` set when any check
+    found a misfit, all stages)."""
     from ._auto import noise_consistency
 
     z, _, sd = noise_consistency(res)
-    if not (np.isfinite(z) and z > escape_z) or not routes:
+    if not (np.isfinite(z) and z > escape_z):
+        return res, stages
+    names = routes()
+    if not names:
         return res, stages
     log = [(primary, float(res.loss), float(z))]
     best = res
-    for name in routes:
+    for name in names:
         r, more = run(name)
         stages = stages + more
         zr, _, _ = noise_consistency(r)
