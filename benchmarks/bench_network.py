@@ -7,7 +7,14 @@ Held-out patterns, all made by paths other than the training data's:
   of the model, sizes over the training buckets (2-12 wavelengths);
 - "mie": exact Mie spheres (miepython, unpolarised), radius 2-12 wavelengths, photons 1e4-1e7, beamstop 0-4 deg;
 - "evalset": `fitting.evaluation_set` (the project's independent-path set: supersampled box-averaged occupancy,
-  float64 exact slice sum), ellipsoids and the six polyhedra on a 64^2 QGrid.
+  float64 exact slice sum), ellipsoids and the six polyhedra on a 64^2 QGrid, and (`--n-eval-sh`, models with a
+  harmonic head) random harmonic bodies (l <= 4, radius max / min up to 1.5).
+
+Harmonic bodies (models with a harmonic head): the relative rms radius error of the predicted lab-frame shape,
+sqrt(min over the 4 twins of sum (s c_pred - c_true)^2) with c = c_lm / c_00 (l >= 1; the truth's lab-frame
+coefficients projected from its rotated body), against the same for a sphere (the truth's own deformation), and
+the IoU of the predicted body (predicted size) with the truth (`fitting.iou`, best over the twins) against that
+of the sphere of the predicted size.
 
 Reported for the network alone: size error |r_pred / r_true - 1| (median, 90th percentile, per class and size
 bucket), class accuracy and confusion, orientation error of the ellipsoids and polyhedra up to their twins (geodesic
@@ -71,6 +78,59 @@ def random_rotation(rng) -> np.ndarray:
     return q * np.sign(np.linalg.det(q))
 
 
+def lab_relative(shape: ds.SphericalHarmonics, lmax: int) -> np.ndarray:
+    """Relative lab-frame coefficients c_lm / c_00 (l = 1 .. lmax) of a harmonic body with a rotation: its
+    radius R_body(R^T u) projected on the Y_lm by quadrature (exact for l <= lmax: rotations keep the degree)."""
+    from diffscat.shapes._harmonics import _sphere_grid, real_sph_harm
+    from fitting._evalset import _x64
+
+    u, w = _sphere_grid(4 * lmax + 8, 8 * lmax + 8)
+    u, w = u.reshape(-1, 3), w.reshape(-1)
+    c = np.asarray(shape.coefficients, float)
+    L = int(np.sqrt(c.size)) - 1
+    R = np.asarray(shape.rotation, float)
+    with _x64():
+        r_lab = np.asarray(real_sph_harm(L, u @ R), float) @ c  # u @ R = (R^T u) per row
+        Y = np.asarray(real_sph_harm(lmax, u), float)
+    lab = (Y * w[:, None]).T @ r_lab
+    return lab[1:] / lab[0]
+
+
+def harmonic_row(pred_sh, true_sh, r_pred: float, r_true: float) -> dict:
+    """The harmonic metrics of one prediction (see the module docstring)."""
+    from fitting._network import harmonics_from_relative, sh_twin_signs
+
+    p, t = np.asarray(pred_sh, float), np.asarray(true_sh, float)
+    n = min(p.size, t.size)
+    L = int(np.sqrt(n + 1)) - 1
+    err = min(float(np.sum((sg * p[:n] - t[:n]) ** 2)) for sg in sh_twin_signs(L))
+    truth = ds.SphericalHarmonics(harmonics_from_relative(t, r_true))
+    pred = ds.SphericalHarmonics(harmonics_from_relative(p, r_pred))
+    return {
+        "sh_rms_err": math.sqrt(err + float(np.sum(t[n:] ** 2)) + float(np.sum(p[n:] ** 2))),
+        "sh_rms_sphere": math.sqrt(float(np.sum(t**2))),
+        "iou": fitting.iou(truth, pred, n=48),
+        "iou_sphere": fitting.iou(truth, ds.Sphere(r_pred), n=48),
+    }
+
+
+def summarise_harmonics(rows) -> dict | None:
+    h = [r for r in rows if "sh_rms_err" in r]
+    if not h:
+        return None
+    out = {"n": len(h)}
+    for k in ("sh_rms_err", "sh_rms_sphere", "iou", "iou_sphere"):
+        v = np.array([r[k] for r in h])
+        out[k] = {
+            "median": float(np.median(v)),
+            "p10": float(np.percentile(v, 10)),
+            "p90": float(np.percentile(v, 90)),
+        }
+    out["iou_ge_0.9"] = float(np.mean([r["iou"] >= 0.9 for r in h]))
+    out["iou_sphere_ge_0.9"] = float(np.mean([r["iou_sphere"] >= 0.9 for r in h]))
+    return out
+
+
 def summarise(rows, classes) -> dict:
     err = np.array([abs(r["r_pred"] / r["r_true"] - 1) for r in rows])
     out = {
@@ -111,6 +171,9 @@ def summarise(rows, classes) -> dict:
             }
     if by_orient:
         out["orientation_deg"] = by_orient
+    sh = summarise_harmonics(rows)
+    if sh is not None:
+        out["harmonics"] = sh
     ang = [r["orient_deg"] for r in rows if r.get("orient_deg") is not None and r["cls_true"] == "Ellipsoid"]
     if ang:
         out["ellipsoid_orientation_deg"] = {
@@ -130,6 +193,12 @@ def main(argv=None):
     ap.add_argument("--n-sim", type=int, default=504)
     ap.add_argument("--n-mie", type=int, default=48)
     ap.add_argument("--n-eval", type=int, default=28, help="evaluation_set patterns (ellipsoids + polyhedra)")
+    ap.add_argument(
+        "--n-eval-sh",
+        type=int,
+        default=20,
+        help="evaluation_set harmonic bodies (models with a harmonic head)",
+    )
     ap.add_argument("--n-fit", type=int, default=8, help="patterns for the fit comparison (0: skip)")
     ap.add_argument("--fit-steps", type=int, default=100)
     ap.add_argument(
@@ -164,7 +233,9 @@ def main(argv=None):
                 "cls_true": c_true,
                 "cls_pred": c_pred,
             }
-            if c_true != "Sphere":
+            if c_true == "SphericalHarmonics":
+                row.update(harmonic_row(o["sh"][i], tg["sh"][i], row["r_pred"], row["r_true"]))
+            elif c_true != "Sphere":
                 Rp = np.asarray(rotation_from_6d(jnp.asarray(o["rot6d"][i])))
                 row["orient_deg"] = angle_to_twins(Rp, tg["rotation"][i], c_true)
             if c_true == "Ellipsoid":
@@ -189,6 +260,37 @@ def main(argv=None):
 
     # --- "evalset": the project's independent-path set
     es = None
+    has_sh = fitting.has_harmonics(net)
+    es_sh = None
+    if has_sh and args.n_eval_sh > 0:
+        t0 = time.perf_counter()
+        es_sh = fitting.evaluation_set(
+            args.seed,
+            families=("harmonics",),
+            n_harmonics=args.n_eval_sh,
+            n_pixels=64,
+            size_range=(2.5, 8.0),
+            photons_range=(1e5, 1e7),
+            pitch_factor=1.0,
+            supersample=2,
+            cache_dir=os.path.join(HERE, "results"),
+        )
+        report["evalset_sh_build_s"] = time.perf_counter() - t0
+        for pat in es_sh:
+            t = pat.truth
+            p = net.predict(pat.counts, es_sh.experiment, pat.mask)
+            truth = ds.SphericalHarmonics(
+                np.asarray(t["params"]["coefficients"]), rotation=np.asarray(t["rotation"])
+            )
+            row = {
+                "r_true": t["radius_eq"],
+                "r_pred": p["size_wavelengths"],
+                "cls_true": t["class"],
+                "cls_pred": p["class"],
+            }
+            row.update(harmonic_row(p["sh_relative"], lab_relative(truth, 4), row["r_pred"], row["r_true"]))
+            rows["evalset"].append(row)
+        print(f"evalset (harmonics): {len(es_sh)} patterns ({time.perf_counter() - t_all:.0f} s)", flush=True)
     if args.n_eval > 0:
         n_ell = args.n_eval // 2
         n_or = max(1, (args.n_eval - n_ell) // 6)
@@ -270,6 +372,14 @@ def main(argv=None):
                     for p in (ell[i : i + 1] + pol[i : i + 1])
                 ]
         mie_pool = [(c, m, "Sphere", d, bt) for c, m, r, d, bt in mie if r < 8.0]
+        if es_sh is not None:  # harmonic bodies take every third slot after the sphere
+            sh_pool = [
+                (p.counts, p.mask, "SphericalHarmonics", p.truth["delta"], p.truth["beta"]) for p in es_sh
+            ]
+            mixed = []
+            for i in range(max(len(pool), len(sh_pool))):
+                mixed += pool[2 * i : 2 * i + 2] + sh_pool[i : i + 1]
+            pool = mixed
         if args.fit_classes:  # only these classes (e.g. to rerun one class after a change)
             keep = set(args.fit_classes.split(","))
             pool = [x for x in pool if x[2] in keep]
@@ -285,10 +395,13 @@ def main(argv=None):
         for c, m, cls, delta, beta in order:
             kw = dict(delta=delta, beta=beta, uncertainties=False)
             t0 = time.perf_counter()
-            rn = fitting.fit_from_network(c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **kw)
+            skw = {"lmax": 4} if cls == "SphericalHarmonics" else {}
+            rn = fitting.fit_from_network(
+                c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **skw, **kw
+            )
             tn = time.perf_counter() - t0
             t0 = time.perf_counter()
-            ra = fitting.fit_auto(c, exp, (cls,), m, **kw)
+            ra = fitting.fit_auto(c, exp, (cls,), m, **skw, **kw)
             ta = time.perf_counter() - t0
             ln, la = fitting.data_loss(rn), fitting.data_loss(ra)
             cases.append(
@@ -323,6 +436,14 @@ def main(argv=None):
             print(
                 f"  {k}: n {s['n']}, median {s['size_err_median']:.3f}, p90 {s['size_err_p90']:.3f}, acc {s['class_accuracy']:.2f}"
             )
+            if "harmonics" in s:
+                h = s["harmonics"]
+                print(
+                    f"    harmonics: n {h['n']}, rms radius error median {h['sh_rms_err']['median']:.3f} "
+                    f"(sphere {h['sh_rms_sphere']['median']:.3f}), IoU median {h['iou']['median']:.3f} "
+                    f"(sphere {h['iou_sphere']['median']:.3f}), IoU >= 0.9 {h['iou_ge_0.9']:.2f} "
+                    f"(sphere {h['iou_sphere_ge_0.9']:.2f})"
+                )
             for c, o in s.get("orientation_deg", {}).items():
                 print(
                     f"    orientation {c}: n {o['n']}, median {o['median']:.1f} deg (chance {o['chance_median']:.1f}), "

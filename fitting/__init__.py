@@ -47,6 +47,7 @@ from ._fit import (
 )
 from ._init import (
     ESCAPE_ROUTES as ESCAPE_ROUTES,
+    HARMONIC_ROUTES as HARMONIC_ROUTES,
     SH_ROUTE as SH_ROUTE,
     beam_compact as beam_compact,
     ellipsoid_starts as ellipsoid_starts,
@@ -89,8 +90,10 @@ from ._multires import (
     low_q_crop as low_q_crop,
 )
 from ._netinit import (
+    SH_REFINE_STEPS as SH_REFINE_STEPS,
     START_CLASSES as START_CLASSES,
     fit_from_network as fit_from_network,
+    has_harmonics as has_harmonics,
     network_starts as network_starts,
     resolve_network as resolve_network,
 )
@@ -101,10 +104,12 @@ from ._network import (
     NetworkPredictor as NetworkPredictor,
     body_symmetries as body_symmetries,
     canonical_input as canonical_input,
+    harmonics_from_relative as harmonics_from_relative,
     load_network as load_network,
     network_loss as network_loss,
     polar_resample as polar_resample,
     rotation_from_6d as rotation_from_6d,
+    sh_twin_signs as sh_twin_signs,
     twin_bodies as twin_bodies,
     twin_rotations as twin_rotations,
 )

@@ -384,6 +384,7 @@ def fit_auto(
     delta_sign_tol: float | None = DELTA_SIGN_TOL,
     escape_z: float | None = ESCAPE_Z,
     sh_route: str | None = SH_ROUTE,
+    sh_start: str = "auto",
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -438,6 +439,14 @@ def fit_auto(
       orientation as starts, a short refinement) instead of the sphere / ellipsoid searches; the harmonic
       ladder starts from the network-started ellipsoid; other classes (Superellipsoid) keep their search,
       sized by the network's fit. Needs delta or beta != 0.
+    - `sh_start` (with `init`): where the harmonic stage starts. "network": from the network's own
+      harmonic coefficients (a model with a harmonic head, `fitting.has_harmonics`; the shipped one since
+      session 20): its predicted body and 3 twins, a short coarse search, then every coefficient free
+      (`fit_from_network`), with no sphere or ellipsoid fit; only when that ends a misfit (z of
+      `noise_consistency` > `escape_z`) is the network-started ellipsoid fitted and the ellipsoid route
+      (`sh_route` and its escapes) run, the lower loss kept (`.escapes` starts with ("network", loss, z)).
+      "ellipsoid": the ellipsoid route always. "auto" (default): "network" when the network has a harmonic
+      head, else "ellipsoid".
     - `network_min_prob`, `class_network`: the polyhedra among `candidates` to which the network gives a
       class probability below `network_min_prob` are not fitted at all (the most probable polyhedron always
       is); they are listed in `.network_pruned` as (class name, probability). The network: `class_network`
@@ -473,6 +482,7 @@ def fit_auto(
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
     pruner = class_network if class_network is not None else init
     check_network_min_prob(network_min_prob, pruner)
+    sh_net = _sh_from_network(sh_start, init) and "SphericalHarmonics" in cands
     optics = check_fit_optics(fit_optics)
     delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
 
@@ -502,6 +512,7 @@ def fit_auto(
             fit_kwargs,
             **ckw,
             fit_optics=optics,
+            ellipsoid_for_sh=not sh_net,
         )
         if verbose:
             print(f"network starts: {sorted(results)} fitted ({time.perf_counter() - t0:.1f} s)")
@@ -510,7 +521,19 @@ def fit_auto(
             results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs,
             n_refine,
         )  # fmt: skip
-    if "SphericalHarmonics" in cands:
+    if sh_net:
+        res = _harmonics_from_network(
+            data, experiment, mask, delta, beta, init, int(lmax), seed, regularizer, escape_z, sh_route, optics,
+            ckw, fit_kwargs, verbose,
+        )  # fmt: skip
+        results["SphericalHarmonics"] = res
+        if radius is None:
+            radius = (3.0 * float(np.asarray(res.model.volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+        if verbose:
+            print(
+                f"SphericalHarmonics (network start): loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)"
+            )
+    elif "SphericalHarmonics" in cands:
         res, stages = harmonics_ladder(
             data,
             experiment,
@@ -770,31 +793,99 @@ def _network_prune(init, cands, data, experiment, mask, min_prob):
     return net, sorted(drop, key=lambda x: -x[1])
 
 
-def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None, fit_optics=()):  # fmt: skip
-    """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows (and the ellipsoid
-    the harmonic ladder starts from); fills `results`; returns (sphere or None, ellipsoid or None, radius)."""
+def _sh_from_network(sh_start: str, init) -> bool:
+    """`fit_auto`'s `sh_start` resolved: whether the harmonic stage starts from the network's coefficients."""
+    if sh_start not in ("auto", "network", "ellipsoid"):
+        raise ValueError(f"sh_start must be 'auto', 'network' or 'ellipsoid', got {sh_start!r}")
+    if sh_start == "ellipsoid" or init is None:
+        if sh_start == "network":
+            raise ValueError("sh_start='network' needs a network (init=)")
+        return False
+    from ._netinit import has_harmonics
+
+    if has_harmonics(init):
+        return True
+    if sh_start == "network":
+        raise ValueError(
+            "sh_start='network': this network predicts no harmonic coefficients (trained before session 20 or "
+            "with network.sh_lmax = 0); use sh_start='ellipsoid'"
+        )
+    return False
+
+
+def _sh_ellipsoid_kwargs(data, experiment, mask, coarse, stage_rtol, fit_kwargs) -> dict:
+    """`fit_from_network` keywords of the ellipsoid fitted only as the harmonic ladder's start."""
     from ._fit import GRID_MARGIN
+
+    # an intermediate stage (no uncertainties, STAGE_RTOL) on the ladder's coarser voxel grid where it has
+    # one; the ladder's last stage refines at full pitch
+    kw = start_stage_kwargs(
+        data, experiment, mask, coarse, None, fit_kwargs, stage_rtol, search_coarsening=1.0
+    )
+    # fit's default grids for its search and refinement: the Ellipsoid candidate's tighter, coarser search
+    # (SEARCH_MARGIN, SEARCH_COARSENING) ended 1.4-184 NLL higher on 5 of 12 harmonic patterns (lower on 1) at
+    # the end of the ladder (docs/batch.md, session 14)
+    kw.setdefault("grid_margin", GRID_MARGIN)
+    kw.setdefault("search_margin", GRID_MARGIN)
+    return kw
+
+
+def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, seed, regularizer, escape_z, sh_route, optics, ckw, fit_kwargs, verbose):  # fmt: skip
+    """`fit_auto`'s harmonic candidate from the network's coefficients (`sh_start="network"`), with the
+    ellipsoid route as the escape when that ends a misfit. Returns the kept `FitResult`."""
+    from ._init import harmonics_ladder
+    from ._netinit import fit_from_network
+
+    res = fit_from_network(
+        data, experiment, init, mask, candidates=["SphericalHarmonics"], delta=delta, beta=beta, seed=seed,
+        lmax=lmax, fit_optics=optics, regularizer=regularizer, **fit_kwargs,
+    )  # fmt: skip
+    stages = list(res.stages or [res])
+    if escape_z is None:
+        return res
+    z, _, _ = noise_consistency(res)
+    if not (np.isfinite(z) and z > float(escape_z)):
+        return res
+    kw = _sh_ellipsoid_kwargs(data, experiment, mask, ckw["coarse"], ckw["stage_rtol"], fit_kwargs)
+    ell = fit_from_network(
+        data, experiment, init, mask, candidates=["Ellipsoid"], delta=delta, beta=beta, seed=seed,
+        fit_optics=optics, **kw,
+    )  # fmt: skip
+    other, more = harmonics_ladder(
+        data, experiment, ell.model, lmax, mask, regularizer=regularizer, escape_z=escape_z, route=sh_route,
+        **ckw, **fit_kwargs,
+    )  # fmt: skip
+    z2, _, _ = noise_consistency(other)
+    log = [("network", float(res.loss), float(z))]
+    log += list(getattr(other, "escapes", None) or [(sh_route or "ladder", float(other.loss), float(z2))])
+    if verbose:
+        print(
+            f"harmonics from the network: loss {res.loss:.1f} (z {z:.1f}); ellipsoid route {other.loss:.1f}"
+        )
+    best = other if other.loss < res.loss else res
+    best.stages = stages + [ell] + more
+    best.escapes = log
+    return best
+
+
+def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None, fit_optics=(), ellipsoid_for_sh=True):  # fmt: skip
+    """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows but the harmonic
+    shape (and the ellipsoid the harmonic ladder starts from, with `ellipsoid_for_sh`); fills `results`;
+    returns (sphere or None, ellipsoid or None, radius; None when nothing was fitted)."""
     from ._netinit import START_CLASSES, fit_from_network
 
-    need = [c for c in cands if c in START_CLASSES]
-    if "SphericalHarmonics" in cands and "Ellipsoid" not in need:
+    need = [c for c in cands if c in START_CLASSES and c != "SphericalHarmonics"]
+    if "SphericalHarmonics" in cands and ellipsoid_for_sh and "Ellipsoid" not in need:
         need.append("Ellipsoid")
+    if not need and "SphericalHarmonics" in cands:  # the harmonic fit from the network gives the size
+        return None, None, None
     if not need:  # e.g. only Superellipsoid: the network's size still starts its search
         need = ["Sphere"]
     fitted = {}
     for name in need:
         kw = fit_kwargs
         if name == "Ellipsoid" and name not in cands:
-            # only the harmonic ladder's start: an intermediate stage (no uncertainties, STAGE_RTOL) on the
-            # ladder's coarser voxel grid where it has one; the ladder's last stage refines at full pitch
-            kw = start_stage_kwargs(
-                data, experiment, mask, coarse, None, fit_kwargs, stage_rtol, search_coarsening=1.0
-            )
-            # fit's default grids for its search and refinement: the Ellipsoid candidate's tighter, coarser
-            # search (SEARCH_MARGIN, SEARCH_COARSENING) ended 1.4-184 NLL higher on 5 of 12 harmonic patterns
-            # (lower on 1) at the end of the ladder (docs/batch.md, session 14)
-            kw.setdefault("grid_margin", GRID_MARGIN)
-            kw.setdefault("search_margin", GRID_MARGIN)
+            kw = _sh_ellipsoid_kwargs(data, experiment, mask, coarse, stage_rtol, fit_kwargs)
         fitted[name] = fit_from_network(
             data,
             experiment,

@@ -35,7 +35,7 @@ from ._auto import (
     noise_consistency,
 )
 from ._evalset import POLYHEDRA
-from ._init import ESCAPE_ROUTES
+from ._init import HARMONIC_ROUTES
 from ._losses import AbstractLoss, as_loss
 
 __all__ = ["AutoBatchFitter", "noise_consistency", "GOF_THRESHOLD"]
@@ -66,12 +66,13 @@ def _failed_as_none(r, seconds: float):
 
 def escape_code(result) -> int:
     """batch-fit's `escape` column for a harmonic `FitResult`: 0 when no escape ran, else 1 + the index in
-    `ESCAPE_ROUTES` of the route with the lowest loss in `result.escapes` (the one kept)."""
+    `HARMONIC_ROUTES` (`ESCAPE_ROUTES`, then "network") of the route with the lowest loss in
+    `result.escapes` (the one kept)."""
     log = getattr(result, "escapes", None)
     if not log:
         return 0
     best = min(log, key=lambda e: e[1])
-    return 1 + ESCAPE_ROUTES.index(best[0])
+    return 1 + HARMONIC_ROUTES.index(best[0])
 
 
 class AutoBatchFitter:
@@ -100,7 +101,8 @@ class AutoBatchFitter:
       z > `gof_threshold`.
     - `init`: None, or a network (model path, "default", a `fitting.NetworkPredictor`): `fit_auto(init=...)`,
       the network's prediction starts each pattern's fits (loaded once, checked here); `network_min_prob`:
-      polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`).
+      polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`);
+      `sh_start`: where the harmonic stage starts (`fit_auto(sh_start=...)`: "auto", "network", "ellipsoid").
     - `lockstep`: run the chunk's patterns together (`fitting.lockstep_map`: each pattern's `fit_auto` in
       its own thread, their `fitting.fit` calls merged into vmapped batches over the patterns, sharded
       over the local devices); "auto" (default): on when JAX's default backend is not the CPU (a batch
@@ -119,7 +121,7 @@ class AutoBatchFitter:
     `edge`(+sigma) when a polyhedron is a candidate, `semi_axes`(+sigma) for Ellipsoid / Superellipsoid
     (ellipsoid axes ascending, the rotation relabelled alike), `exponents` for Superellipsoid, `coefficients`
     (+sigma) ((lmax + 1)^2, body frame) and `escape` (int: 0 no escape ran, else 1 + the index in
-    `ESCAPE_ROUTES` of the escape route kept; `fitting.harmonics_ladder`) for SphericalHarmonics; NaN where
+    `HARMONIC_ROUTES` of the escape route kept; `fitting.harmonics_ladder`) for SphericalHarmonics; NaN where
     the pattern's class has no such parameter. Plus the flags `converged`, `misfit`, `out_of_range` that `batch_fit` turns into the status.
     """
 
@@ -152,6 +154,7 @@ class AutoBatchFitter:
         gof_threshold: float = GOF_THRESHOLD,
         init: object = None,
         network_min_prob: float | None = None,
+        sh_start: str = "auto",
         fit_optics: Sequence[str] = (),
         delta_sign_tol: float | None = DELTA_SIGN_TOL,
         lockstep: bool | str = "auto",
@@ -222,6 +225,11 @@ class AutoBatchFitter:
             from ._netinit import resolve_network
 
             self.auto_kwargs["init"] = resolve_network(init)  # a bad path fails here, before any pattern
+        if sh_start != "auto":
+            from ._auto import _sh_from_network
+
+            _sh_from_network(sh_start, self.auto_kwargs.get("init"))  # a bad value fails before any pattern
+            self.auto_kwargs["sh_start"] = sh_start
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)
@@ -288,11 +296,11 @@ class AutoBatchFitter:
             self.column_attrs["class_criterion"] = {"names": cn, "criterion": criterion}
         if self._has_sh:
             self.column_attrs["escape"] = {
-                "names": ["none", *ESCAPE_ROUTES],
-                "meaning": "the harmonic stage's route whose result was kept (fitting.harmonics_ladder): "
-                "none = the first route's result was consistent with the noise, no escape ran; else the "
-                "route kept after the escapes (the first, compact_all by default, or another); -1 = no "
-                "harmonic fit",
+                "names": ["none", *HARMONIC_ROUTES],
+                "meaning": "the harmonic stage's route whose result was kept (fitting.harmonics_ladder, "
+                "fitting.fit_auto sh_start): none = the first route's result was consistent with the noise, "
+                "no escape ran; else the route kept after the escapes (the first, network or compact_all by "
+                "default, or another); -1 = no harmonic fit",
             }
             self.column_attrs["coefficients"] = {
                 "lmax": self.lmax,

@@ -190,6 +190,12 @@ def _schemas() -> dict:
                 "(the most probable always is; fitting.fit_auto(network_min_prob=...))",
                 min=0,
             ),
+            "sh_start": Key(
+                "str",
+                'with network, SphericalHarmonics: "auto" (the network\'s own coefficients when it predicts '
+                'them, else the network-started ellipsoid), "network" or "ellipsoid" (fitting.fit_auto(sh_start=...))',
+                default="auto",
+            ),
         },
         "batch": {
             "chunk_size": Key(
@@ -292,6 +298,12 @@ def load_batch_config(path, overrides=()) -> dict:
             )
         if not float(ini["min_prob"]) < 1:
             raise ConfigError(f"init.min_prob = {ini['min_prob']} must be below 1")
+    if ini.get("sh_start", "auto") not in ("auto", "network", "ellipsoid"):
+        raise ConfigError(f"init.sh_start = {ini['sh_start']!r} must be 'auto', 'network' or 'ellipsoid'")
+    if ini.get("sh_start", "auto") != "auto" and ini.get("network") is None:
+        raise ConfigError(
+            "init.sh_start needs init.network (where the harmonic shape starts from the network)"
+        )
     out["fit"].setdefault("n_steps", 8 if m["type"] == "Sphere" else 200)
     return out
 
@@ -359,6 +371,7 @@ def make_fitter(cfg: dict, experiment):
         gof_threshold=fit["gof_threshold"],
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
+        sh_start=cfg.get("init", {}).get("sh_start", "auto"),
         fit_optics=tuple(m["fit_optics"]),
         delta_sign_tol=m["delta_sign_tol"],
         lockstep={"auto": "auto", "on": True, "off": False}[cfg["batch"]["lockstep"]],

@@ -3,7 +3,10 @@ image of a CXI file (photon counts; geometry from the file).
 
 Writes (atomically) an HDF5 file with one row per image: radius_eq [length unit], size_wavelengths,
 class (names), class_index, class_probs (N, n_classes; attribute `classes`), semi_axes (N, 3) [length unit,
-sorted], rotation (N, 3, 3) (r_lab = R r_body). Attributes: model, data, length_unit.
+sorted], rotation (N, 3, 3) (r_lab = R r_body); for a model with a harmonic head also coefficients
+(N, (lmax + 1)^2) [length unit; c_lm at l^2 + l + m, lab frame, meaningful where the class is
+SphericalHarmonics] with attribute `lmax`, and sh_relative (N, (lmax + 1)^2 - 1) = c_lm / c_00 (l >= 1).
+Attributes: model, data, length_unit.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def run(args) -> int:
             cp.attrs["classes"] = list(net.classes)
             f.create_dataset("semi_axes", data=np.array([r["semi_axes"] for r in rows]))
             f.create_dataset("rotation", data=np.array([r["rotation"] for r in rows]))
+            if rows and "coefficients" in rows[0]:
+                c = f.create_dataset("coefficients", data=np.array([r["coefficients"] for r in rows]))
+                c.attrs["lmax"] = int(np.sqrt(c.shape[1])) - 1
+                c.attrs["index"] = (
+                    "c_lm at l^2 + l + m (lab frame; meaningful where class is SphericalHarmonics)"
+                )
+                f.create_dataset("sh_relative", data=np.array([r["sh_relative"] for r in rows]))
             f.attrs["model"] = os.path.abspath(args.model)
             f.attrs["data"] = os.path.abspath(args.data)
             f.attrs["length_unit"] = args.length_unit

@@ -487,11 +487,21 @@ def fit_batch(
 
 def _network_models(init, data, experiment, mask, like: ds.AbstractShape) -> list:
     """`fit(init=network)`: the network's starts for `like`'s class, with `like`'s optical constants."""
-    from ._netinit import START_CLASSES, network_starts
+    from ._netinit import START_CLASSES, has_harmonics, network_starts
 
     name = type(like).__name__
     if name not in START_CLASSES:
         raise ValueError(f"init: the network has no starts for {name}; its classes are {START_CLASSES}")
+    if name == "SphericalHarmonics" and not has_harmonics(init):
+        raise ValueError(
+            "init: this network predicts no spherical-harmonic coefficients (trained before session 20 or "
+            "with network.sh_lmax = 0): no SphericalHarmonics starts"
+        )
+    if name == "SphericalHarmonics":  # the starts at the model's degree
+        delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
+        return network_starts(
+            init, data, experiment, mask, delta=delta, beta=beta, classes=[name], lmax=like.lmax
+        )[name]
     delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
     return network_starts(init, data, experiment, mask, delta=delta, beta=beta, classes=[name])[name]
 

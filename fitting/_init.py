@@ -43,6 +43,9 @@ __all__ = [
 # `harmonics_ladder`'s named routes, in the order the escapes try them (`FitResult.escapes` names them;
 # batch-fit's `escape` column codes them after "none": no escape ran)
 ESCAPE_ROUTES = ("compact_all", "ladder", "all_degrees", "compact", "coarse_last")
+# every route a harmonic result can name in `.escapes`: the ladder's, then "network" (`fitting.fit_auto` with
+# `sh_start="network"`: from the network's own coefficients); batch-fit's `escape` column is 1 + the index here
+HARMONIC_ROUTES = (*ESCAPE_ROUTES, "network")
 # (start from the beam-compact ellipsoid, every degree at once, coarse_last) of each route
 _ROUTE_PLANS = {
     "compact_all": (True, True, False),

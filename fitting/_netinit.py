@@ -44,9 +44,29 @@ from ._auto import _template, check_fit_optics, choose_class, fit_oriented, orie
 from ._evalset import POLYHEDRA
 from ._network import NetworkPredictor, load_network, twin_bodies
 
-__all__ = ["network_starts", "fit_from_network", "resolve_network", "rotations_near", "START_CLASSES"]
+__all__ = [
+    "network_starts",
+    "fit_from_network",
+    "resolve_network",
+    "rotations_near",
+    "has_harmonics",
+    "START_CLASSES",
+    "SH_REFINE_STEPS",
+]
 
-START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
+START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA, "SphericalHarmonics")
+# the number of optimiser steps of the harmonic refinement from the network's coefficients (`fit_from_network`
+# with "SphericalHarmonics"): the coefficients are many and the start is further from the optimum than a
+# polyhedron's, so fit's default rather than the short refinement of the other classes
+SH_REFINE_STEPS = 200
+
+
+def has_harmonics(network) -> bool:
+    """Whether `network` (anything `resolve_network` takes) predicts spherical-harmonic coefficients and
+    classifies harmonic bodies (a model trained with `network.sh_lmax` > 0 and the class, session 20 on)."""
+    net = resolve_network(network)
+    return "SphericalHarmonics" in net.classes and int(net.meta["config"]["network"].get("sh_lmax", 0)) > 0
+
 
 # Voxel-grid half-width of `fit_from_network`'s coarse multi-start, in bounding radii of its largest start
 # (`fit`'s default 1.3 leaves room for a start far from the answer; the network's starts are within a few per
@@ -146,13 +166,19 @@ def starts_from_prediction(
     min_anisotropy: float = 0.05,
     seed: int = 0,
     ellipsoid_spins: int = 4,
+    lmax: int | None = None,
 ) -> dict[str, list[ds.AbstractShape]]:
-    """Starting shapes per class from one `NetworkPredictor.predict` dict (see the module docstring)."""
+    """Starting shapes per class from one `NetworkPredictor.predict` dict (see the module docstring).
+    "SphericalHarmonics": the predicted lab-frame body (`prediction["coefficients"]`, padded or cut to degree
+    `lmax`, default the network's) and its three pattern twins (`fitting.harmonics_twins`: point inversion,
+    mirror along the beam, both), which the network cannot tell apart (its loss takes the minimum over them)."""
     r = float(prediction["radius_eq"])
     R = np.asarray(prediction["rotation"], float)
     out: dict[str, list[ds.AbstractShape]] = {}
     for name in classes:
-        if name == "Sphere":
+        if name == "SphericalHarmonics":
+            out[name] = _harmonic_starts(prediction, delta, beta, lmax)
+        elif name == "Sphere":
             fs = _size_factors(n_per_class, size_spread)
             out[name] = [ds.Sphere(r * f, delta=delta, beta=beta) for f in fs]
         elif name == "Ellipsoid":
@@ -186,6 +212,31 @@ def starts_from_prediction(
     return out
 
 
+def _harmonic_starts(prediction: dict, delta: float, beta: float, lmax: int | None) -> list[ds.AbstractShape]:
+    from ._init import harmonics_twins
+
+    if "coefficients" not in prediction:
+        raise ValueError(
+            "this network predicts no spherical-harmonic coefficients (trained before session 20 or with "
+            "network.sh_lmax = 0): no SphericalHarmonics starts"
+        )
+    c = np.asarray(prediction["coefficients"], float)
+    L = math.isqrt(c.size) - 1 if lmax is None else int(lmax)
+    if L < 0:
+        raise ValueError(f"lmax must be >= 0, got {lmax}")
+    full = np.zeros((L + 1) ** 2)
+    k = min(full.size, c.size)
+    full[:k] = c[:k]
+    if full.size < c.size:  # cut: keep the volume (c_00 of the kept degrees)
+        full = full * (float(prediction["radius_eq"]) / _r_eq(full)) if L > 0 else full
+    body = ds.SphericalHarmonics(full.astype(np.float32), delta, beta)
+    return harmonics_twins(body)
+
+
+def _r_eq(c: np.ndarray) -> float:
+    return (3.0 * float(np.asarray(ds.SphericalHarmonics(c).volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
 def network_starts(
     network,
     data,
@@ -200,6 +251,7 @@ def network_starts(
     min_anisotropy: float = 0.05,
     seed: int = 0,
     ellipsoid_spins: int = 4,
+    lmax: int | None = None,
 ) -> dict[str, list[ds.AbstractShape]]:
     """Starting shapes for `fitting.fit`, per class, from one network prediction.
 
@@ -208,8 +260,9 @@ def network_starts(
       (the shipped model, `fitting/models/default.eqx`).
     - `data`: ONE pattern of photon counts, shaped like `experiment.shape`; `mask`: True = used pixel.
     - `delta`, `beta`: optical constants of the starts (the network does not predict them).
-    - `classes`: class names among `START_CLASSES` ("Sphere", "Ellipsoid", the six polyhedra); default the
-      network's predicted class only.
+    - `classes`: class names among `START_CLASSES` ("Sphere", "Ellipsoid", the six polyhedra,
+      "SphericalHarmonics": only from a model with a harmonic head); default the network's predicted class
+      only. `lmax`: the degree of the harmonic starts (default the network's, 4 for the shipped model).
     - `n_per_class` (>= 1): starts per class (sizes x orientations; see the module docstring for the
       ellipsoid's and the polyhedra's twins); `size_spread`: relative size step between starts;
       `min_anisotropy`: ellipsoid starts get c / a >= (1 + m) / (1 - m); `seed`: the random orientations of
@@ -243,10 +296,13 @@ def network_starts(
         min_anisotropy=float(min_anisotropy),
         seed=seed,
         ellipsoid_spins=int(ellipsoid_spins),
+        lmax=lmax,
     )
 
 
 def _free_for(name: str) -> tuple[str, ...]:
+    if name == "SphericalHarmonics":
+        return ("coefficients",)
     if name == "Sphere":
         return ("radius",)
     if name == "Ellipsoid":
@@ -276,6 +332,7 @@ def fit_from_network(
     search_kwargs: dict | None = None,
     ellipsoid_spins: int = 4,
     fit_optics: Sequence[str] = (),
+    lmax: int | None = None,
     **fit_kwargs,
 ):
     """Network prediction, then a short `fitting.fit` refinement from its starts (`network_starts`).
@@ -292,7 +349,11 @@ def fit_from_network(
       delta does not decide which start wins); `delta`, `beta` are then the starting values. The polyhedra's
       local-search path keeps them fixed (`fitting.fit_auto(fit_optics=...)` frees them afterwards). The sign
       of a fitted delta is the fit's own here; `fitting.fit_auto` then applies `fitting.keep_delta_sign`.
-    - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`: see `network_starts`.
+    - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`, `lmax`: see `network_starts`.
+    - "SphericalHarmonics" (a model with a harmonic head): the predicted body and its 3 twins run the coarse
+      search, the best is refined with every coefficient free for `SH_REFINE_STEPS` steps (or the caller's
+      `max_steps` when larger), with the harmonic prior `SHDegreePrior(0.15)` unless the caller gives a
+      `regularizer`.
     - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
       `n_orientations` random orientations at the predicted size join the network's starts (0 = network
       starts only). Default (None): for the classes whose orientation the network was trained on
@@ -351,6 +412,7 @@ def fit_from_network(
         size_spread=float(size_spread),
         seed=seed,
         ellipsoid_spins=int(ellipsoid_spins),
+        lmax=lmax,
     )
     results = {}
     for name in names:
@@ -395,6 +457,12 @@ def fit_from_network(
                 continue
             s = s + search[0][: int(n_refine)]
         kw = dict(fit_kwargs)
+        steps = int(max_steps)
+        if name == "SphericalHarmonics":
+            from ._regularizers import sh_regularizer
+
+            kw["regularizer"] = sh_regularizer(kw.get("regularizer"))
+            steps = max(steps, SH_REFINE_STEPS)
         pitch = kw.pop("pitch", None)
         if pitch is None and experiment.sampling_hint is not None:
             pitch = ds.default_pitch(*experiment.sampling_hint)
@@ -424,7 +492,7 @@ def fit_from_network(
             s = search.model
         # after a search: refine_fit's tight grid (refit on fit's default grid if the shape outgrew it)
         refine = refine_fit if stages else fit
-        res = refine(data, experiment, s, mask, free=free, pitch=pitch, max_steps=int(max_steps), **kw)
+        res = refine(data, experiment, s, mask, free=free, pitch=pitch, max_steps=steps, **kw)
         res.stages = stages + [res]
         results[name] = res
     best = choose_class(results, int(next(iter(results.values())).n_used), criterion)

@@ -51,12 +51,37 @@ __all__ = [
     "twin_bodies",
     "body_symmetries",
     "network_loss",
+    "sh_twin_signs",
+    "harmonics_from_relative",
     "NetworkPredictor",
     "load_network",
 ]
 
-CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA)
+CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA, "SphericalHarmonics")
 NETWORK_CLASSES = CLASSES  # the name `fitting` exports
+# the scale of the raw coefficient outputs: relative coefficients c_lm / c_00 of droplets are a few 0.01
+SH_OUTPUT_SCALE = 0.1
+
+
+def sh_count(lmax: int) -> int:
+    """Number of relative spherical-harmonic coefficients c_lm / c_00 the network predicts up to degree
+    `lmax`: (lmax + 1)^2 - 1 (every (l, m) but c_00, the size); 0 for lmax 0."""
+    return (int(lmax) + 1) ** 2 - 1 if int(lmax) > 0 else 0
+
+
+def sh_twin_signs(lmax: int) -> np.ndarray:
+    """(4, (lmax + 1)^2 - 1) sign vectors of the pattern twins of a LAB-frame harmonic body on its relative
+    coefficients c_lm / c_00 (l >= 1, index l^2 + l + m - 1), as `fitting.harmonics_twins` at rotation
+    identity: the body, its point inversion r -> -r ((-1)^l), its mirror in lab z ((-1)^(l + m)), both
+    ((-1)^m). The network's harmonic loss takes the minimum over them."""
+    L = int(lmax)
+    l = np.concatenate([np.full(2 * k + 1, k) for k in range(1, L + 1)]) if L > 0 else np.zeros(0, int)
+    m = np.concatenate([np.arange(-k, k + 1) for k in range(1, L + 1)]) if L > 0 else np.zeros(0, int)
+    out = np.stack([np.ones_like(l), (-1.0) ** l, (-1.0) ** (l + m), (-1.0) ** m]).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 CANONICAL_THETA_MAX_DEG = 30.0
 
 
@@ -229,7 +254,9 @@ class InversionCNN(eqx.Module):
 
     `__call__(x)` on ONE image returns a dict: "log_size" () log of the volume-equivalent radius in
     wavelengths, "logits" (n_classes,), "log_axes" (2,) log(a / r_eq), log(c / r_eq) of the sorted
-    semi-axes a <= b <= c (b = r_eq^3 / (a c)), "rot6d" (6,).
+    semi-axes a <= b <= c (b = r_eq^3 / (a c)), "rot6d" (6,), "sh" (n_sh,) the relative lab-frame
+    spherical-harmonic coefficients c_lm / c_00 for l = 1 .. `sh_lmax` (index l^2 + l + m - 1; empty for
+    `sh_lmax` 0, models before session 20), from the orientation head.
     """
 
     convs: tuple[eqx.nn.Conv2d, ...]
@@ -240,6 +267,7 @@ class InversionCNN(eqx.Module):
     harmonics: tuple[int, ...] = eqx.field(static=True)
     orient_orders: tuple[int, ...] = eqx.field(static=True, default=())
     orient_bins: int = eqx.field(static=True, default=0)
+    n_sh: int = eqx.field(static=True, default=0)
 
     def __init__(
         self,
@@ -253,8 +281,12 @@ class InversionCNN(eqx.Module):
         orient_orders: tuple[int, ...] = (),
         orient_hidden: int | None = None,
         orient_bins: int = 4,
+        sh_lmax: int = 0,
     ):
         n, widths = int(n), tuple(int(w) for w in widths)
+        if int(sh_lmax) < 0:
+            raise ValueError(f"sh_lmax must be >= 0, got {sh_lmax}")
+        self.n_sh = sh_count(sh_lmax)
         self.orient_orders = tuple(sorted({int(m) for m in orient_orders}))
         f = 2 ** len(widths)
         keys = jax.random.split(key, len(widths) + 2)
@@ -271,7 +303,9 @@ class InversionCNN(eqx.Module):
                 for i in range(len(widths))
             )
             side = n // f
-            self.head = eqx.nn.MLP(widths[-1] * side * side, 1 + k + 2 + 6, hidden, 2, key=keys[-2])
+            self.head = eqx.nn.MLP(
+                widths[-1] * side * side, 1 + k + 2 + 6 + self.n_sh, hidden, 2, key=keys[-2]
+            )
             self.orient_head = None
             return
         nr, nphi = (int(v) for v in polar)
@@ -304,7 +338,9 @@ class InversionCNN(eqx.Module):
             nphi_i = nphi // 2 ** (i + 1)
             n_orient += 2 * widths[i] * self.orient_bins * len(self._orders(nphi_i, self.orient_orders))
         oh = hidden if orient_hidden is None else int(orient_hidden)
-        self.orient_head = eqx.nn.MLP(n_orient, 6, oh, 2, key=keys[-1])
+        # the 6-D rotation and the relative harmonic coefficients (lab frame: they turn with the pattern, so
+        # they need the azimuth-resolved features as the rotation does)
+        self.orient_head = eqx.nn.MLP(n_orient, 6 + self.n_sh, oh, 2, key=keys[-1])
 
     def _harmonic_layers(self) -> range:
         return range(min(2, len(self.convs) - 1))
@@ -325,6 +361,7 @@ class InversionCNN(eqx.Module):
                 h = jax.nn.gelu(c(h))
             o = self.head(h.reshape(-1))
             rot6d = o[3 + k : 9 + k]
+            sh = o[9 + k :]
         else:
             h = polar_resample(h, *self.polar)
             harm, phase = [], []
@@ -347,12 +384,14 @@ class InversionCNN(eqx.Module):
             last = [jnp.mean(h, -1), jnp.max(h, -1)] + [F[..., m] for m in self._last_harmonics(h.shape[-1])]
             pooled = jnp.concatenate(last, 0).reshape(-1)
             o = self.head(jnp.concatenate([pooled, *harm]))
-            rot6d = self.orient_head(jnp.concatenate([pooled, h.reshape(-1), *phase]))
+            ro = self.orient_head(jnp.concatenate([pooled, h.reshape(-1), *phase]))
+            rot6d, sh = ro[:6], ro[6:]
         return {
             "log_size": o[0] + 1.5,  # offset: log(4.5) ~ middle of 2-12 wavelengths
             "logits": o[1 : 1 + k],
             "log_axes": jnp.stack([-jax.nn.softplus(o[1 + k]), jax.nn.softplus(o[2 + k])]),
             "rot6d": rot6d,
+            "sh": SH_OUTPUT_SCALE * sh,
         }
 
 
@@ -392,13 +431,13 @@ def body_symmetries(class_name: str) -> np.ndarray:
     """(m, 3, 3) orthogonal matrices g, proper first then improper, with S(g r) = S(r) for the body of
     `class_name` in its own frame: the 8 sign flips of the axes for "Ellipsoid" (axes distinct), the
     point group of a polyhedron found from its face planes (Cube, Octahedron, TruncatedOctahedron,
-    Cuboctahedron: O_h, 48; Icosahedron: I_h, 120; Decahedron: D_5h, 20), the identity for "Sphere"
-    (no orientation to score)."""
-    if class_name == "Sphere":
+    Cuboctahedron: O_h, 48; Icosahedron: I_h, 120; Decahedron: D_5h, 20), the identity for "Sphere" and
+    "SphericalHarmonics" (no orientation to score: a harmonic body's lab-frame coefficients carry it)."""
+    if class_name in ("Sphere", "SphericalHarmonics"):
         G = np.eye(3)[None]
     elif class_name == "Ellipsoid":
         G = np.concatenate([_D_PROPER, _D_IMPROPER]).astype(float)
-    if class_name in ("Sphere", "Ellipsoid"):
+    if class_name in ("Sphere", "Ellipsoid", "SphericalHarmonics"):
         G.setflags(write=False)
         return G
     if class_name not in POLYHEDRA:
@@ -509,9 +548,13 @@ def network_loss(
 ) -> tuple[Float[Array, ""], dict]:
     """Loss of ONE prediction `out` (from `InversionCNN`) against ONE `target`: dict with "log_size" (),
     "label" () int index into the class list, "log_axes" (2,), "rotation" (3, 3), "has_orientation" ()
-    1.0 for shapes whose orientation is scored, "has_axes" () 1.0 for shapes whose axes are scored.
+    1.0 for shapes whose orientation is scored, "has_axes" () 1.0 for shapes whose axes are scored, and
+    optionally "sh" (n_sh,) the relative lab-frame coefficients c_lm / c_00 (l >= 1) with "has_sh" () 1.0
+    for harmonic bodies (a model with `sh_lmax` 0 or a target without them: no harmonic term).
 
-    Terms: size (log_size error)^2, cross-entropy, axes squared log error, and orientation
+    Terms: size (log_size error)^2, cross-entropy, axes squared log error, harmonics
+    min over the 4 pattern twins (`sh_twin_signs`) of sum (s c_pred - c_true)^2 (= the squared rms radius
+    error over directions in units of the mean radius, the Y_lm being orthonormal), and orientation
     ||R_pred - R_twin||_F^2 / 8 (= sin^2 of half the angle between them) reduced over the twins of the truth
     by `reduce_twins`: "min" (the default, the twin-min loss) or "mean" (for comparison only: it rewards the
     twins' average). `twins`: the table `twin_table(classes)` (L, g, valid) of the class list the labels
@@ -542,13 +585,42 @@ def network_loss(
         raise ValueError(f"reduce_twins must be 'min' or 'mean', got {reduce_twins!r}")
     rot = rot * target["has_orientation"]
     total = w["size"] * size + w["class"] * ce + w["axes"] * axes + w["orientation"] * rot
-    return total, {"size": size, "class": ce, "axes": axes, "orientation": rot}
+    terms = {"size": size, "class": ce, "axes": axes, "orientation": rot}
+    n_sh = out["sh"].shape[-1] if "sh" in out else 0
+    if n_sh and "sh" in target:
+        if target["sh"].shape[-1] != n_sh:
+            raise ValueError(
+                f"target sh has {target['sh'].shape[-1]} coefficients, the model predicts {n_sh}"
+            )
+        L = math.isqrt(n_sh + 1) - 1
+        signs = jnp.asarray(sh_twin_signs(L), out["sh"].dtype)
+        err = jnp.sum((signs * out["sh"][None] - target["sh"][None]) ** 2, axis=-1)
+        sh = jnp.min(err) * target["has_sh"]
+        total = total + w.get("harmonics", 1.0) * sh
+        terms["harmonics"] = sh
+    return total, terms
 
 
 # ------------------------------------------------------------------------------------------- inference
 
 
-def _shape_from(cls_name: str, r_eq: float, log_axes, R, delta: float, beta: float) -> ds.AbstractShape:
+def harmonics_from_relative(relative, r_eq: float) -> np.ndarray:
+    """Full coefficients ((lmax + 1)^2,) [length] of the harmonic body with relative lab-frame coefficients
+    `relative` = c_lm / c_00 (l >= 1, as the network predicts them) and volume-equivalent radius `r_eq`
+    [length]: c_00 is set by the body's volume (computed by `diffscat.SphericalHarmonics.volume`)."""
+    rel = np.asarray(relative, np.float64).reshape(-1)
+    if math.isqrt(rel.size + 1) ** 2 != rel.size + 1:
+        raise ValueError(f"relative must hold (lmax + 1)^2 - 1 coefficients, got {rel.size}")
+    c = np.concatenate([[1.0], rel])
+    v1 = float(np.asarray(ds.SphericalHarmonics(c).volume()))
+    return c * (4.0 / 3.0 * math.pi * float(r_eq) ** 3 / v1) ** (1.0 / 3.0)
+
+
+def _shape_from(
+    cls_name: str, r_eq: float, log_axes, R, delta: float, beta: float, sh=None
+) -> ds.AbstractShape:
+    if cls_name == "SphericalHarmonics":
+        return ds.SphericalHarmonics(harmonics_from_relative(sh, r_eq), delta, beta)
     if cls_name == "Sphere":
         return ds.Sphere(r_eq, delta, beta)
     if cls_name == "Ellipsoid":
@@ -567,7 +639,10 @@ class NetworkPredictor:
     "class", "class_probs" {name: p}, "semi_axes" (length unit, sorted; ellipsoids), "rotation" (3, 3),
     "oriented_classes" (the classes whose rotation the model was trained on; others' is not meaningful),
     "shape" (a diffscat shape of the predicted class with delta/beta from the training config, usable as a
-    start for `fitting.fit`). `predict_batch(stack, experiment, mask)` does a whole (N, ny, nx) stack.
+    start for `fitting.fit`); models with a harmonic head (`sh_lmax` > 0) also "sh_relative" (n_sh,) the
+    relative lab-frame coefficients c_lm / c_00 (l >= 1) and "coefficients" ((lmax + 1)^2,) the full ones in
+    the length unit (volume-equivalent radius "radius_eq"; identity rotation), meaningful when the body is
+    harmonic. `predict_batch(stack, experiment, mask)` does a whole (N, ny, nx) stack.
     """
 
     def __init__(self, model: InversionCNN, meta: dict):
@@ -614,7 +689,10 @@ class NetworkPredictor:
         r_wl = float(np.exp(o["log_size"][i]))
         R = np.asarray(rotation_from_6d(jnp.asarray(o["rot6d"][i])))
         delta, beta = float(np.mean(cfg["data"]["delta_range"])), float(np.mean(cfg["data"]["beta_range"]))
-        shape = _shape_from(cls_name, r_wl * lam, o["log_axes"][i], R, delta, beta)
+        sh = o["sh"][i] if "sh" in o and o["sh"].shape[-1] else None
+        if cls_name == "SphericalHarmonics" and sh is None:
+            raise ValueError("the model classifies SphericalHarmonics but predicts no coefficients")
+        shape = _shape_from(cls_name, r_wl * lam, o["log_axes"][i], R, delta, beta, sh)
         res = {
             "radius_eq": r_wl * lam,
             "size_wavelengths": r_wl,
@@ -626,6 +704,9 @@ class NetworkPredictor:
         }
         a, c = r_wl * math.exp(float(o["log_axes"][i][0])), r_wl * math.exp(float(o["log_axes"][i][1]))
         res["semi_axes"] = np.array([a, r_wl**3 / (a * c), c]) * lam
+        if sh is not None:  # meaningful for the harmonic class (the head is trained on harmonic bodies only)
+            res["sh_relative"] = np.asarray(sh, np.float64)
+            res["coefficients"] = harmonics_from_relative(sh, r_wl) * lam
         return res
 
     def predict(self, data, experiment: ds.Experiment, mask=None) -> dict:
@@ -660,6 +741,7 @@ def build_model(config: dict, key: PRNGKeyArray) -> InversionCNN:
         orient_orders=tuple(int(m) for m in net.get("orient_orders", ())),
         orient_hidden=int(net.get("orient_hidden", net["hidden"])),
         orient_bins=int(net.get("orient_bins", 4)),
+        sh_lmax=int(net.get("sh_lmax", 0)),
     )
 
 
@@ -684,6 +766,10 @@ def sidecar_config(config: dict) -> dict:
         cfg["train"]["loss_weights"] = {"size": 1.0, "class": 0.3, "axes": 1.0, "orientation": 0.3}
     if "train" in cfg and "orientation_classes" not in cfg["train"]:  # before polyhedron orientations
         cfg["train"]["orientation_classes"] = "ellipsoid"
+    if "network" in cfg and "sh_lmax" not in cfg["network"]:  # before the harmonic head (session 20)
+        cfg["network"]["sh_lmax"] = 0
+    if "train" in cfg and "harmonics" not in cfg["train"].get("loss_weights", {}):
+        cfg["train"].setdefault("loss_weights", {})["harmonics"] = 0.0
     return cfg
 
 

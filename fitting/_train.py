@@ -20,6 +20,7 @@ Public here: `DEFAULT_CONFIG`, `check_config`, `make_batch_fn`, `sample_truths`,
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -36,8 +37,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import diffscat as ds
 from diffscat.detectors import expected_photons
 
-from ._evalset import POLYHEDRA
-from ._network import CLASSES, CanonicalMap, build_model, network_loss, read_sidecar, sidecar_path, twin_table
+from ._evalset import POLYHEDRA, _x64
+from ._network import (
+    CLASSES,
+    CanonicalMap,
+    build_model,
+    network_loss,
+    read_sidecar,
+    sh_count,
+    sidecar_path,
+    twin_table,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -67,6 +77,15 @@ DEFAULT_CONFIG: dict = {
         "beta_range": [0.0, 0.002],
         "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
         "mix_families": False,  # True: every batch spans all families (else one family per step)
+        # class "SphericalHarmonics": lab-frame bodies with relative coefficients c_lm / c_00 ~ N(0, s l^-d)
+        # for 2 <= l <= harmonics_lmax (l = 1, a shift, kept 0), the rms radius deviation sqrt(sum c_lm^2) /
+        # c_00 uniform in harmonics_rms, d uniform in harmonics_decay, the deformation scaled down where the
+        # radius's max / min would pass harmonics_max_ratio or its max pass 1.45 volume-equivalent radii (on a
+        # grid of directions: the true extremes can pass them by a few 0.1 %)
+        "harmonics_lmax": 4,
+        "harmonics_rms": [0.0, 0.15],
+        "harmonics_decay": [1.0, 2.5],
+        "harmonics_max_ratio": 1.8,
     },
     # input "polar" (default): CNN on the canonical image resampled to `polar` = (radii, azimuths); size, class
     # and axes from the amplitudes of the azimuthal orders `harmonics` (even: a beam-centre offset makes odd
@@ -83,6 +102,9 @@ DEFAULT_CONFIG: dict = {
         "orient_orders": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         "orient_bins": 4,
         "orient_hidden": 128,
+        # relative spherical-harmonic coefficients c_lm / c_00 up to this degree from the orientation head
+        # (0: none; needed, >= data.harmonics_lmax, when the classes include "SphericalHarmonics")
+        "sh_lmax": 0,
     },
     "train": {
         "steps": 100,
@@ -93,7 +115,9 @@ DEFAULT_CONFIG: dict = {
         "checkpoint_every": 50,
         "log_every": 10,
         # weights of the loss terms (`network_loss`); class 1 since the polar layout (older sidecars: 0.3)
-        "loss_weights": {"size": 1.0, "class": 1.0, "axes": 1.0, "orientation": 0.3},
+        # harmonics: sum of squared relative-coefficient errors = (rms radius error / mean radius)^2, a few
+        # 1e-3 for a 5 % error: weighted up to count as much as the size term at a few per cent
+        "loss_weights": {"size": 1.0, "class": 1.0, "axes": 1.0, "orientation": 0.3, "harmonics": 20.0},
         # whose orientation the loss scores: "all" (ellipsoids and the polyhedra, each against its own twins,
         # `fitting.twin_rotations(R, class)`) or "ellipsoid" (models before session 9)
         "orientation_classes": "all",
@@ -137,6 +161,22 @@ def check_config(config: dict | None = None) -> dict:
         raise ValueError(f"data.centred_fraction must be in [0, 1], got {d['centred_fraction']}")
     if float(d["max_axis_ratio"]) < 1:
         raise ValueError("data.max_axis_ratio must be >= 1")
+    for k in ("harmonics_rms", "harmonics_decay"):
+        lo, hi = (float(x) for x in d[k])
+        if lo > hi or lo < 0:
+            raise ValueError(f"data.{k} must be (low, high) with 0 <= low <= high, got {d[k]}")
+    if int(d["harmonics_lmax"]) < 2 or float(d["harmonics_max_ratio"]) < 1:
+        raise ValueError(
+            f"data.harmonics_lmax must be >= 2 and data.harmonics_max_ratio >= 1, got {d['harmonics_lmax']}, "
+            f"{d['harmonics_max_ratio']}"
+        )
+    if int(cfg["network"]["sh_lmax"]) < 0:
+        raise ValueError(f"network.sh_lmax must be >= 0, got {cfg['network']['sh_lmax']}")
+    if "SphericalHarmonics" in cfg["classes"] and int(cfg["network"]["sh_lmax"]) < int(d["harmonics_lmax"]):
+        raise ValueError(
+            "classes include SphericalHarmonics: network.sh_lmax (the coefficients the network predicts, "
+            f"{cfg['network']['sh_lmax']}) must be >= data.harmonics_lmax ({d['harmonics_lmax']})"
+        )
     t = cfg["train"]
     for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if int(t[k]) < 1:
@@ -173,6 +213,10 @@ def check_config(config: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ data
 
 
+# the loss terms of the training curve's columns after the total (`harmonics` only for models with the head)
+LOSS_TERMS = ("size", "class", "axes", "orientation", "harmonics")
+
+
 def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, 3, 3) rotations uniform on SO(3) (Shoemake's unit quaternions)."""
     u1, u2, u3 = rng.random((3, n))
@@ -193,7 +237,8 @@ def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _families(cfg: dict) -> list[str]:
-    """Simulation families: "ellipsoid" (spheres and ellipsoids together) and each polyhedron class."""
+    """Simulation families: "ellipsoid" (spheres and ellipsoids together), each polyhedron class and
+    "SphericalHarmonics"."""
     fams = []
     if "Sphere" in cfg["classes"] or "Ellipsoid" in cfg["classes"]:
         fams.append("ellipsoid")
@@ -219,7 +264,12 @@ def sample_truths(cfg: dict, family: str, bucket: int, n: int, rng: np.random.Ge
         "delta": rng.uniform(*d["delta_range"], n),
         "beta": rng.uniform(*d["beta_range"], n),
     }
-    if family == "ellipsoid":
+    if family == "SphericalHarmonics":
+        c = _random_harmonics(d, r, rng)
+        out["coefficients"] = c
+        out["rotation"] = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()  # lab frame: the coefficients carry it
+        out["label"] = np.full(n, cfg["classes"].index(family))
+    elif family == "ellipsoid":
         names = [c for c in ("Sphere", "Ellipsoid") if c in cfg["classes"]]
         pick = rng.integers(0, len(names), n)
         is_ell = np.array([names[i] == "Ellipsoid" for i in pick])
@@ -235,8 +285,65 @@ def sample_truths(cfg: dict, family: str, bucket: int, n: int, rng: np.random.Ge
     return out
 
 
+# the largest radius of a training harmonic body, in volume-equivalent radii (its voxel grids' extent)
+HARMONICS_BOUND = 1.45
+
+
+@functools.cache
+def _sh_directions(lmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Y (ndir, (lmax + 1)^2) real harmonics on a fine direction grid, quadrature weights (ndir,) summing
+    to 4 pi), float64."""
+    from diffscat.shapes._harmonics import _sphere_grid, real_sph_harm
+
+    u, w = _sphere_grid(8 * lmax + 16, 16 * lmax + 16)
+    with _x64():
+        Y = np.asarray(real_sph_harm(lmax, np.asarray(u, np.float64).reshape(-1, 3)), np.float64)
+    w = np.asarray(w, np.float64).reshape(-1)
+    return Y, w * (4 * math.pi / w.sum())
+
+
+def _random_harmonics(d: dict, r_eq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, (L + 1)^2) lab-frame coefficients [wavelengths] of random harmonic bodies with volume-equivalent
+    radii `r_eq` (see DEFAULT_CONFIG["data"]: harmonics_*)."""
+    L = int(d["harmonics_lmax"])
+    n = len(r_eq)
+    Y, w = _sh_directions(L)
+    l = np.concatenate([np.full(2 * k + 1, k) for k in range(L + 1)])
+    decay = rng.uniform(*d["harmonics_decay"], (n, 1))
+    rel = rng.normal(size=(n, l.size)) * np.where(l >= 2, np.maximum(l, 1.0)[None] ** -decay, 0.0)
+    rms = rng.uniform(*d["harmonics_rms"], (n, 1))
+    norm = np.sqrt(np.sum(rel**2, -1, keepdims=True))
+    rel = rel * np.where(norm > 0, rms / np.maximum(norm, 1e-30), 0.0)  # sqrt(sum rel^2) = rms deviation
+    y00 = 1.0 / math.sqrt(4 * math.pi)
+    p = rel @ Y.T / y00  # radius / mean radius - 1, per direction
+    ratio = float(d["harmonics_max_ratio"])
+    hi, lo = p.max(-1, keepdims=True), p.min(-1, keepdims=True)
+    # largest scale k <= 1 with (1 + k hi) / (1 + k lo) <= ratio and (1 + k hi) <= bound (volume scaling
+    # below changes max R / r_eq only slightly: the check after it clips what remains)
+    k_ratio = np.where(hi - ratio * lo > 0, (ratio - 1.0) / np.maximum(hi - ratio * lo, 1e-30), 1.0)
+    k = np.clip(np.minimum(k_ratio, 1.0), 0.0, 1.0)
+    rel, p = rel * k, p * k
+    c = rel / y00  # c_lm = (c_lm / c_00) c_00, c_00 = 1 / Y_00: mean radius 1
+    c[:, 0] = 1.0 / y00
+    vol = np.sum(w * (1.0 + p) ** 3, -1) / 3.0
+    c = c * ((4.0 / 3.0 * math.pi * r_eq**3 / vol) ** (1.0 / 3.0))[:, None]
+    rmax = (1.0 + p.max(-1)) * c[:, 0] * y00 / r_eq
+    over = rmax > HARMONICS_BOUND
+    if np.any(over):  # shrink the deformation of the few bodies still too long
+        s = np.where(over, (HARMONICS_BOUND / rmax), 1.0)[:, None]
+        return _rescale_harmonics(c * np.where(l[None] >= 1, s, 1.0), r_eq, Y, w)
+    return c
+
+
+def _rescale_harmonics(c: np.ndarray, r_eq: np.ndarray, Y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    vol = np.sum(w * (c @ Y.T) ** 3, -1) / 3.0
+    return c * ((4.0 / 3.0 * math.pi * r_eq**3 / vol) ** (1.0 / 3.0))[:, None]
+
+
 def _bounding_factor(cfg: dict, family: str) -> float:
     """Largest bounding radius / volume-equivalent radius of the family."""
+    if family == "SphericalHarmonics":
+        return HARMONICS_BOUND
     if family == "ellipsoid":
         return float(cfg["data"]["max_axis_ratio"]) ** (2 / 3)
     vol, br = _unit(family)
@@ -271,6 +378,8 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
     def one(t, nz, key):
         if family == "ellipsoid":
             shape = ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
+        elif family == "SphericalHarmonics":
+            shape = ds.SphericalHarmonics(t["coefficients"], t["delta"], t["beta"])
         else:
             shape = getattr(ds, family)(t["edge"], delta=t["delta"], beta=t["beta"], rotation=t["rotation"])
         inten = ds.simulate(shape, exp, grid=grid)
@@ -323,7 +432,7 @@ def targets_of(cfg: dict, t: dict) -> dict:
     oriented = lab == ell
     if cfg["train"]["orientation_classes"] == "all":
         oriented = oriented | np.isin(lab, [i for i, c in enumerate(cfg["classes"]) if c in POLYHEDRA])
-    return {
+    out = {
         "log_size": np.log(t["r_eq"]).astype(np.float32),
         "label": lab.astype(np.int32),
         "log_axes": la.astype(np.float32),
@@ -331,6 +440,16 @@ def targets_of(cfg: dict, t: dict) -> dict:
         "has_orientation": oriented.astype(np.float32),
         "has_axes": ((lab == ell) | (lab == sph)).astype(np.float32),
     }
+    n_sh = sh_count(int(cfg["network"]["sh_lmax"]))
+    if n_sh:  # the relative coefficients c_lm / c_00, l >= 1 (zeros and has_sh 0 for other bodies)
+        sh = np.zeros((n, n_sh), np.float32)
+        if "coefficients" in t:
+            c = np.asarray(t["coefficients"], np.float64)
+            rel = c[:, 1:] / c[:, :1]
+            sh[:, : rel.shape[1]] = rel
+        out["sh"] = sh
+        out["has_sh"] = np.full(n, float("coefficients" in t), np.float32)
+    return out
 
 
 def _f32(t: dict) -> dict:
@@ -502,6 +621,11 @@ def load_checkpoint(path, cfg: dict | None = None):
 def _same_except_steps(a: dict, b: dict) -> bool:
     a, b = copy.deepcopy(a), copy.deepcopy(b)
     for c in (a, b):
+        if not int(c["network"].get("sh_lmax", 0)) and "SphericalHarmonics" not in c["classes"]:
+            # no harmonic head: the harmonic data and loss settings do not matter (models before session 20)
+            c["train"]["loss_weights"].pop("harmonics", None)
+            for k in [k for k in c["data"] if k.startswith("harmonics_")]:
+                c["data"].pop(k)
         c["train"].pop("steps", None)
         c["train"].pop("checkpoint_every", None)
         c["train"].pop("log_every", None)
@@ -573,7 +697,7 @@ def train(
         x, tg = stream.batch(step)
         x, tg = jax.device_put((x, tg), shard)
         model, opt_state, loss, parts = _step(model, opt_state, opt, x, tg, weights, twins)
-        acc.append([float(loss)] + [float(parts[k]) for k in ("size", "class", "axes", "orientation")])
+        acc.append([float(loss)] + [float(parts[k]) for k in LOSS_TERMS if k in parts])
         done = step + 1
         if done - step0 == 1:  # throughput after the compiling step (the data generators compiled before)
             jax.block_until_ready(loss)
@@ -584,9 +708,10 @@ def train(
             meta["loss_curve"].append([done, *m])
             acc = []
             if progress is not None:
+                sh = f"  harmonics {m[5]:.4f}" if len(m) > 5 else ""
                 progress(
                     f"step {done}/{t['steps']}  loss {m[0]:.4f}  size {m[1]:.4f}  class {m[2]:.3f}  "
-                    f"axes {m[3]:.4f}  orient {m[4]:.3f}  ({time.perf_counter() - t0:.0f} s)"
+                    f"axes {m[3]:.4f}  orient {m[4]:.3f}{sh}  ({time.perf_counter() - t0:.0f} s)"
                 )
         if out_of_time:
             meta["stopped"] = f"time limit {time_limit} s at step {done} of {t['steps']}"

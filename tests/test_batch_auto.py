@@ -128,11 +128,17 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
     assert fitter.auto_kwargs["network_min_prob"] == 0.05
+    # [init] sh_start: passed on to fit_auto(sh_start=...) (the shipped model predicts harmonic coefficients)
+    cfg.write_text(base + "[init]\nnetwork='default'\nsh_start='ellipsoid'\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["sh_start"] == "ellipsoid"
     from diffscat.io import ConfigError
 
     for bad, msg in (
         ("min_prob=0.05\n", "needs init.network"),
         ("network='default'\nmin_prob=1.0\n", "below 1"),
+        ("network='default'\nsh_start='sphere'\n", "sh_start"),
+        ("sh_start='network'\n", "needs init.network"),
     ):
         cfg.write_text(base + "[init]\n" + bad)
         with pytest.raises(ConfigError, match=msg):
@@ -290,7 +296,8 @@ def test_escape_column_codes_the_route_kept():
     exp = ds.Experiment(1.0, ds.QGrid(8, 30.0))
     fitter = AutoBatchFitter(exp, ("SphericalHarmonics",), lmax=2, gof_threshold=7.0)
     assert "escape" in fitter.names and "escape" in fitter.int_columns
-    assert fitter.column_attrs["escape"]["names"] == ["none", *ESCAPE_ROUTES]
+    # the ladder's routes keep their codes; "network" (fit_auto's start from the network's coefficients) after
+    assert fitter.column_attrs["escape"]["names"] == ["none", *ESCAPE_ROUTES, "network"]
     assert fitter.auto_kwargs["escape_z"] == 7.0
     assert fitter._empty_row()["escape"] == -1
     assert "escape" not in AutoBatchFitter(exp, ("Cube",)).names
@@ -298,6 +305,8 @@ def test_escape_column_codes_the_route_kept():
     assert escape_code(ns(escapes=None)) == 0
     log = [("compact_all", 5000.0, 90.0), ("ladder", 1300.0, 0.5)]
     assert escape_code(ns(escapes=log)) == 2  # the ladder kept
+    log = [("network", 1290.0, 9.0), ("compact_all", 1300.0, 0.5)]
+    assert escape_code(ns(escapes=log)) == 1 + len(ESCAPE_ROUTES)  # the network's start kept
     log = [("compact_all", 5000.0, 90.0), ("ladder", 6000.0, 99.0), ("all_degrees", 5000.4, 89.0)]
     assert escape_code(ns(escapes=log)) == 1  # every route higher: the first route's result kept
     log = [("compact_all", 5000.0, 90.0), ("all_degrees", 4000.0, 40.0), ("coarse_last", 4500.0, 50.0)]

@@ -280,6 +280,10 @@ def test_shipped_model_loads_and_predicts():
     p = net.predict(_sphere_counts(exp, 5.0), exp)
     assert np.isfinite(p["radius_eq"]) and 1.0 < p["radius_eq"] < 20.0
     assert np.all(np.isfinite(p["rotation"])) and abs(sum(p["class_probs"].values()) - 1) < 1e-5
+    # the harmonic head (session 20): 24 relative coefficients, a body of the predicted volume
+    assert fitting.has_harmonics(net) and p["sh_relative"].shape == (24,) and p["coefficients"].shape == (25,)
+    r = (3 * float(ds.SphericalHarmonics(p["coefficients"]).volume()) / (4 * math.pi)) ** (1 / 3)
+    assert r == pytest.approx(p["radius_eq"], rel=1e-4)
 
 
 def test_mixed_family_batches_span_the_classes():
