@@ -227,8 +227,9 @@ def _harmonic_starts(prediction: dict, delta: float, beta: float, lmax: int | No
     full = np.zeros((L + 1) ** 2)
     k = min(full.size, c.size)
     full[:k] = c[:k]
-    if full.size < c.size:  # cut: keep the volume (c_00 of the kept degrees)
-        full = full * (float(prediction["radius_eq"]) / _r_eq(full)) if L > 0 else full
+    if full.size < c.size:  # cut: keep the predicted volume
+        r = float(prediction["radius_eq"])
+        full = full * (r / _r_eq(full)) if L > 0 else np.array([r * math.sqrt(4.0 * math.pi)])
     body = ds.SphericalHarmonics(full.astype(np.float32), delta, beta)
     return harmonics_twins(body)
 

@@ -73,6 +73,16 @@ DEFAULT_CONFIG: dict = {
         "center_shift_px": 2,  # beam-centre offset, uniform integer in [-s, s] per axis
         # fraction of patterns with NO offset (exactly centred); 0 = all drawn as above (see docs/network.md)
         "centred_fraction": 0.0,
+        # detector effects (all off by default; the shipped model was trained without them): a dead band of
+        # panel_gap_px pixels (horizontal or vertical, within a quarter of the detector of its centre) in a
+        # fraction panel_gap_prob of the patterns; a gain curve counts -> counts^gamma (MCP + phosphor +
+        # camera response), gamma uniform in gain_gamma_range; saturation: counts clipped at a fraction,
+        # uniform in saturation_range, of the pattern's largest count, in a fraction saturation_prob
+        "panel_gap_px": 0,
+        "panel_gap_prob": 0.0,
+        "gain_gamma_range": [1.0, 1.0],
+        "saturation_range": [1.0, 1.0],
+        "saturation_prob": 0.0,
         "delta_range": [0.001, 0.01],
         "beta_range": [0.0, 0.002],
         "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
@@ -157,6 +167,15 @@ def check_config(config: dict | None = None) -> dict:
             raise ValueError(f"data.{k} must be (low, high) with 0 <= low <= high, got {d[k]}")
     if float(d["photons_range"][0]) <= 0:
         raise ValueError("data.photons_range must be positive")
+    for k in ("panel_gap_prob", "saturation_prob"):
+        if not 0.0 <= float(d[k]) <= 1.0:
+            raise ValueError(f"data.{k} must be in [0, 1], got {d[k]}")
+    if int(d["panel_gap_px"]) < 0:
+        raise ValueError(f"data.panel_gap_px must be >= 0, got {d['panel_gap_px']}")
+    for k in ("gain_gamma_range", "saturation_range"):
+        lo, hi = (float(x) for x in d[k])
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.{k} must be (low, high) with 0 < low <= high <= 1, got {d[k]}")
     if not 0.0 <= float(d["centred_fraction"]) <= 1.0:
         raise ValueError(f"data.centred_fraction must be in [0, 1], got {d['centred_fraction']}")
     if float(d["max_axis_ratio"]) < 1:
@@ -387,10 +406,17 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
         e = expected_photons(inten, exp, 1.0)
         e = e / jnp.sum(jnp.where(mask, e, 0.0)) * nz["photons"] + nz["background"]
         counts = jax.random.poisson(key, jnp.where(exp.valid, e, 0.0)).astype(jnp.float32)
+        # detector effects (identity when off: gamma 1, saturation level inf, no gap)
+        counts = jnp.where(nz["gamma"] < 1, counts ** nz["gamma"], counts)
+        top = jnp.max(jnp.where(mask, counts, 0.0))
+        counts = jnp.minimum(counts, jnp.where(nz["saturation"] < 1, nz["saturation"] * top, jnp.inf))
         dy, dx = nz["shift"][0], nz["shift"][1]
         counts = jnp.roll(counts, (dy, dx), axis=(0, 1))
         inside = (iy - dy >= 0) & (iy - dy < ny) & (ix - dx >= 0) & (ix - dx < nx)
         mask = jnp.roll(mask, (dy, dx), axis=(0, 1)) & inside & exp.valid
+        # a panel gap belongs to the detector, not to the (shifted) pattern
+        line = jnp.where(nz["gap_axis"] == 0, iy, ix)
+        mask = mask & ~((line >= nz["gap_start"]) & (line < nz["gap_start"] + nz["gap_px"]))
         counts = jnp.where(mask, counts, 0.0)
         return cmap(counts, mask), counts, mask
 
@@ -403,6 +429,8 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
 
 
 def sample_noise(cfg: dict, n: int, rng: np.random.Generator) -> dict:
+    """Per-pattern noise and detector settings of a sub-batch (see `make_batch_fn`). The detector effects are
+    drawn only when the config turns them on, so the data streams of configs without them are unchanged."""
     d = cfg["data"]
     lp = np.log(np.asarray(d["photons_range"], float))
     s = int(d["center_shift_px"])
@@ -415,6 +443,23 @@ def sample_noise(cfg: dict, n: int, rng: np.random.Generator) -> dict:
     f = float(d["centred_fraction"])
     if f > 0:  # (drawn only when set, so older configs' data streams are unchanged)
         out["shift"] = np.where(rng.random((n, 1)) < f, 0, out["shift"]).astype(np.int32)
+    ny = int(d["n_pixels"])
+    out["gamma"] = np.ones(n, np.float32)
+    out["saturation"] = np.full(n, np.inf, np.float32)
+    out["gap_axis"] = np.zeros(n, np.int32)
+    out["gap_start"] = np.zeros(n, np.int32)
+    out["gap_px"] = np.zeros(n, np.int32)
+    if tuple(float(x) for x in d["gain_gamma_range"]) != (1.0, 1.0):
+        out["gamma"] = rng.uniform(*d["gain_gamma_range"], n).astype(np.float32)
+    if float(d["saturation_prob"]) > 0:
+        on = rng.random(n) < float(d["saturation_prob"])
+        out["saturation"] = np.where(on, rng.uniform(*d["saturation_range"], n), np.inf).astype(np.float32)
+    if float(d["panel_gap_prob"]) > 0 and int(d["panel_gap_px"]) > 0:
+        on = rng.random(n) < float(d["panel_gap_prob"])
+        w = int(d["panel_gap_px"])
+        out["gap_axis"] = rng.integers(0, 2, n).astype(np.int32)
+        out["gap_start"] = (ny // 2 - w // 2 + rng.integers(-(ny // 4), ny // 4 + 1, n)).astype(np.int32)
+        out["gap_px"] = np.where(on, w, 0).astype(np.int32)
     return out
 
 

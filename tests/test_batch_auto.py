@@ -398,9 +398,9 @@ def test_cli_spherical_harmonics_lmax2(tmp_path):
         assert g["coefficients"].attrs["unit"] == "nm" and g["radius"].attrs["unit"] == "nm"
         assert g["radius_sigma"].attrs["unit"] == "nm" and g["scatman_angles"].attrs["unit"] == "deg"
         assert list(g["class"].attrs["names"]) == ["SphericalHarmonics"]
-        routes = ["none", "compact_all", "ladder", "all_degrees", "compact", "coarse_last"]
+        routes = ["none", "compact_all", "ladder", "all_degrees", "compact", "coarse_last", "network"]
         assert list(g["escape"].attrs["names"]) == routes
-    assert np.all((res["escape"] >= 0) & (res["escape"] <= 5))  # a harmonic fit: its route recorded
+    assert np.all((res["escape"] >= 0) & (res["escape"] <= 6))  # a harmonic fit: its route recorded
     assert os.path.exists(str(tmp_path / "r_histograms.png")) and os.path.exists(str(tmp_path / "r_fits.png"))
 
 

@@ -146,6 +146,8 @@ def test_harmonic_starts_are_the_predicted_body_and_its_twins(sh_network):
     s1 = fitting.network_starts(sh_network, counts, EXP, lmax=1, delta=0.002)["SphericalHarmonics"][0]
     assert s1.lmax == 1
     assert (3 * float(s1.volume()) / (4 * math.pi)) ** (1 / 3) == pytest.approx(3.0, rel=1e-4)
+    s0 = fitting.network_starts(sh_network, counts, EXP, lmax=0, delta=0.002)["SphericalHarmonics"][0]
+    assert float(s0.coefficients[0]) / math.sqrt(4 * math.pi) == pytest.approx(3.0, rel=1e-5)
     # a model without the head cannot start a harmonic fit
     old = _fixed_network(3.0, "Sphere")
     assert not fitting.has_harmonics(old) and fitting.has_harmonics(sh_network)
@@ -230,3 +232,45 @@ def test_data_stream_with_harmonic_bodies_gives_the_harmonic_targets():
     model = build_model(stream.cfg, jax.random.PRNGKey(0))
     loss, parts = batch_loss(model, x, tg, {"harmonics": 20.0}, loss_twins(stream.cfg))
     assert np.isfinite(float(loss)) and float(parts["harmonics"]) > 0
+
+
+def test_detector_effects_gap_gain_and_saturation():
+    """The training data's detector effects: a dead band (in detector, not pattern, coordinates), a power-law
+    gain curve and saturation at a fraction of the largest count; all off by default (unchanged data)."""
+    from fitting._train import make_batch_fn, sample_noise
+
+    base = {"classes": ["Sphere"], "data": {"n_pixels": 16, "size_buckets": [1.5, 2.0], "pitch": 0.5}}
+    cfg = check_config(base)
+    t = sample_truths(cfg, "ellipsoid", 0, 2, np.random.default_rng(0))
+    t = {k: np.asarray(v, np.float32) for k, v in t.items() if k != "label"}
+    fn = make_batch_fn(cfg, "ellipsoid", 0)
+    nz = sample_noise(cfg, 2, np.random.default_rng(1))
+    nz.update(shift=np.zeros((2, 2), np.int32), background=np.zeros(2, np.float32))
+    _, c0, m0 = fn(t, nz, jax.random.PRNGKey(0))
+    assert np.all(nz["gamma"] == 1) and np.all(np.isinf(nz["saturation"])) and np.all(nz["gap_px"] == 0)
+    on = check_config(
+        {
+            **base,
+            "data": {
+                **base["data"],
+                "panel_gap_px": 2,
+                "panel_gap_prob": 1.0,
+                "gain_gamma_range": [0.5, 0.5],
+                "saturation_range": [0.5, 0.5],
+                "saturation_prob": 1.0,
+            },
+        }
+    )
+    nz2 = sample_noise(on, 2, np.random.default_rng(1))
+    nz2.update(shift=np.zeros((2, 2), np.int32), background=np.zeros(2, np.float32))
+    nz2["gap_axis"] = np.array([0, 1], np.int32)
+    nz2["gap_start"] = np.array([5, 9], np.int32)
+    _, c1, m1 = fn(t, nz2, jax.random.PRNGKey(0))  # the same Poisson draws (same key)
+    c0, c1, m0, m1 = (np.asarray(a) for a in (c0, c1, m0, m1))
+    assert not m1[0, 5:7].any() and not m1[1, :, 9:11].any()  # the bands
+    np.testing.assert_array_equal(m1[0, 7:], m0[0, 7:])  # nothing else
+    keep = m1 & m0
+    expect = np.minimum(np.sqrt(c0), 0.5 * np.sqrt(c0.reshape(2, -1).max(-1))[:, None, None])
+    np.testing.assert_allclose(c1[keep], expect[keep], rtol=1e-5)
+    with pytest.raises(ValueError, match="gain_gamma_range"):
+        check_config({"data": {"gain_gamma_range": [0.5, 1.5]}})
