@@ -78,6 +78,17 @@ def random_rotation(rng) -> np.ndarray:
     return q * np.sign(np.linalg.det(q))
 
 
+# the evaluation-set patterns of this benchmark (64^2 QGrid, r_eq 2.5-8 wavelengths, 1e5-1e7 photons)
+EVALSET = dict(
+    n_pixels=64,
+    size_range=(2.5, 8.0),
+    photons_range=(1e5, 1e7),
+    pitch_factor=1.0,
+    supersample=2,
+    cache_dir=os.path.join(HERE, "results"),
+)
+
+
 def lab_relative(shape: ds.SphericalHarmonics, lmax: int) -> np.ndarray:
     """Relative lab-frame coefficients c_lm / c_00 (l = 1 .. lmax) of a harmonic body with a rotation: its
     radius R_body(R^T u) projected on the Y_lm by quadrature (exact for l <= lmax: rotations keep the degree)."""
@@ -268,12 +279,7 @@ def main(argv=None):
             args.seed,
             families=("harmonics",),
             n_harmonics=args.n_eval_sh,
-            n_pixels=64,
-            size_range=(2.5, 8.0),
-            photons_range=(1e5, 1e7),
-            pitch_factor=1.0,
-            supersample=2,
-            cache_dir=os.path.join(HERE, "results"),
+            **EVALSET,
         )
         report["evalset_sh_build_s"] = time.perf_counter() - t0
         for pat in es_sh:
@@ -300,12 +306,7 @@ def main(argv=None):
             families=("ellipsoid", "polyhedra"),
             n_ellipsoids=n_ell,
             n_orientations=n_or,
-            n_pixels=64,
-            size_range=(2.5, 8.0),
-            photons_range=(1e5, 1e7),
-            pitch_factor=1.0,
-            supersample=2,
-            cache_dir=os.path.join(HERE, "results"),
+            **EVALSET,
         )
         report["evalset_build_s"] = time.perf_counter() - t0
         for pat in es:
