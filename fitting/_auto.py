@@ -528,7 +528,7 @@ def fit_auto(
         )  # fmt: skip
         results["SphericalHarmonics"] = res
         if radius is None:
-            radius = (3.0 * float(np.asarray(res.model.volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+            radius = _volume_radius(res.model)
         if verbose:
             print(
                 f"SphericalHarmonics (network start): loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)"
@@ -793,24 +793,27 @@ def _network_prune(init, cands, data, experiment, mask, min_prob):
     return net, sorted(drop, key=lambda x: -x[1])
 
 
+def _volume_radius(shape: ds.AbstractShape) -> float:
+    """The volume-equivalent radius of `shape` [length]."""
+    return (3.0 * float(np.asarray(shape.volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
 def _sh_from_network(sh_start: str, init) -> bool:
     """`fit_auto`'s `sh_start` resolved: whether the harmonic stage starts from the network's coefficients."""
-    if sh_start not in ("auto", "network", "ellipsoid"):
-        raise ValueError(f"sh_start must be 'auto', 'network' or 'ellipsoid', got {sh_start!r}")
-    if sh_start == "ellipsoid" or init is None:
-        if sh_start == "network":
-            raise ValueError("sh_start='network' needs a network (init=)")
-        return False
     from ._netinit import has_harmonics
 
-    if has_harmonics(init):
-        return True
-    if sh_start == "network":
+    if sh_start not in ("auto", "network", "ellipsoid"):
+        raise ValueError(f"sh_start must be 'auto', 'network' or 'ellipsoid', got {sh_start!r}")
+    if sh_start == "network" and init is None:
+        raise ValueError("sh_start='network' needs a network (init=)")
+    if sh_start == "ellipsoid" or init is None:
+        return False
+    if sh_start == "network" and not has_harmonics(init):
         raise ValueError(
             "sh_start='network': this network predicts no harmonic coefficients (trained before session 20 or "
             "with network.sh_lmax = 0); use sh_start='ellipsoid'"
         )
-    return False
+    return has_harmonics(init)
 
 
 def _sh_ellipsoid_kwargs(data, experiment, mask, coarse, stage_rtol, fit_kwargs) -> dict:
@@ -840,12 +843,12 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
         data, experiment, init, mask, candidates=["SphericalHarmonics"], delta=delta, beta=beta, seed=seed,
         lmax=lmax, fit_optics=optics, regularizer=regularizer, **fit_kwargs,
     )  # fmt: skip
-    stages = list(res.stages or [res])
     if escape_z is None:
         return res
     z, _, _ = noise_consistency(res)
     if not (np.isfinite(z) and z > float(escape_z)):
         return res
+    stages = list(res.stages or [res])
     kw = _sh_ellipsoid_kwargs(data, experiment, mask, ckw["coarse"], ckw["stage_rtol"], fit_kwargs)
     ell = fit_from_network(
         data, experiment, init, mask, candidates=["Ellipsoid"], delta=delta, beta=beta, seed=seed,
@@ -902,7 +905,7 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
         )
     results.update({c: r for c, r in fitted.items() if c in cands})
     first = fitted[need[0]]
-    radius = (3.0 * float(np.asarray(first.model.volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    radius = _volume_radius(first.model)
     return fitted.get("Sphere"), fitted.get("Ellipsoid"), radius
 
 

@@ -487,23 +487,20 @@ def fit_batch(
 
 def _network_models(init, data, experiment, mask, like: ds.AbstractShape) -> list:
     """`fit(init=network)`: the network's starts for `like`'s class, with `like`'s optical constants."""
-    from ._netinit import START_CLASSES, has_harmonics, network_starts
+    from ._netinit import NO_HARMONICS, START_CLASSES, has_harmonics, network_starts
 
     name = type(like).__name__
     if name not in START_CLASSES:
         raise ValueError(f"init: the network has no starts for {name}; its classes are {START_CLASSES}")
-    if name == "SphericalHarmonics" and not has_harmonics(init):
-        raise ValueError(
-            "init: this network predicts no spherical-harmonic coefficients (trained before session 20 or "
-            "with network.sh_lmax = 0): no SphericalHarmonics starts"
-        )
+    lmax = None
     if name == "SphericalHarmonics":  # the starts at the model's degree
-        delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
-        return network_starts(
-            init, data, experiment, mask, delta=delta, beta=beta, classes=[name], lmax=like.lmax
-        )[name]
+        if not has_harmonics(init):
+            raise ValueError(f"init: {NO_HARMONICS}: no SphericalHarmonics starts")
+        lmax = like.lmax
     delta, beta = float(np.asarray(like.delta)), float(np.asarray(like.beta))
-    return network_starts(init, data, experiment, mask, delta=delta, beta=beta, classes=[name])[name]
+    return network_starts(init, data, experiment, mask, delta=delta, beta=beta, classes=[name], lmax=lmax)[
+        name
+    ]
 
 
 def _run(ds_, ms_, experiment, per, loss, polarisation, t_start, *, grid, pitch, grid_margin, memory_budget,

@@ -682,19 +682,18 @@ def harmonics_twins(shape: ds.SphericalHarmonics) -> list[ds.SphericalHarmonics]
     (c_lm -> (-1)^l c_lm), mirror z -> -z along the beam (body reflection c_lm -> (-1)^(l+m) c_lm, rotation
     M R P with M = diag(1, 1, -1) lab and P body), both]. Born patterns of the first two are identical
     (Friedel); the mirror is the small-angle twin. MSFT (refraction, Ewald curvature) splits them."""
+    from ._network import sh_twin_signs
+
     c = np.asarray(shape.coefficients)
-    L = math.isqrt(c.size) - 1
-    l = np.concatenate([np.full(2 * k + 1, k) for k in range(L + 1)])
-    m = np.concatenate([np.arange(-k, k + 1) for k in range(L + 1)])
+    # identity, inversion, mirror, both on c_lm (l >= 1; c_00 keeps its sign)
+    signs = sh_twin_signs(math.isqrt(c.size) - 1).astype(c.dtype)
     M = np.diag([1.0, 1.0, -1.0])
     R = np.asarray(shape.rotation)
-    inv = np.where(l % 2 == 1, -c, c)
-    mir = np.where((l + m) % 2 == 1, -c, c)
     R_m = (M @ R @ M).astype(R.dtype)
-    mk = lambda cc, RR: ds.SphericalHarmonics(
-        np.asarray(cc, c.dtype), shape.delta, shape.beta, rotation=RR, centre=shape.centre
+    mk = lambda s, RR: ds.SphericalHarmonics(
+        np.concatenate([c[:1], s * c[1:]]), shape.delta, shape.beta, rotation=RR, centre=shape.centre
     )
-    return [shape, mk(inv, R), mk(mir, R_m), mk(np.where(l % 2 == 1, -mir, mir), R_m)]
+    return [shape, mk(signs[1], R), mk(signs[2], R_m), mk(signs[3], R_m)]
 
 
 def harmonics_ladder(

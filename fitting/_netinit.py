@@ -42,7 +42,7 @@ import diffscat as ds
 
 from ._auto import _template, check_fit_optics, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
-from ._network import NetworkPredictor, load_network, twin_bodies
+from ._network import NetworkPredictor, harmonics_from_relative, load_network, sh_count, twin_bodies
 
 __all__ = [
     "network_starts",
@@ -59,6 +59,11 @@ START_CLASSES = ("Sphere", "Ellipsoid", *POLYHEDRA, "SphericalHarmonics")
 # with "SphericalHarmonics"): the coefficients are many and the start is further from the optimum than a
 # polyhedron's, so fit's default rather than the short refinement of the other classes
 SH_REFINE_STEPS = 200
+# why a network cannot start a harmonic fit (`has_harmonics` False)
+NO_HARMONICS = (
+    "this network predicts no spherical-harmonic coefficients (trained before session 20 or with "
+    "network.sh_lmax = 0)"
+)
 
 
 def has_harmonics(network) -> bool:
@@ -215,27 +220,17 @@ def starts_from_prediction(
 def _harmonic_starts(prediction: dict, delta: float, beta: float, lmax: int | None) -> list[ds.AbstractShape]:
     from ._init import harmonics_twins
 
-    if "coefficients" not in prediction:
-        raise ValueError(
-            "this network predicts no spherical-harmonic coefficients (trained before session 20 or with "
-            "network.sh_lmax = 0): no SphericalHarmonics starts"
-        )
-    c = np.asarray(prediction["coefficients"], float)
-    L = math.isqrt(c.size) - 1 if lmax is None else int(lmax)
+    if "sh_relative" not in prediction:
+        raise ValueError(f"{NO_HARMONICS}: no SphericalHarmonics starts")
+    rel = np.asarray(prediction["sh_relative"], float)
+    L = math.isqrt(rel.size + 1) - 1 if lmax is None else int(lmax)
     if L < 0:
         raise ValueError(f"lmax must be >= 0, got {lmax}")
-    full = np.zeros((L + 1) ** 2)
-    k = min(full.size, c.size)
-    full[:k] = c[:k]
-    if full.size < c.size:  # cut: keep the predicted volume
-        r = float(prediction["radius_eq"])
-        full = full * (r / _r_eq(full)) if L > 0 else np.array([r * math.sqrt(4.0 * math.pi)])
-    body = ds.SphericalHarmonics(full.astype(np.float32), delta, beta)
-    return harmonics_twins(body)
-
-
-def _r_eq(c: np.ndarray) -> float:
-    return (3.0 * float(np.asarray(ds.SphericalHarmonics(c).volume())) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    cut = np.zeros(sh_count(L))  # padded with zeros or cut; the predicted volume either way
+    k = min(cut.size, rel.size)
+    cut[:k] = rel[:k]
+    full = harmonics_from_relative(cut, float(prediction["radius_eq"]))
+    return harmonics_twins(ds.SphericalHarmonics(full.astype(np.float32), delta, beta))
 
 
 def network_starts(

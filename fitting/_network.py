@@ -617,10 +617,10 @@ def harmonics_from_relative(relative, r_eq: float) -> np.ndarray:
 
 
 def _shape_from(
-    cls_name: str, r_eq: float, log_axes, R, delta: float, beta: float, sh=None
+    cls_name: str, r_eq: float, log_axes, R, delta: float, beta: float, coefficients=None
 ) -> ds.AbstractShape:
     if cls_name == "SphericalHarmonics":
-        return ds.SphericalHarmonics(harmonics_from_relative(sh, r_eq), delta, beta)
+        return ds.SphericalHarmonics(coefficients, delta, beta)
     if cls_name == "Sphere":
         return ds.Sphere(r_eq, delta, beta)
     if cls_name == "Ellipsoid":
@@ -692,7 +692,8 @@ class NetworkPredictor:
         sh = o["sh"][i] if "sh" in o and o["sh"].shape[-1] else None
         if cls_name == "SphericalHarmonics" and sh is None:
             raise ValueError("the model classifies SphericalHarmonics but predicts no coefficients")
-        shape = _shape_from(cls_name, r_wl * lam, o["log_axes"][i], R, delta, beta, sh)
+        coef = None if sh is None else harmonics_from_relative(sh, r_wl * lam)
+        shape = _shape_from(cls_name, r_wl * lam, o["log_axes"][i], R, delta, beta, coef)
         res = {
             "radius_eq": r_wl * lam,
             "size_wavelengths": r_wl,
@@ -706,7 +707,7 @@ class NetworkPredictor:
         res["semi_axes"] = np.array([a, r_wl**3 / (a * c), c]) * lam
         if sh is not None:  # meaningful for the harmonic class (the head is trained on harmonic bodies only)
             res["sh_relative"] = np.asarray(sh, np.float64)
-            res["coefficients"] = harmonics_from_relative(sh, r_wl) * lam
+            res["coefficients"] = coef
         return res
 
     def predict(self, data, experiment: ds.Experiment, mask=None) -> dict:
