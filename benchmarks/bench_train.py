@@ -41,6 +41,7 @@ def main(argv=None):
     jax.config.update("jax_compilation_cache_dir", a.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     from fitting import train_network
+    from fitting._train import LOSS_TERMS
 
     t_all = time.perf_counter()
     with open(a.config, "rb") as f:
@@ -80,9 +81,7 @@ def main(argv=None):
         stopped=meta.get("stopped"),
         run_s=run_s,
         samples_per_s_run=meta.get("samples_per_s"),
-        final_losses=dict(zip(("total", "size", "class", "axes", "orientation"), curve[-1][1:]))
-        if curve
-        else None,
+        final_losses=dict(zip(("total", *LOSS_TERMS), curve[-1][1:])) if curve else None,
         model=a.out,
     )
     print(json.dumps(row, indent=1))

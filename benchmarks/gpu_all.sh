@@ -7,6 +7,8 @@
 #
 # Sections run in order of priority, each under its own time cap cut to what is left of the budget, so a slow or
 # hung one costs its cap and the rest still run; each writes $W/NAME.log, and $W/summary.md gets one row each.
+# A section past its cap gets SIGTERM, then SIGKILL 15 s later (batch-fit releases its job lock on SIGTERM once the
+# main thread leaves XLA; 5 s was too short in session 21).
 # SKIP="a b" / ONLY="a b": leave out / run only the named sections (e.g. to rerun the ones that failed).
 # Carried wheels (.whl/: beartype, miepython, pinned equinox/optax/jaxtyping) are installed when present.
 # AUTOTUNE=1: XLA's GEMM/conv autotuning on (off by default: shorter compilations; see below). Compiled
@@ -53,7 +55,7 @@ sec() { # sec NAME CAP_S COMMAND...: run with a cap cut to the budget left; log 
         return
     fi
     local s=$(date +%s)
-    timeout -k 5 "$cap" "$@" >"$W/$name.log" 2>&1
+    timeout -k 15 "$cap" "$@" >"$W/$name.log" 2>&1
     local rc=$?
     echo "| $name | $rc$( ((rc == 124)) && echo ' (cap)') | $(($(date +%s) - s)) ($cap) |" >>"$W/summary.md"
     echo "===== $name: exit $rc, $(($(date +%s) - s)) s"
@@ -69,28 +71,39 @@ fi
 sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
     $PY -c 'import jax, equinox, optax, jaxtyping; print(jax.__version__, jax.devices(), equinox.__version__,
     optax.__version__, jaxtyping.__version__)'; cat $W/xla_flags.txt"
+# order: what no GPU run has measured yet first: issue 14's harmonic dataset on the GPU path (lockstep,
+# started by the shipped network's harmonic head; session 21 timed only its first chunk), the GPU checks,
+# issue 13's compiled SH lmax 6 at 512^2, training and inference of the 9-class network (issue 17), the SH
+# batch at 128^2; then the rest.
+# issue 14's harmonic dataset (when carried: DS=.ds holding harmonics.cxi from `diffscat simulate
+# configs/dataset-harmonics.toml`, see docs/batch.md) through batch-fit as a user runs it, network-started, on
+# the GPU path (lockstep "auto"); parts land in $W/ds and a capped run is finished elsewhere with --resume
+DS=${DS:-.ds}
+if [ -f "$DS/harmonics.cxi" ]; then
+    mkdir -p "$W/ds"
+    sec ds_harmonics 300 $PY -m diffscat batch-fit configs/batch-harmonics.toml --data "$DS/harmonics.cxi" \
+        -o "$W/ds/harmonics-results.h5" --set 'init.network="default"' $( [ -d "$W/ds/harmonics-results.h5.parts" ] && echo --resume)
+fi
 sec test_gpu 120 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
-# order: what no GPU run has measured yet first (issue 13's SH lmax 6 at 512^2, issue 17's inference and
-# training, issue 14's SH batch), then the rest
-sec fit_sh6_512 180 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --patterns 3 --profile 40
-sec fit_128 90 $PY benchmarks/bench_fit.py --size $S --cases ellipsoid,sh3
+sec fit_sh6_512 150 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --patterns 3 --profile 40
+TRAIN_S=$((QUICK ? 60 : 90))
+rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
+sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \
+    $( ((QUICK)) && echo --config configs/train-default.toml)
 sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
     --out benchmarks/results/bench_network_gpu.json
+# the lockstep path (fitting.lockstep_map, [batch] lockstep = "auto" is on on a GPU): a chunk's patterns fitted
+# together, their fits merged into vmapped batches; the first chunk compiles, the second is the rate
+sec batch_harmonics_ls 170 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --init default --n $((2 * LC)) \
+    --size $S --chunk $LC --lockstep on
+sec batch_ellipsoid_ls 90 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $((2 * LC)) \
+    --size $SB --chunk $LC --lockstep on
+sec fit_128 90 $PY benchmarks/bench_fit.py --size $S --cases ellipsoid,sh3
 sec batch_harmonics 100 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $HN --size $S --chunk $HC \
     --lockstep off
 # the shipped ellipsoid batch path (batch-fit configs/batch-ellipsoid.toml: fit_auto started by the network)
 sec batch_ellipsoid_net 60 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $NE --size $SB \
     --chunk $((NE / 4)) --lockstep off
-# the lockstep path (fitting.lockstep_map, [batch] lockstep = "auto" is on on a GPU): a chunk's patterns fitted
-# together, their fits merged into vmapped batches; the first chunk compiles, the second is the rate
-sec batch_harmonics_ls 150 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --n $((2 * LC)) --size $S \
-    --chunk $LC --lockstep on
-sec batch_ellipsoid_ls 90 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $((2 * LC)) \
-    --size $SB --chunk $LC --lockstep on
-TRAIN_S=$((QUICK ? 60 : 90))
-rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
-sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \
-    $( ((QUICK)) && echo --config configs/train-default.toml)
 sec forward 60 $PY benchmarks/bench_forward.py --sections grad memory batch --max-n $FMAXN \
     --repeats 3 $( ((QUICK)) && echo --quick)
 sec propagating 25 $PY benchmarks/bench_propagating.py --radii 3,7 --n $((S * 2)) --repeats 3

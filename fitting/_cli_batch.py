@@ -51,9 +51,13 @@ writes the merged file (`--merge-only` rebuilds it from the parts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
+import sys
+import threading
 
 import numpy as np
 
@@ -454,6 +458,31 @@ class CXISource:
         return np.stack(ds_), np.stack(ms)
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm(out: str):
+    """SIGTERM (a batch scheduler's time limit, `timeout`, `kill`) ends the run as Ctrl-C does: the chunk in
+    progress is dropped, finished parts stay, the job lock is released and temporaries are removed, so that
+    `--resume` continues at once (with Python's default action the lock would stay behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        print(
+            f"batch-fit: stopped by signal {signum}; finished chunks are kept in {out}.parts, continue with "
+            "--resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run(args) -> int:
     import jax
 
@@ -505,17 +534,18 @@ def run(args) -> int:
             knobs="a smaller --chunk-size / [batch] chunk_size, a smaller [model] radius_max or a coarser pitch",
         )
     job = {"config": cfg, "data": os.path.abspath(args.data), "n": len(src)}
-    summary = batch_fit(
-        src,
-        fitter,
-        args.out,
-        chunk_size=chunk,
-        resume=args.resume,
-        config=job,
-        units=units,
-        progress=not args.no_progress,
-        max_chunks=args.max_chunks,
-    )
+    with _stop_on_sigterm(args.out):
+        summary = batch_fit(
+            src,
+            fitter,
+            args.out,
+            chunk_size=chunk,
+            resume=args.resume,
+            config=job,
+            units=units,
+            progress=not args.no_progress,
+            max_chunks=args.max_chunks,
+        )
     print(
         f"{summary.fitted_now} pattern(s) fitted now in {summary.seconds:.1f} s "
         f"({summary.rate:.2f}/s); totals: {json.dumps(summary.counts)}; results: {summary.path}"

@@ -512,7 +512,7 @@ def _run(ds_, ms_, experiment, per, loss, polarisation, t_start, *, grid, pitch,
     check_memory(
         grid.shape,
         int(np.prod(experiment.shape)),
-        batch=len(per) * _batch_size(max(len(p) for p in per)),
+        batch=_pattern_batch(len(per)) * _batch_size(max(len(p) for p in per)),
         itemsize=np.dtype(models[0].dtype).itemsize,
         grad=True,
         budget=memory_budget,
@@ -573,8 +573,12 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     """The core of `fit` and `fit_batch`: N patterns (`ds_`, `ms_` checked arrays), `per` = N lists of
     starts (`fit_batch`: K each; `fitting.lockstep_map`: K_i each). Start b of the vmapped batch belongs to
     pattern b // Kp (Kp = the largest K_i padded to a power of two, the padding repeating the pattern's first
-    start, not live)."""
-    n, k = len(per), [len(p) for p in per]
+    start, not live). On an accelerator the number of patterns is padded too (`_pattern_batch`)."""
+    n_real = len(per)
+    n = _pattern_batch(n_real)
+    if n > n_real:  # padding patterns: copies of the first, not live (their rows never stop the loop)
+        per, ds_, ms_ = (list(x) + [x[0]] * (n - n_real) for x in (per, ds_, ms_))
+    k = [len(p) for p in per]
     kp = _batch_size(max(k))
     dt = per[0][0].dtype
     ds_ = [jnp.asarray(d, dt) for d in ds_]
@@ -590,7 +594,7 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
         ]
         probs += ps + [ps[0]] * (kp - k[i])
     group = np.repeat(np.arange(n), kp)
-    live_all = (np.arange(n * kp) % kp) < np.repeat(k, kp)
+    live_all = ((np.arange(n * kp) % kp) < np.repeat(k, kp)) & (group < n_real)
     prob = stack_parametrisations(probs)
     st = _Static(cfg.loss, cfg.method, cfg.solid_angle, cfg.polarisation, cfg.grid, cfg.regularizer)
     d_b = jnp.stack([ds_[i] for i in group])
@@ -602,7 +606,7 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     best_u, history, done, steps_run, t_compile = run
 
     results = []
-    for i in range(n):
+    for i in range(n_real):
         sl = slice(i * kp, (i + 1) * kp)
         take = lambda t, sl=sl: jax.tree.map(lambda x: x[sl], t)
         u_i, p_i = take(best_u), take(prob)
@@ -631,6 +635,20 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
             )  # fmt: skip
         )
     return results
+
+
+# Whether `_fit_patterns` pads the number of patterns of a batch to a power of two (None: where it does not
+# compact, i.e. on an accelerator or over several devices). `fitting.lockstep_map` merges the fits of a chunk
+# into groups whose size changes as patterns finish or branch (15, 14, 3, ... of 16); each size is another
+# compiled program (XLA:GPU: seconds each, plus the tracing), while a padded row costs little on a GPU. On one
+# CPU device a row costs its share of the step, so there it does not pad.
+PAD_PATTERNS: bool | None = None
+
+
+def _pattern_batch(n: int) -> int:
+    """The number of pattern rows `_fit_patterns` runs for `n` patterns (`PAD_PATTERNS`)."""
+    pad = (not _compacting()) if PAD_PATTERNS is None else bool(PAD_PATTERNS)
+    return _batch_size(n) if pad else int(n)
 
 
 def _shard_starts(tree):

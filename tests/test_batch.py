@@ -95,6 +95,25 @@ def test_eight_devices_equal_single_device(dataset):
     np.testing.assert_allclose(res["radius"], ref["radius"], rtol=1e-5, equal_nan=True)
 
 
+def test_sigterm_stops_cleanly_and_releases_the_lock(dataset):
+    """A scheduler's SIGTERM (time limit) ends batch-fit like Ctrl-C: exit 143, a message naming --resume, and
+    no lock file left behind (Python's default action would leave it, refusing a resume from another host)."""
+    d, data, cfg, _, _ = dataset
+    out = os.path.join(d, "term.h5")
+    lock = os.path.join(out + ".parts", "lock-0.json")
+    p = _cli([cfg, "--data", data, "-o", out, "--chunk-size", "2"])
+    deadline = time.time() + 300
+    while not os.path.exists(lock) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(lock), "batch-fit never took its lock"
+    p.send_signal(signal.SIGTERM)
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 128 + signal.SIGTERM, log
+    assert "--resume" in log
+    assert not os.path.exists(lock)
+    assert not [n for n in os.listdir(out + ".parts") if n.startswith(".tmp")]
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_results(tmp_path):
     data = str(tmp_path / "p.cxi")

@@ -123,3 +123,27 @@ def test_harmonics_twins_give_the_inverted_and_mirrored_bodies():
     assert np.mean(occ(mir, pts) == occ(sh, pts @ M)) > 0.99
     assert np.mean(occ(both, pts) == occ(sh, -(pts @ M))) > 0.99
     assert np.mean(occ(mir, pts) == occ(sh, pts)) < 0.99  # the twin is another body
+
+
+def test_padded_pattern_batches_share_programs_and_results(exp, monkeypatch):
+    """On an accelerator (`_fit.PAD_PATTERNS`, forced here) a batch of N patterns runs padded to a power of two,
+    so the merged fits of `lockstep_map` (whose sizes change as patterns finish) reuse one program per power;
+    the padding does not change the real patterns' results."""
+    mask = np.asarray(exp.theta) > np.radians(3.0)
+    radii = (2.9, 3.0, 3.1, 3.2)
+    data = np.stack([_counts(ds.Sphere(r, -0.01, 0.001), exp, 1e5, i) for i, r in enumerate(radii)])
+    starts = [ds.Sphere(1.08 * r, -0.01, 0.001) for r in radii]
+    kw = dict(max_steps=3, uncertainties=False, grid=ds.VoxelGrid.around(4.5, 0.4))
+    monkeypatch.setattr(_fit, "PAD_PATTERNS", False)
+    plain = fitting.fit_batch(data[:3], exp, starts[:3], mask, **kw)
+    monkeypatch.setattr(_fit, "PAD_PATTERNS", True)
+    three = fitting.fit_batch(data[:3], exp, starts[:3], mask, **kw)
+    assert len(three) == 3
+    for a, b in zip(plain, three, strict=True):
+        np.testing.assert_allclose(b.values["radius"], a.values["radius"], rtol=1e-6)
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-6)
+        assert b.n_steps == a.n_steps
+    before = _cache_sizes()
+    four = fitting.fit_batch(data, exp, starts, mask, **kw)  # 4 patterns: the padded 3's program
+    assert _cache_sizes() == before
+    np.testing.assert_allclose(four[1].values["radius"], three[1].values["radius"], rtol=1e-6)
