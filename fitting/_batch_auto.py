@@ -41,6 +41,12 @@ from ._losses import AbstractLoss, as_loss
 __all__ = ["AutoBatchFitter", "noise_consistency", "GOF_THRESHOLD"]
 
 GOF_THRESHOLD = 5.0
+# AutoBatchFitter's default memory budget on the CPU backend [MiB] (issue 14: a 64^2 chunk of 16, any model,
+# under 2 GB peak): the jit caches are cleared before a pattern when the resident set is over it. Measured on the
+# harmonic dataset's first 16 patterns (docs/batch.md, "Memory"): peak RSS 2.46 GB without, 2.10 / 1.90 / 1.70 GB
+# with 1400 / 1200 / 1000 MiB, at +0 / +14 / +23 % time (loaded 2-core CPU). Not on an accelerator: the CUDA
+# runtime alone holds ~1 GB of host memory there and XLA:GPU compiles slowly.
+DEFAULT_RSS_BUDGET_MIB = 1200.0
 """Default misfit threshold on z = (loss - mean) / sd of the loss over Poisson realisations of the fit (see
 `noise_consistency` and docs/batch.md)."""
 
@@ -111,6 +117,11 @@ class AutoBatchFitter:
       smallest voxel grid that holds every member's, so a pattern's result depends slightly on its chunk mates
       (the discretisation, ~1 NLL unit; the chunking is fixed by the manifest, so `--resume` stays exact);
       False: only patterns with equal grids merge, each result is its pattern-by-pattern fit.
+    - `rss_budget_mib`: before each pattern (each chunk in lockstep) jax's compilation caches are cleared when
+      the process's resident set exceeds this many MiB (`fitting._jitmem.release_jit_memory`; the compiled
+      programs hold most of a long run's memory); the programs then compile again (from the persistent
+      compilation cache where it is on). "auto" (default): `DEFAULT_RSS_BUDGET_MIB` (1200) on the CPU backend,
+      none on an accelerator; None or 0: no budget (the caches are cleared only near vm.max_map_count).
 
     Calling it on (data[B, ny, nx], mask[B, ny, nx]) returns a dict of per-pattern arrays (row b = pattern b):
     `class` (int code into `candidates`), `radius` (volume-equivalent, length) and `radius_sigma`, `scale`
@@ -160,6 +171,7 @@ class AutoBatchFitter:
         lockstep: bool | str = "auto",
         max_batch: int | None = None,
         merge_grids: bool = True,
+        rss_budget_mib: int | float | str | None = "auto",
     ):
         if isinstance(candidates, str):
             candidates = (candidates,)
@@ -182,6 +194,11 @@ class AutoBatchFitter:
             raise ValueError(f'lockstep must be True, False or "auto", got {lockstep!r}')
         if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) < 1):
             raise ValueError(f"max_batch must be None or an integer >= 1, got {max_batch!r}")
+        if rss_budget_mib == "auto":
+            rss_budget_mib = DEFAULT_RSS_BUDGET_MIB if jax.default_backend() == "cpu" else None
+        if isinstance(rss_budget_mib, str) or (rss_budget_mib is not None and not float(rss_budget_mib) >= 0):
+            raise ValueError(f'rss_budget_mib must be "auto", None or >= 0 (0: none), got {rss_budget_mib!r}')
+        self.rss_budget_mib = float(rss_budget_mib) if rss_budget_mib else None
         self.lockstep = lockstep
         self.max_batch = None if max_batch is None else int(max_batch)
         self.merge_grids = bool(merge_grids)
@@ -319,7 +336,8 @@ class AutoBatchFitter:
             return self._fit_chunk_lockstep(data, mask, on_pattern)
         out = []
         for d, m in zip(data, mask, strict=True):
-            release_jit_memory()  # a long run would otherwise die at vm.max_map_count (fitting/_jitmem.py)
+            # a long run would otherwise die at vm.max_map_count, and grow with every program (fitting/_jitmem.py)
+            release_jit_memory(rss_budget_mib=self.rss_budget_mib)
             t0 = time.perf_counter()
             try:
                 r = self._fit_one(d, m)
@@ -347,7 +365,7 @@ class AutoBatchFitter:
         from ._jitmem import release_jit_memory
         from ._lockstep import lockstep_map
 
-        release_jit_memory()
+        release_jit_memory(rss_budget_mib=self.rss_budget_mib)
         lock = threading.Lock()
 
         def done(i, r):

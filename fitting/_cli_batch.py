@@ -38,6 +38,8 @@ Config (TOML; see configs/batch-sphere.toml):
     lockstep = "auto"         # per-pattern path: "on" runs a chunk's patterns together, their fits merged into
                               # vmapped batches ("auto": on an accelerator only); max_batch caps a merged fit,
                               # merge_grids = false merges only equal voxel grids
+    rss_budget_mib = 1200     # per-pattern path: clear the compiled programs before a pattern when the process
+                              # holds more (MiB; default 1200 on a CPU, none on an accelerator; 0: none)
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
 the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,
@@ -213,6 +215,13 @@ def _schemas() -> dict:
                 choices=("auto", "on", "off"),
             ),
             "max_batch": Key("int", "lockstep: at most this many patterns per merged fit", min=1),
+            "rss_budget_mib": Key(
+                "number",
+                "per-pattern path: clear jax's compiled programs before a pattern (a chunk in lockstep) when the "
+                "process's resident memory exceeds this many MiB (default: 1200 on a CPU, none on an "
+                "accelerator; 0: none)",
+                min=0,
+            ),
             "merge_grids": Key(
                 "bool",
                 "lockstep: merged fits run on the smallest voxel grid holding every member's (true), or merge "
@@ -381,6 +390,7 @@ def make_fitter(cfg: dict, experiment):
         lockstep={"auto": "auto", "on": True, "off": False}[cfg["batch"]["lockstep"]],
         max_batch=cfg["batch"].get("max_batch"),
         merge_grids=cfg["batch"]["merge_grids"],
+        rss_budget_mib=cfg["batch"].get("rss_budget_mib", "auto"),
     )
     units = {k: v.replace("length", lu) for k, v in fitter.units.items()}
     return fitter, units

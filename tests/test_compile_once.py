@@ -1,6 +1,7 @@
 """Compile once per geometry: fits of another pattern of similar size, and the stages of the harmonic
 ladder, reuse the compiled step (counted by the jit caches of `fitting._fit`'s compiled functions)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -147,3 +148,15 @@ def test_padded_pattern_batches_share_programs_and_results(exp, monkeypatch):
     four = fitting.fit_batch(data, exp, starts, mask, **kw)  # 4 patterns: the padded 3's program
     assert _cache_sizes() == before
     np.testing.assert_allclose(four[1].values["radius"], three[1].values["radius"], rtol=1e-6)
+
+
+def test_blocked_jacobian_equals_jacfwd():
+    """The Fisher Jacobian, computed FISHER_BLOCK tangents at a time (memory), is jacfwd's (blocks that do not
+    divide n, and a block larger than n)."""
+    rng = np.random.default_rng(0)
+    A = jnp.asarray(rng.normal(size=(7, 11)))
+    f = lambda z: jnp.sin(A @ z) * jnp.exp(0.1 * (A @ z) ** 2)  # noqa: E731
+    z0 = jnp.asarray(rng.normal(size=11))
+    ref = jax.jacfwd(f)(z0)
+    for block in (1, 4, 8, 11, 32):
+        np.testing.assert_allclose(_fit._jacobian_blocked(f, z0, block), ref, rtol=1e-6, atol=1e-12)

@@ -29,3 +29,25 @@ def test_release_jit_memory_clears_caches_only_above_the_fraction(monkeypatch):
 def test_map_count_reads_this_process():
     n, limit = jm.map_count()
     assert 0 < n < limit
+
+
+def test_release_jit_memory_rss_budget(monkeypatch):
+    """The resident-set budget: below it nothing is cleared; above it (after the heap is trimmed) the caches go."""
+    f = jax.jit(lambda x: x * 2)
+    f(jnp.ones(3))
+    monkeypatch.setattr(jm, "map_count", lambda: (100, 65_530))
+    monkeypatch.setattr(jm, "rss_mib", lambda: 900.0)
+    assert jm.release_jit_memory(rss_budget_mib=1000) is False and f._cache_size() == 1
+    assert jm.release_jit_memory() is False and f._cache_size() == 1  # no budget: the map count alone
+    monkeypatch.setattr(jm, "rss_mib", lambda: 1100.0)
+    with pytest.warns(UserWarning, match="over the budget of 1000 MiB"):
+        assert jm.release_jit_memory(rss_budget_mib=1000) is True
+    assert f._cache_size() == 0
+    with pytest.raises(ValueError, match="rss_budget_mib"):
+        jm.release_jit_memory(rss_budget_mib=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_rss_reads_this_process():
+    assert 10 < jm.rss_mib() < 100_000
+    jm.trim_heap()  # glibc: returns True; elsewhere False, never raises

@@ -170,6 +170,17 @@ def test_lockstep_config_and_fitter_arguments(tmp_path, exp):
         AutoBatchFitter(exp, ("Sphere",), lockstep="yes", **OPT)
     auto = AutoBatchFitter(exp, ("Sphere",), **OPT).uses_lockstep()
     assert auto is (jax.default_backend() != "cpu")  # "auto": on an accelerator only
+    # the memory budget: "auto" = 1200 MiB on the CPU backend, none on an accelerator; 0 / None: none
+    from fitting._batch_auto import DEFAULT_RSS_BUDGET_MIB
+
+    budget = AutoBatchFitter(exp, ("Sphere",), **OPT).rss_budget_mib
+    assert budget == (DEFAULT_RSS_BUDGET_MIB if jax.default_backend() == "cpu" else None)
+    assert AutoBatchFitter(exp, ("Sphere",), rss_budget_mib=0, **OPT).rss_budget_mib is None
+    assert AutoBatchFitter(exp, ("Sphere",), rss_budget_mib=900, **OPT).rss_budget_mib == 900.0
+    with pytest.raises(ValueError, match="rss_budget_mib"):
+        AutoBatchFitter(exp, ("Sphere",), rss_budget_mib=-1, **OPT)
+    cfg.write_text(cfg.read_text() + "rss_budget_mib=800\n")
+    assert load_batch_config(str(cfg))["batch"]["rss_budget_mib"] == 800
 
 
 @pytest.mark.slow
