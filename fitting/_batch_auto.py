@@ -41,14 +41,15 @@ from ._losses import AbstractLoss, as_loss
 __all__ = ["AutoBatchFitter", "noise_consistency", "GOF_THRESHOLD"]
 
 GOF_THRESHOLD = 5.0
+"""Default misfit threshold on z = (loss - mean) / sd of the loss over Poisson realisations of the fit (see
+`noise_consistency` and docs/batch.md)."""
+
 # AutoBatchFitter's default memory budget on the CPU backend [MiB] (issue 14: a 64^2 chunk of 16, any model,
 # under 2 GB peak): the jit caches are cleared before a pattern when the resident set is over it. Measured on the
 # harmonic dataset's first 16 patterns (docs/batch.md, "Memory"): peak RSS 2.46 GB without, 2.10 / 1.90 / 1.70 GB
 # with 1400 / 1200 / 1000 MiB, at +0 / +14 / +23 % time (loaded 2-core CPU). Not on an accelerator: the CUDA
 # runtime alone holds ~1 GB of host memory there and XLA:GPU compiles slowly.
 DEFAULT_RSS_BUDGET_MIB = 1200.0
-"""Default misfit threshold on z = (loss - mean) / sd of the loss over Poisson realisations of the fit (see
-`noise_consistency` and docs/batch.md)."""
 
 
 def _canonical_ellipsoid(axes, sig, R):
