@@ -110,6 +110,7 @@ class AutoBatchFitter:
       the network's prediction starts each pattern's fits (loaded once, checked here); `network_min_prob`:
       polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`);
       `sh_start`: where the harmonic stage starts (`fit_auto(sh_start=...)`: "auto", "network", "ellipsoid").
+      `sh_escapes`: when the harmonic stage's escapes run (`fit_auto(sh_escapes=...)`: "misfit", "always").
     - `lockstep`: run the chunk's patterns together (`fitting.lockstep_map`: each pattern's `fit_auto` in
       its own thread, their `fitting.fit` calls merged into vmapped batches over the patterns, sharded
       over the local devices); "auto" (default): on when JAX's default backend is not the CPU (a batch
@@ -167,6 +168,7 @@ class AutoBatchFitter:
         init: object = None,
         network_min_prob: float | None = None,
         sh_start: str = "auto",
+        sh_escapes: str = "misfit",
         fit_optics: Sequence[str] = (),
         delta_sign_tol: float | None = DELTA_SIGN_TOL,
         lockstep: bool | str = "auto",
@@ -248,6 +250,12 @@ class AutoBatchFitter:
 
             _sh_from_network(sh_start, self.auto_kwargs.get("init"))  # a bad value fails before any pattern
             self.auto_kwargs["sh_start"] = sh_start
+        if sh_escapes != "misfit":
+            from ._init import ESCAPE_WHEN
+
+            if sh_escapes not in ESCAPE_WHEN:
+                raise ValueError(f"sh_escapes must be one of {ESCAPE_WHEN}, got {sh_escapes!r}")
+            self.auto_kwargs["sh_escapes"] = sh_escapes
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)

@@ -31,6 +31,7 @@ Config (TOML; see configs/batch-sphere.toml):
                               # as fitting.fit_auto
     gof_draws = 8             # per-pattern path: "misfit" when (loss - mean) / sd over gof_draws Poisson
     gof_threshold = 5.0       # realisations of the fit exceeds gof_threshold (docs/batch.md)
+    sh_escapes = "misfit"     # SphericalHarmonics: "always" runs the escapes on every pattern (docs/batch.md)
 
     [batch]
     chunk_size = 16           # patterns per vmapped call (per part file for the per-pattern path), rounded up
@@ -182,6 +183,13 @@ def _schemas() -> dict:
             ),
             "gof_threshold": Key(
                 "number", "fit_auto path: misfit when (loss - mean) / sd of the draws exceeds it", default=5.0
+            ),
+            "sh_escapes": Key(
+                "str",
+                'fit_auto path, SphericalHarmonics: when the escapes from a local minimum run: "misfit" (the '
+                'default: the fit is a misfit by gof_threshold) or "always" (every pattern; several times the '
+                "time; docs/batch.md)",
+                choices=("misfit", "always"),
             ),
         },
         "init": {
@@ -385,6 +393,7 @@ def make_fitter(cfg: dict, experiment):
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
         sh_start=cfg.get("init", {}).get("sh_start", "auto"),
+        sh_escapes=fit.get("sh_escapes", "misfit"),
         fit_optics=tuple(m["fit_optics"]),
         delta_sign_tol=m["delta_sign_tol"],
         lockstep={"auto": "auto", "on": True, "off": False}[cfg["batch"]["lockstep"]],

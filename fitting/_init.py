@@ -43,6 +43,9 @@ __all__ = [
 # `harmonics_ladder`'s named routes, in the order the escapes try them (`FitResult.escapes` names them;
 # batch-fit's `escape` column codes them after "none": no escape ran)
 ESCAPE_ROUTES = ("compact_all", "ladder", "all_degrees", "compact", "coarse_last")
+# when the escapes start: "misfit" (the first route's result is a misfit, z > escape_z) or "always" (every
+# pattern; for the few local minima that the noise check cannot see, at several times the time; docs/batch.md)
+ESCAPE_WHEN = ("misfit", "always")
 # every route a harmonic result can name in `.escapes`: the ladder's, then "network" (`fitting.fit_auto` with
 # `sh_start="network"`: from the network's own coefficients); batch-fit's `escape` column is 1 + the index here
 HARMONIC_ROUTES = (*ESCAPE_ROUTES, "network")
@@ -714,6 +717,7 @@ def harmonics_ladder(
     n_correct: int = N_CORRECT,
     escape_z: float | None = ESCAPE_Z,
     route: str | None = None,
+    escapes: str = "misfit",
     **fit_kwargs,
 ):
     """The harmonic stages of `fit_spherical_harmonics` from a fitted `ellipsoid`.
@@ -769,6 +773,9 @@ def harmonics_ladder(
     within one noise sd of the best so far (two routes at one optimum: the misfit is model error, not a
     local minimum). `result.escapes` lists (route, loss, z) of each route run, the first route's first.
     A pattern whose ladder result is consistent with the noise costs nothing more (8 Poisson draws).
+    `escapes="always"` (`ESCAPE_WHEN`) starts the escapes whatever the first result's z (they still stop
+    as above): for local minima whose loss the noise check cannot tell from the truth's (3 of 500 patterns
+    of the harmonic dataset, docs/batch.md), at several times the time of a pattern.
 
     Returns (the best `FitResult`, list of every stage's result, escape routes' stages included)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
@@ -780,6 +787,8 @@ def harmonics_ladder(
         raise ValueError(f"lmax must be >= 0, got {lmax}")
     if escape_z is not None and not float(escape_z) > 0:
         raise ValueError(f"escape_z must be > 0 or None, got {escape_z}")
+    if escapes not in ESCAPE_WHEN:
+        raise ValueError(f"escapes must be one of {ESCAPE_WHEN}, got {escapes!r}")
     if route is not None and route not in ESCAPE_ROUTES:
         raise ValueError(f"route must be None or one of {ESCAPE_ROUTES}, got {route!r}")
     given = dict(ellipsoid=ellipsoid, coarse=coarse)  # the caller's, for the escapes' routes
@@ -864,7 +873,7 @@ def harmonics_ladder(
         stage_coarsening=stage_coarsening, n_correct=n_correct, escape_z=None, **fit_kwargs,
     )  # fmt: skip
     run = lambda name: harmonics_ladder(data, experiment, given["ellipsoid"], L, mask, route=name, **again)
-    return _escapes(res, stages, routes, run, float(escape_z), verbose, primary)
+    return _escapes(res, stages, routes, run, float(escape_z), verbose, primary, always=escapes == "always")
 
 
 def _escape_routes(primary: str, compact, L: int, data, experiment, mask, given: dict, kw: dict, stage_coarsening):  # fmt: skip
@@ -927,15 +936,15 @@ def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds
     )
 
 
-def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, primary: str = "ladder"):
+def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, primary: str = "ladder", always: bool = False):  # fmt: skip
     """`harmonics_ladder`'s escapes (see there): when the `primary` route's result `res` is a misfit (z >
-    `escape_z`), the route names `routes()` returns are tried in order through `run(name)` -> (result,
+    `escape_z`) or `always`, the route names `routes()` returns are tried in order through `run(name)` -> (result,
     stages) while the best result is a misfit. Returns (the best result with `.escapes` set when any check
     found a misfit, all stages)."""
     from ._auto import noise_consistency
 
     z, _, sd = noise_consistency(res)
-    if not (np.isfinite(z) and z > escape_z):
+    if not always and not (np.isfinite(z) and z > escape_z):
         return res, stages
     names = routes()
     if not names:

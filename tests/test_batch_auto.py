@@ -132,7 +132,16 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + "[init]\nnetwork='default'\nsh_start='ellipsoid'\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
     assert fitter.auto_kwargs["sh_start"] == "ellipsoid"
+    # [fit] sh_escapes: passed on to fit_auto(sh_escapes=...) only when not the default (config hashes kept)
+    assert "sh_escapes" not in fitter.auto_kwargs
+    cfg.write_text(base + "[fit]\nsh_escapes='always'\n[init]\nnetwork='default'\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["sh_escapes"] == "always"
     from diffscat.io import ConfigError
+
+    cfg.write_text(base + "[fit]\nsh_escapes='often'\n")
+    with pytest.raises(ConfigError, match="sh_escapes"):
+        load_batch_config(str(cfg))
 
     for bad, msg in (
         ("min_prob=0.05\n", "needs init.network"),

@@ -349,6 +349,15 @@ def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="escape_z"):
             fitting.harmonics_ladder(data, exp, ell, 4, escape_z=bad)
+    # escapes="always": the other routes run although the first result is consistent (a local minimum the
+    # noise check cannot see), and stop as before; the lower loss kept
+    res, _ = ladder_with([1500.0, 1200.0], escapes="always")
+    assert calls == ladder + at_once and res.loss == 1200.0
+    assert res.escapes == [("ladder", 1500.0, 0.0), ("compact_all", 1200.0, 0.0)]
+    res, _ = ladder_with([1500.0, 1700.0], escapes="always")  # the escape worse: the first result kept
+    assert calls == ladder + at_once and res.loss == 1500.0 and len(res.escapes) == 2
+    with pytest.raises(ValueError, match="escapes"):
+        fitting.harmonics_ladder(data, exp, ell, 4, escapes="sometimes")
 
 
 def test_beam_compact_keeps_the_projection_and_shortens_the_beam_axis():

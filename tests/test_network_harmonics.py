@@ -196,6 +196,15 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
     from fitting._batch_auto import escape_code
 
     assert escape_code(res) == 1 + fitting.HARMONIC_ROUTES.index(fitting.SH_ROUTE)
+    # sh_escapes="always": the ellipsoid route runs although the network's fit is consistent with the noise
+    # (a local minimum the noise check cannot see); its own escapes stay on misfits only
+    calls.clear()
+    monkeypatch.setattr(auto, "noise_consistency", lambda r: (0.5, 0.0, 1.0))
+    res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_escapes="always", **kw)
+    assert calls == [("SphericalHarmonics", 2), ("Ellipsoid", None), ("ladder", fitting.SH_ROUTE)]
+    assert res.name == "ladder" and [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
+    with pytest.raises(ValueError, match="sh_escapes"):
+        fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_escapes="often", **kw)
     # sh_start="ellipsoid": the old path (ellipsoid, then the ladder)
     calls.clear()
     fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_start="ellipsoid", **kw)
