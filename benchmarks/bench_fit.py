@@ -2,11 +2,13 @@
 from no initial guess, on an n x n QGrid (30 deg) pattern.
 
 python benchmarks/bench_fit.py [--size 128] [--cases sphere,ellipsoid,sh3,sh6] [--x64] [--patterns 2|1|3]
-    [--coarse N] [--profile N]
+    [--coarse N] [--profile N] [--init default]
 
 `--coarse N` passes `coarse=N` to the drivers (1: every stage at full resolution; 2 or 4: the early stages on
 the central n/N x n/N low-q crop, docs/fitting.md "Multi-resolution"); left out, the drivers' default.
-`--patterns 1` fits only the first pattern (compile + run together); `--patterns 3` fits the second pattern
+`--init MODEL` ("default": the shipped network) starts every fit from the network's prediction instead of the
+no-guess searches (`fitting.fit_auto(..., [case's class], init=MODEL)`; the harmonic cases from the network's
+own coefficients). `--patterns 1` fits only the first pattern (compile + run together); `--patterns 3` fits the second pattern
 a second time ("again"): every step is compiled by then, whatever the size ladder did between the first two
 (a second pattern whose search optima land on another grid rung compiles that rung's steps), so "again" is
 the compiled run time.
@@ -83,6 +85,7 @@ def main(argv=None):
     ap.add_argument("--x64", action="store_true", help="float64 (default float32)")
     ap.add_argument("--patterns", type=int, default=2, choices=(1, 2, 3), help="patterns per case")
     ap.add_argument("--coarse", type=int, default=None, help="coarse= for the drivers (default: theirs)")
+    ap.add_argument("--init", default=None, help="network start: a model file or 'default' (the shipped one)")
     ap.add_argument(
         "--profile", type=int, default=0, metavar="N", help="cProfile the last pattern: its N slowest calls"
     )
@@ -110,7 +113,10 @@ def main(argv=None):
                 prof = cProfile.Profile()
                 prof.enable()
             t, c = time.perf_counter(), time.process_time()
-            if case == "sphere":
+            if args.init is not None:
+                cls = {"sphere": "Sphere", "ellipsoid": "Ellipsoid"}.get(case, "SphericalHarmonics")
+                res = fitting.fit_auto(data, exp, [cls], mask, lmax=lmax or 4, init=args.init, **kw)
+            elif case == "sphere":
                 res = fitting.fit_sphere_auto(data, exp, mask, **kw)
             elif case == "ellipsoid":
                 res = fitting.fit_ellipsoid_auto(data, exp, mask, **kw)
