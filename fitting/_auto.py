@@ -450,8 +450,9 @@ def fit_auto(
       head, else "ellipsoid".
     - `sh_escapes`: when the harmonic stage's escapes run: "misfit" (default; as above, z > `escape_z`) or
       "always" (every pattern: after the network start the ellipsoid route, with its own escapes on a
-      misfit; without a network the other routes after the first; the lowest loss kept). For the local minima the noise check cannot see (3 of 500 harmonic
-      patterns, IoU 0.82-0.88, all found by "always"; docs/batch.md), at several times the time per pattern.
+      misfit; without a network the other routes after the first; the lowest loss kept). For the local
+      minima the noise check cannot see (3 of 500 harmonic patterns, IoU 0.82-0.88, all found by "always";
+      docs/batch.md), at several times the time per pattern. `escape_z=None` turns both off.
     - `network_min_prob`, `class_network`: the polyhedra among `candidates` to which the network gives a
       class probability below `network_min_prob` are not fitted at all (the most probable polyhedron always
       is); they are listed in `.network_pruned` as (class name, probability). The network: `class_network`
