@@ -449,10 +449,10 @@ def fit_auto(
       "ellipsoid": the ellipsoid route always. "auto" (default): "network" when the network has a harmonic
       head, else "ellipsoid".
     - `sh_escapes`: when the harmonic stage's escapes run: "misfit" (default; as above, z > `escape_z`) or
-      "always" (every pattern: after the network start the ellipsoid route, with its own escapes on a
-      misfit; without a network the other routes after the first; the lowest loss kept). For the local
+      "always" (every pattern, whatever z: after the network start the ellipsoid route, and in every case
+      every one of the ladder's other routes; the lowest loss kept). For the local
       minima the noise check cannot see (3 of 500 harmonic patterns, IoU 0.82-0.88, all found by "always";
-      docs/batch.md), at several times the time per pattern. `escape_z=None` turns both off.
+      docs/batch.md), at ~7x the time per pattern. `escape_z=None` turns both off.
     - `network_min_prob`, `class_network`: the polyhedra among `candidates` to which the network gives a
       class probability below `network_min_prob` are not fitted at all (the most probable polyhedron always
       is); they are listed in `.network_pruned` as (class name, probability). The network: `class_network`
@@ -866,7 +866,7 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
     )  # fmt: skip
     other, more = harmonics_ladder(
         data, experiment, ell.model, lmax, mask, regularizer=regularizer, escape_z=escape_z, route=sh_route,
-        **ckw, **fit_kwargs,
+        escapes=sh_escapes, **ckw, **fit_kwargs,
     )  # fmt: skip
     z2, _, _ = noise_consistency(other)
     log = [("network", float(res.loss), float(z))]

@@ -187,7 +187,7 @@ def _schemas() -> dict:
             "sh_escapes": Key(
                 "str",
                 'fit_auto path, SphericalHarmonics: when the escapes from a local minimum run: "misfit" (the '
-                'default: the fit is a misfit by gof_threshold) or "always" (every pattern; several times the '
+                'default: the fit is a misfit by gof_threshold) or "always" (every route on every pattern; ~7x the '
                 "time; docs/batch.md)",
                 choices=("misfit", "always"),
             ),

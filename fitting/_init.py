@@ -773,9 +773,9 @@ def harmonics_ladder(
     within one noise sd of the best so far (two routes at one optimum: the misfit is model error, not a
     local minimum). `result.escapes` lists (route, loss, z) of each route run, the first route's first.
     A pattern whose ladder result is consistent with the noise costs nothing more (8 Poisson draws).
-    `escapes="always"` (`ESCAPE_WHEN`) starts the escapes whatever the first result's z (they still stop
-    as above): for local minima whose loss the noise check cannot tell from the truth's (3 of 500 patterns
-    of the harmonic dataset, docs/batch.md), at several times the time of a pattern.
+    `escapes="always"` (`ESCAPE_WHEN`) runs every escape route whatever the results' z (no early stop): for
+    local minima whose loss the noise check cannot tell from the truth's (3 of 500 patterns of the harmonic
+    dataset, docs/batch.md), at several times the time of a pattern.
 
     Returns (the best `FitResult`, list of every stage's result, escape routes' stages included)."""
     from ._fit import GRID_MARGIN, _fit_grid, fit
@@ -939,7 +939,7 @@ def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds
 def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, primary: str = "ladder", always: bool = False):  # fmt: skip
     """`harmonics_ladder`'s escapes (see there): when the `primary` route's result `res` is a misfit (z >
     `escape_z`) or `always`, the route names `routes()` returns are tried in order through `run(name)` -> (result,
-    stages) while the best result is a misfit. Returns (the best result with `.escapes` set when any check
+    stages) while the best result is a misfit (`always`: every route). Returns (the best result with `.escapes` set when any check
     found a misfit, all stages)."""
     from ._auto import noise_consistency
 
@@ -961,7 +961,7 @@ def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, pri
         same = abs(float(r.loss) - float(best.loss)) <= sd
         if r.loss < best.loss:
             best = r
-        if same or not (np.isfinite(zr) and zr > escape_z):
+        if not always and (same or not (np.isfinite(zr) and zr > escape_z)):
             break
     best.escapes = log
     return best, stages

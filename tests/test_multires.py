@@ -349,13 +349,20 @@ def test_harmonic_ladder_escapes_a_misfit(monkeypatch):
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="escape_z"):
             fitting.harmonics_ladder(data, exp, ell, 4, escape_z=bad)
-    # escapes="always": the other routes run although the first result is consistent (a local minimum the
-    # noise check cannot see), and stop as before; the lower loss kept
-    res, _ = ladder_with([1500.0, 1200.0], escapes="always")
-    assert calls == ladder + at_once and res.loss == 1200.0
-    assert res.escapes == [("ladder", 1500.0, 0.0), ("compact_all", 1200.0, 0.0)]
-    res, _ = ladder_with([1500.0, 1700.0], escapes="always")  # the escape worse: the first result kept
-    assert calls == ladder + at_once and res.loss == 1500.0 and len(res.escapes) == 2
+    # escapes="always": every other route runs although every result is consistent (local minima the noise
+    # check cannot see), with no early stop; the lowest loss kept
+    lengths = (3, 1, 3 + _multires.N_CORRECT + 1)
+    res, _ = ladder_with([1500.0, 1200.0, 1300.0], lengths=lengths, escapes="always")
+    assert calls == ladder + at_once + coarse_last and res.loss == 1200.0
+    assert res.escapes == [
+        ("ladder", 1500.0, 0.0),
+        ("compact_all", 1200.0, 0.0),
+        ("coarse_last", 1300.0, 0.0),
+    ]
+    res, _ = ladder_with(
+        [1500.0, 1500.5, 1700.0], lengths=lengths, escapes="always"
+    )  # no stop at one optimum
+    assert calls == ladder + at_once + coarse_last and res.loss == 1500.0 and len(res.escapes) == 3
     with pytest.raises(ValueError, match="escapes"):
         fitting.harmonics_ladder(data, exp, ell, 4, escapes="sometimes")
 

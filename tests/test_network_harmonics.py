@@ -174,8 +174,11 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
         r.stages = [r]
         return r
 
+    ladder_escapes = []
+
     def fake_ladder(data, experiment, ellipsoid, lmax, mask=None, **kw):
         calls.append(("ladder", kw.get("route")))
+        ladder_escapes.append(kw.get("escapes", "misfit"))
         return Res(40.0, "ladder"), []
 
     monkeypatch.setattr(netinit, "fit_from_network", fake_fit_from_network)
@@ -197,11 +200,13 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
 
     assert escape_code(res) == 1 + fitting.HARMONIC_ROUTES.index(fitting.SH_ROUTE)
     # sh_escapes="always": the ellipsoid route runs although the network's fit is consistent with the noise
-    # (a local minimum the noise check cannot see); its own escapes stay on misfits only
+    # (a local minimum the noise check cannot see), and the ladder's own escapes run always too
     calls.clear()
+    ladder_escapes.clear()
     monkeypatch.setattr(auto, "noise_consistency", lambda r: (0.5, 0.0, 1.0))
     res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_escapes="always", **kw)
     assert calls == [("SphericalHarmonics", 2), ("Ellipsoid", None), ("ladder", fitting.SH_ROUTE)]
+    assert ladder_escapes == ["always"]
     assert res.name == "ladder" and [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
     with pytest.raises(ValueError, match="sh_escapes"):
         fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_escapes="often", **kw)
