@@ -8,10 +8,10 @@ python benchmarks/bench_fit.py [--size 128] [--cases sphere,ellipsoid,sh3,sh6] [
 the central n/N x n/N low-q crop, docs/fitting.md "Multi-resolution"); left out, the drivers' default.
 `--init MODEL` ("default": the shipped network) starts every fit from the network's prediction instead of the
 no-guess searches (`fitting.fit_auto(..., [case's class], init=MODEL)`; the harmonic cases from the network's
-own coefficients). `--patterns 1` fits only the first pattern (compile + run together); `--patterns 3` fits the second pattern
-a second time ("again"): every step is compiled by then, whatever the size ladder did between the first two
-(a second pattern whose search optima land on another grid rung compiles that rung's steps), so "again" is
-the compiled run time.
+own coefficients). `--patterns 1` fits only the first pattern (compile + run together); `--patterns 3` fits
+the second pattern a second time ("again"): every step is compiled by then, whatever the size ladder did
+between the first two (a second pattern whose search optima land on another grid rung compiles that rung's
+steps), so "again" is the compiled run time.
 
 Per case two patterns of similar size (true sizes 2 % apart, other noise; the number of new compilations of
 the fit's jitted steps is printed): the first fit includes the

@@ -19,7 +19,7 @@ import numpy as np
 import diffscat as ds
 
 from ._evalset import POLYHEDRA
-from ._init import ESCAPE_WHEN, SH_ROUTE
+from ._init import SH_ROUTE, _check_escapes
 from ._losses import as_loss, check_data
 from ._multires import ESCAPE_Z, stage_kwargs, start_stage_kwargs
 from ._params import OPTICAL
@@ -489,8 +489,7 @@ def fit_auto(
     pruner = class_network if class_network is not None else init
     check_network_min_prob(network_min_prob, pruner)
     sh_net = _sh_from_network(sh_start, init) and "SphericalHarmonics" in cands
-    if sh_escapes not in ESCAPE_WHEN:
-        raise ValueError(f"sh_escapes must be one of {ESCAPE_WHEN}, got {sh_escapes!r}")
+    _check_escapes(sh_escapes, "sh_escapes")
     optics = check_fit_optics(fit_optics)
     delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
 

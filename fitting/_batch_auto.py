@@ -251,11 +251,9 @@ class AutoBatchFitter:
             _sh_from_network(sh_start, self.auto_kwargs.get("init"))  # a bad value fails before any pattern
             self.auto_kwargs["sh_start"] = sh_start
         if sh_escapes != "misfit":
-            from ._init import ESCAPE_WHEN
+            from ._init import _check_escapes
 
-            if sh_escapes not in ESCAPE_WHEN:
-                raise ValueError(f"sh_escapes must be one of {ESCAPE_WHEN}, got {sh_escapes!r}")
-            self.auto_kwargs["sh_escapes"] = sh_escapes
+            self.auto_kwargs["sh_escapes"] = _check_escapes(sh_escapes, "sh_escapes")
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)

@@ -82,6 +82,7 @@ def _schemas() -> dict:
     from diffscat.io import Key
 
     from ._auto import CANDIDATES
+    from ._init import ESCAPE_WHEN
     from ._losses import LOSSES
 
     return {
@@ -189,7 +190,7 @@ def _schemas() -> dict:
                 'fit_auto path, SphericalHarmonics: when the escapes from a local minimum run: "misfit" (the '
                 'default: the fit is a misfit by gof_threshold) or "always" (every route on every pattern; ~7x the '
                 "time; docs/batch.md)",
-                choices=("misfit", "always"),
+                choices=ESCAPE_WHEN,
             ),
         },
         "init": {

@@ -43,8 +43,8 @@ __all__ = [
 # `harmonics_ladder`'s named routes, in the order the escapes try them (`FitResult.escapes` names them;
 # batch-fit's `escape` column codes them after "none": no escape ran)
 ESCAPE_ROUTES = ("compact_all", "ladder", "all_degrees", "compact", "coarse_last")
-# when the escapes start: "misfit" (the first route's result is a misfit, z > escape_z) or "always" (every
-# pattern; for the few local minima that the noise check cannot see, at several times the time; docs/batch.md)
+# when the escapes run: "misfit" (the first route's result is a misfit, z > escape_z) or "always" (every route
+# on every pattern; for the few local minima that the noise check cannot see, at ~7x the time; docs/batch.md)
 ESCAPE_WHEN = ("misfit", "always")
 # every route a harmonic result can name in `.escapes`: the ladder's, then "network" (`fitting.fit_auto` with
 # `sh_start="network"`: from the network's own coefficients); batch-fit's `escape` column is 1 + the index here
@@ -63,6 +63,13 @@ _ROUTE_PLANS = {
 # (74 / 80), no misfit (3), NLL lower by > 2 on 21 and higher by 2-5 on 4, median time per pattern 21 s
 # (52 s), both under load (docs/fitting.md, session 19).
 SH_ROUTE = "compact_all"
+
+
+def _check_escapes(escapes: str, name: str = "escapes") -> str:
+    """`escapes` if it is one of `ESCAPE_WHEN`, else a ValueError naming the argument `name`."""
+    if escapes not in ESCAPE_WHEN:
+        raise ValueError(f"{name} must be one of {ESCAPE_WHEN}, got {escapes!r}")
+    return escapes
 
 
 def _norm_q(experiment: ds.Experiment) -> np.ndarray:
@@ -787,8 +794,7 @@ def harmonics_ladder(
         raise ValueError(f"lmax must be >= 0, got {lmax}")
     if escape_z is not None and not float(escape_z) > 0:
         raise ValueError(f"escape_z must be > 0 or None, got {escape_z}")
-    if escapes not in ESCAPE_WHEN:
-        raise ValueError(f"escapes must be one of {ESCAPE_WHEN}, got {escapes!r}")
+    _check_escapes(escapes)
     if route is not None and route not in ESCAPE_ROUTES:
         raise ValueError(f"route must be None or one of {ESCAPE_ROUTES}, got {route!r}")
     given = dict(ellipsoid=ellipsoid, coarse=coarse)  # the caller's, for the escapes' routes
@@ -938,9 +944,9 @@ def beam_compact(ellipsoid: ds.Ellipsoid, elongation: float | None = None) -> ds
 
 def _escapes(res, stages: list, routes, run, escape_z: float, verbose: bool, primary: str = "ladder", always: bool = False):  # fmt: skip
     """`harmonics_ladder`'s escapes (see there): when the `primary` route's result `res` is a misfit (z >
-    `escape_z`) or `always`, the route names `routes()` returns are tried in order through `run(name)` -> (result,
-    stages) while the best result is a misfit (`always`: every route). Returns (the best result with `.escapes` set when any check
-    found a misfit, all stages)."""
+    `escape_z`) or `always`, the route names `routes()` returns are tried in order through `run(name)` ->
+    (result, stages) while the best result is a misfit (`always`: every route). Returns (the best result with
+    `.escapes` set when any route ran, all stages)."""
     from ._auto import noise_consistency
 
     z, _, sd = noise_consistency(res)
