@@ -10,6 +10,11 @@
 # A section past its cap gets SIGTERM, then SIGKILL 15 s later (batch-fit releases its job lock on SIGTERM once the
 # main thread leaves XLA; 5 s was too short in session 21).
 # SKIP="a b" / ONLY="a b": leave out / run only the named sections (e.g. to rerun the ones that failed).
+# Dataset section (when .ds/harmonics.cxi is carried): DS_CHUNK (patterns per chunk, default 16), DS_CHUNKS /
+# DS_CAP (cold pass: chunks, cap s), DS2_CHUNKS / DS2_CAP (the warm pass, a fresh process resuming: its own
+# chunks). LC_OVERRIDE, LS_CAP: chunk and cap of the 128^2 lockstep SH batch.
+# A machine goes back 30 s after a call ends: a second call on the same warm machine (and its compilation
+# cache) must be sent at once; session 23 lost its second call's budget to a fresh start.
 # Carried wheels (.whl/: beartype, miepython, pinned equinox/optax/jaxtyping) are installed when present.
 # AUTOTUNE=1: XLA's GEMM/conv autotuning on (off by default: shorter compilations; see below). Compiled
 # programs go to jax's persistent cache (JAX_COMPILATION_CACHE_DIR, default /tmp/diffscat-jax-cache), so a
@@ -67,6 +72,7 @@ if ((QUICK)); then
 else
     S=128 SF=512 SB=64 NB=128 NS=512 FMAXN=1024 HN=3 HC=1 NE=12 LC=8
 fi
+LC=${LC_OVERRIDE:-$LC} # lockstep chunk of the 128^2 SH batch (bench_batch --chunk; it fits two chunks)
 
 sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1;
     $PY -c 'import jax, equinox, optax, jaxtyping; print(jax.__version__, jax.devices(), equinox.__version__,
@@ -81,8 +87,14 @@ sec env 25 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,cloc
 DS=${DS:-.ds}
 if [ -f "$DS/harmonics.cxi" ]; then
     mkdir -p "$W/ds"
-    sec ds_harmonics 300 $PY -m diffscat batch-fit configs/batch-harmonics.toml --data "$DS/harmonics.cxi" \
-        -o "$W/ds/harmonics-results.h5" --set 'init.network="default"' $( [ -d "$W/ds/harmonics-results.h5.parts" ] && echo --resume)
+    DSFIT=($PY -m diffscat batch-fit configs/batch-harmonics.toml --data "$DS/harmonics.cxi"
+        -o "$W/ds/harmonics-results.h5" --set 'init.network="default"' --set "batch.chunk_size=${DS_CHUNK:-16}")
+    resume() { [ -d "$W/ds/harmonics-results.h5.parts" ] && echo --resume; } # what an earlier pass left
+    # cold: the first chunks compile (session 23: a chunk of 64 took 271 s on a cold cache); then a FRESH
+    # process on the compilation cache the first left, as a long run's later processes (or a --resume) are:
+    # its chunks are the steady-state rate (tracing included, XLA compilation mostly loaded from the cache)
+    sec ds_harmonics ${DS_CAP:-300} "${DSFIT[@]}" --max-chunks "${DS_CHUNKS:-1}" $(resume)
+    sec ds_harmonics_warm ${DS2_CAP:-200} "${DSFIT[@]}" --max-chunks "${DS2_CHUNKS:-2}" $(resume)
 fi
 sec test_gpu 120 env JAX_PLATFORMS="${JAX_PLATFORMS:-cuda,cpu}" $PY -m pytest -q -m gpu tests/test_gpu.py
 sec fit_sh6_512 150 $PY benchmarks/bench_fit.py --size $SF --cases sh6 --patterns 3 --profile 40
@@ -94,7 +106,7 @@ sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eva
     --out benchmarks/results/bench_network_gpu.json
 # the lockstep path (fitting.lockstep_map, [batch] lockstep = "auto" is on on a GPU): a chunk's patterns fitted
 # together, their fits merged into vmapped batches; the first chunk compiles, the second is the rate
-sec batch_harmonics_ls 170 $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --init default --n $((2 * LC)) \
+sec batch_harmonics_ls ${LS_CAP:-170} $PY benchmarks/bench_batch.py --model harmonics --lmax 4 --init default --n $((2 * LC)) \
     --size $S --chunk $LC --lockstep on
 sec batch_ellipsoid_ls 90 $PY benchmarks/bench_batch.py --model ellipsoid-auto --init default --n $((2 * LC)) \
     --size $SB --chunk $LC --lockstep on
