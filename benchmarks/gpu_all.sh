@@ -102,7 +102,7 @@ TRAIN_S=$((QUICK ? 60 : 90))
 rm -f "$W/gpu.eqx" "$W/gpu.eqx.json" "$W/gpu.eqx.state"
 sec train $((TRAIN_S + 15)) $PY benchmarks/bench_train.py --out "$W/gpu.eqx" --budget $TRAIN_S \
     $( ((QUICK)) && echo --config configs/train-default.toml)
-sec network_infer 40 $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
+sec network_infer ${NI_CAP:-90} $PY benchmarks/bench_network.py --n-sim 0 --n-mie 4 --n-eval 0 --n-fit 0 \
     --out benchmarks/results/bench_network_gpu.json
 # the lockstep path (fitting.lockstep_map, [batch] lockstep = "auto" is on on a GPU): a chunk's patterns fitted
 # together, their fits merged into vmapped batches; the first chunk compiles, the second is the rate

@@ -245,8 +245,10 @@ def _counts(u, t, prob: Parametrisation, st: _Static):
 
 # Columns of the Fisher Jacobian computed together (`_jacobian_blocked`). `jax.jacfwd` pushes all n + 1 tangents
 # through the forward model at once: for a harmonic body (lmax 4, ~30 parameters, 58^3 voxels at 64^2) that
-# held ~660 MB more than the fit itself, the largest transient of a harmonic batch-fit (its peak RSS).
-FISHER_BLOCK = 8
+# held ~660 MB more than the fit itself, the largest transient of a harmonic batch-fit (its peak RSS). Session 23
+# (lmax 4, R 5.25 wavelengths, 64^2, compiled `_finalize`, CPU): block 8 / 4 / 2 / 1 held 761 / 542 / 433 / 364
+# MiB over the process and took 2.80 / 2.77 / 2.59 / 2.82 s, so 2 (no slower than 8, 330 MiB less).
+FISHER_BLOCK = 2
 
 
 def _jacobian_blocked(f, z0, block: int = FISHER_BLOCK):
@@ -280,7 +282,9 @@ def _finalize(u, prob, live, data, mask, st: _Static, with_fisher: bool):
     if with_fisher:
         x0, unravel = ravel_pytree(u_b)
         z0 = jnp.concatenate([x0, t[None]])
-        J = _jacobian_blocked(lambda z: _counts(unravel(z[:-1]), z[-1], p_b, st)[0].reshape(-1), z0)
+        J = _jacobian_blocked(
+            lambda z: _counts(unravel(z[:-1]), z[-1], p_b, st)[0].reshape(-1), z0, block=FISHER_BLOCK
+        )
         w = st.loss.fisher_weight(mu, data, mask).reshape(-1).astype(J.dtype)
         F = mm((J * w[:, None]).T, J)
         if st.regularizer is not None:
