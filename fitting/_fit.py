@@ -624,7 +624,8 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     norm = jnp.asarray(np.asarray(n_used, float)[group], dt)
     u0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[p.initial_u() for p in probs])
     u0, prob, d_b, m_b, norm = _shard_starts((u0, prob, d_b, m_b, norm))
-    run = _optimise(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start, live_all)
+    rows = CPU_START_BATCH if _compacting() else None
+    run = _optimise_rows(u0, prob, d_b, m_b, norm, st, cfg, dt, t_start, live_all, rows)
     best_u, history, done, steps_run, t_compile = run
 
     results = []
@@ -693,6 +694,52 @@ def _shard_starts(tree):
 # (0.04-1 s per step) shrink; the test suite's tiny fits (a few milliseconds per step) do not. With 0.1 the
 # 128^2 ellipsoid's crop refinement (64^2) no longer shrank: its second pattern took 25.7 s instead of 17.6 s.
 COMPACT_MIN_STEP_S = 0.03
+
+
+# On one CPU device (`_compacting`) `_fit_patterns` optimises the rows of its vmapped batch (starts x patterns)
+# this many at a time, one `_optimise` after the other (None: the whole batch at once). There a row costs its
+# share of a step anyway, and one row at a time holds 1/B of the batch's memory. Session 23 (idle 2-core CPU,
+# batch-fit, warm compilation cache, 64^2, same optima): 3 polyhedron patterns (six candidates, 4 starts per
+# class) 302 -> 193 s and peak RSS 2635 -> 2040 MiB; 16 harmonic patterns (lmax 4, network starts) 161 -> 158 s,
+# 1738 -> 1627 MiB.
+CPU_START_BATCH: int | None = 1
+
+
+def _optimise_rows(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, live, rows: int | None):
+    """`_optimise` over the batch `rows` rows at a time (None, or a batch that small: all at once), with the
+    same returns: the rows' best points and flags concatenated, the per-step losses padded per group with
+    its last row (as `_optimise` repeats a finished start's last loss), the first group's first-step time.
+    Groups with no live row are not run (their best point is the start, their losses +inf)."""
+    n_batch = norm.shape[0]
+    live = np.ones(n_batch, bool) if live is None else np.asarray(live, bool)
+    if rows is None or n_batch <= rows:
+        return _optimise(u, prob, d, m, norm, st, cfg, dt, t_start, live)
+    groups = [slice(s, min(s + rows, n_batch)) for s in range(0, n_batch, rows)]
+    outs = []
+    for sl in groups:
+        if not live[sl].any():
+            outs.append(None)
+            continue
+        take = lambda t, sl=sl: jax.tree.map(lambda x: x[sl], t)  # noqa: E731
+        outs.append(_optimise(take(u), take(prob), d[sl], m[sl], norm[sl], st, cfg, dt, t_start, live[sl]))
+    ran = [o for o in outs if o is not None]
+    n_hist = max(len(o[1]) for o in ran)
+    best, hists, done, steps = [], [], [], []
+    for sl, o in zip(groups, outs, strict=True):
+        nb = sl.stop - sl.start
+        if o is None:
+            best.append(jax.tree.map(lambda x, sl=sl: x[sl], u))
+            hists.append([np.full(nb, np.inf)] * n_hist)
+            done.append(np.ones(nb, bool))
+            steps.append(np.zeros(nb, int))
+            continue
+        best.append(o[0])
+        hists.append([o[1][min(k, len(o[1]) - 1)] for k in range(n_hist)])
+        done.append(np.asarray(o[2], bool))
+        steps.append(np.asarray(o[3], int))
+    best_u = jax.tree.map(lambda *xs: jnp.concatenate(xs), *best)
+    history = [np.concatenate([h[k] for h in hists]) for k in range(n_hist)]
+    return best_u, history, np.concatenate(done), np.concatenate(steps), ran[0][4]
 
 
 def _compacting() -> bool:

@@ -168,3 +168,27 @@ def test_cli_fit_from_cxi(mie_fit, tmp_path):
     # bad config keys are reported, not crashed on
     cfg.write_text('[model]\ntype = "Sphere"\nradius = 3.0\n[fit]\nlos = "poisson"\n')
     assert main(["fit", str(cfg), "--data", str(cxi), "-o", str(out)]) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_start_rows_one_group_at_a_time_give_the_batched_fit(monkeypatch, rows):
+    """On one CPU device the starts' rows are optimised `CPU_START_BATCH` at a time (`_optimise_rows`): the
+    same best start, values, losses, step count and history as the whole batch at once (3 starts: the padded
+    4th row is not live and, alone in its group, is not run)."""
+    from fitting import _fit
+
+    exp = ds.Experiment(LAM, ds.QGrid(n=16, theta_max_deg=25.0))
+    truth = ds.Sphere(2.2, delta=-0.01, beta=0.001)
+    mean = np.asarray(fitting.expected_signal(truth, exp, ds.VoxelGrid.around(2.8, 0.25)))
+    data = np.random.default_rng(3).poisson(mean / mean.sum() * 1e5).astype(float)
+    starts = [ds.Sphere(r, delta=-0.01, beta=0.001) for r in (0.8, 2.3, 3.6)]  # three basins
+    kw = dict(max_steps=25, polarisation="none", grid=ds.VoxelGrid.around(3.6, 0.25))
+    monkeypatch.setattr(_fit, "CPU_START_BATCH", None)
+    ref = fitting.fit(data, exp, starts, **kw)
+    monkeypatch.setattr(_fit, "CPU_START_BATCH", rows)
+    monkeypatch.setattr(_fit, "_compacting", lambda: True)
+    got = fitting.fit(data, exp, starts, **kw)
+    np.testing.assert_allclose(got.start_losses, ref.start_losses, rtol=1e-5)
+    np.testing.assert_allclose(got.values["radius"], ref.values["radius"], rtol=1e-5)
+    assert got.n_steps == ref.n_steps and got.loss_history.shape == ref.loss_history.shape
+    np.testing.assert_allclose(got.loss_history, ref.loss_history, rtol=1e-5)

@@ -114,6 +114,7 @@ def test_finished_starts_leave_the_batch_with_the_same_result(problem, monkeypat
     monkeypatch.setattr(_fit, "_step", recording)
     monkeypatch.setattr(_fit, "_compacting", lambda: True)
     monkeypatch.setattr(_fit, "COMPACT_MIN_STEP_S", 0.0)  # this tiny fit's steps take milliseconds
+    monkeypatch.setattr(_fit, "CPU_START_BATCH", None)  # the whole batch in one `_optimise` (its compaction)
     a = fitting.fit(data, exp, starts, mask, **kw)
     compacted = list(sizes)
     sizes.clear()
