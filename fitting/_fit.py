@@ -631,11 +631,10 @@ def _fit_patterns(ds_, ms_, experiment, per, cfg: _Settings, t_start) -> list[Fi
     results = []
     for i in range(n_real):
         sl = slice(i * kp, (i + 1) * kp)
-        take = lambda t, sl=sl: jax.tree.map(lambda x: x[sl], t)
-        u_i, p_i = take(best_u), take(prob)
+        u_i, p_i = _take(best_u, sl), _take(prob, sl)
         hist_i = [h[sl] for h in history]
         converged = bool(np.all(done[sl]))
-        if converged and not _moved(take(u0), u_i, hist_i):
+        if converged and not _moved(_take(u0, sl), u_i, hist_i):
             converged = (
                 False  # "converged" at the start: the data gave no gradient to follow (no silent success)
             )
@@ -697,8 +696,9 @@ COMPACT_MIN_STEP_S = 0.03
 
 
 # On one CPU device (`_compacting`) `_fit_patterns` optimises the rows of its vmapped batch (starts x patterns)
-# this many at a time, one `_optimise` after the other (None: the whole batch at once). There a row costs its
-# share of a step anyway, and one row at a time holds 1/B of the batch's memory. Session 23 (idle 2-core CPU,
+# this many at a time, one `_optimise` after the other (None: the whole batch at once, where `_optimise`'s
+# compaction then drops finished starts; with 1 it has nothing to drop). There a row costs its share of a step
+# anyway, and one row at a time holds 1/B of the batch's memory. Session 23 (idle 2-core CPU,
 # batch-fit, warm compilation cache, 64^2, same optima): 3 polyhedron patterns (six candidates, 4 starts per
 # class) 302 -> 193 s and peak RSS 2635 -> 2040 MiB; 16 harmonic patterns (lmax 4, network starts) 161 -> 158 s,
 # 1738 -> 1627 MiB.
@@ -720,15 +720,15 @@ def _optimise_rows(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start
         if not live[sl].any():
             outs.append(None)
             continue
-        take = lambda t, sl=sl: jax.tree.map(lambda x: x[sl], t)  # noqa: E731
-        outs.append(_optimise(take(u), take(prob), d[sl], m[sl], norm[sl], st, cfg, dt, t_start, live[sl]))
+        u_s, prob_s, d_s, m_s, norm_s = _take((u, prob, d, m, norm), sl)
+        outs.append(_optimise(u_s, prob_s, d_s, m_s, norm_s, st, cfg, dt, t_start, live[sl]))
     ran = [o for o in outs if o is not None]
     n_hist = max(len(o[1]) for o in ran)
     best, hists, done, steps = [], [], [], []
     for sl, o in zip(groups, outs, strict=True):
         nb = sl.stop - sl.start
         if o is None:
-            best.append(jax.tree.map(lambda x, sl=sl: x[sl], u))
+            best.append(_take(u, sl))
             hists.append([np.full(nb, np.inf)] * n_hist)
             done.append(np.ones(nb, bool))
             steps.append(np.zeros(nb, int))
