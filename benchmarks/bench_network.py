@@ -230,7 +230,9 @@ def main(argv=None):
 
     # --- "sim": the training generator at another seed and a finer pitch
     b = 24
-    stream = DataStream(cfg, b, pitch=args.pitch, seed_offset=args.seed)
+    # fresh simulations (a model trained on a cached pool must not be scored on a pool)
+    held = {**cfg, "data": {**cfg["data"], "pool": 0, "pool_cache": ""}}
+    stream = DataStream(held, b, pitch=args.pitch, seed_offset=args.seed)
     apply = jax.jit(jax.vmap(net.model))
     for step in range(math.ceil(args.n_sim / b)):
         x, tg, extra = stream.batch(step, with_truth=True)

@@ -8,7 +8,8 @@ Draws `--pool` patterns from the config's training generator (80 % at its seed +
 (AdamW, lr `--lr`, batch 32, `--steps` steps, the loss weights `--weights` = size, class, axes, orientation).
 Prints the held-out loss terms and class accuracy every 250 steps. Layouts: "cartesian" (the first network),
 "polar" (polar input, mean/max pooling over azimuth only: `[network] harmonics = []`), "polar-all" (azimuthal
-orders 1..8), "polar-even" (orders 2, 4, 6, 8: the default). Every pool pattern has the training generator's
+orders 1..8), "polar-even" (orders 2, 4, 6, 8: the default); a "-spec" suffix adds the radial-spectrum size
+feature (`[network] radial_spectrum = 4`, e.g. "polar-even-spec"). Every pool pattern has the training generator's
 beam-centre offset; `--centred` sets it to 0 in the HELD-OUT part (the offset's odd-order signature is then
 absent: a layout that learnt from it loses accuracy there).
 A held-out class accuracy at chance with a falling training loss means the layout memorises instead of
@@ -84,7 +85,11 @@ def main(argv=None):
         if layout == "cartesian":
             net["input"] = "cartesian"
         elif layout.startswith("polar"):
-            net.update(input="polar", harmonics=_orders(layout[5:]))
+            tag = layout[5:]
+            spec = tag.endswith("-spec")  # + the radial spectrum (fringe spacing) feature
+            net.update(
+                input="polar", harmonics=_orders(tag.removesuffix("-spec")), radial_spectrum=4 if spec else 0
+            )
         else:
             raise SystemExit(f"unknown layout {layout!r}")
         model = build_model({**cfg, "network": net}, jax.random.PRNGKey(0))

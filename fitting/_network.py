@@ -252,6 +252,10 @@ class InversionCNN(eqx.Module):
     - `polar = None`: Cartesian strided convolutions and one MLP for every output (models trained before
       the polar layout; `n` must be a multiple of 2^len(widths)).
 
+    `radial_spectrum` = p > 0 (polar only; models since session 24): the size / class / axes head also sees
+    the azimuth-averaged radial spectrum of the log image, zero-padded p times (`_radial_spectrum`), whose
+    peak sits at the fringe frequency, proportional to the size.
+
     `__call__(x)` on ONE image returns a dict: "log_size" () log of the volume-equivalent radius in
     wavelengths, "logits" (n_classes,), "log_axes" (2,) log(a / r_eq), log(c / r_eq) of the sorted
     semi-axes a <= b <= c (b = r_eq^3 / (a c)), "rot6d" (6,), "sh" (n_sh,) the relative lab-frame
@@ -268,6 +272,7 @@ class InversionCNN(eqx.Module):
     orient_orders: tuple[int, ...] = eqx.field(static=True, default=())
     orient_bins: int = eqx.field(static=True, default=0)
     n_sh: int = eqx.field(static=True, default=0)
+    radial_spectrum: int = eqx.field(static=True, default=0)
 
     def __init__(
         self,
@@ -282,8 +287,12 @@ class InversionCNN(eqx.Module):
         orient_hidden: int | None = None,
         orient_bins: int = 4,
         sh_lmax: int = 0,
+        radial_spectrum: int = 0,
     ):
         n, widths = int(n), tuple(int(w) for w in widths)
+        if int(radial_spectrum) < 0:
+            raise ValueError(f"radial_spectrum must be >= 0 (0 = off), got {radial_spectrum}")
+        self.radial_spectrum = int(radial_spectrum)
         if int(sh_lmax) < 0:
             raise ValueError(f"sh_lmax must be >= 0, got {sh_lmax}")
         self.n_sh = sh_count(sh_lmax)
@@ -295,6 +304,8 @@ class InversionCNN(eqx.Module):
         self.harmonics = tuple(sorted({int(m) for m in harmonics}))
         k = self.n_classes
         if polar is None:
+            if self.radial_spectrum:
+                raise ValueError("radial_spectrum needs the polar layout (polar = (nr, nphi))")
             if n % f:
                 raise ValueError(f"n must be a multiple of 2^len(widths) = {f}, got {n}")
             self.polar = None
@@ -332,6 +343,8 @@ class InversionCNN(eqx.Module):
         n_inv = 2 * n_last + n_last * len(self._last_harmonics(nphi // f))
         for i in self._harmonic_layers():
             n_inv += widths[i] * (nr // 2 ** (i + 1)) * len(self._orders(nphi // 2 ** (i + 1)))
+        if self.radial_spectrum:
+            n_inv += self._spectrum_bins(nr)
         self.head = eqx.nn.MLP(n_inv, 1 + k + 2, hidden, 2, key=keys[-2])
         n_orient = n_last * (2 + len(self._last_harmonics(nphi // f)) + nphi // f)
         for i in self._harmonic_layers():
@@ -353,6 +366,29 @@ class InversionCNN(eqx.Module):
     def _last_harmonics(self, nphi_layer: int) -> tuple[int, ...]:
         return tuple(m for m in self._orders(nphi_layer) if m <= 2)
 
+    def _spectrum_bins(self, nr: int) -> int:
+        return (self.radial_spectrum * nr) // 2  # rfft bins of the zero-padded line, DC left out
+
+    def _radial_spectrum(self, p: Float[Array, "2 nr nphi"]) -> Float[Array, " bins"]:
+        """The fringe-spacing feature: along each azimuth line of the polar image, the radial derivative of
+        the log image (used samples only, de-meaned, Hann-windowed), zero-padded to `radial_spectrum` x nr and
+        Fourier transformed; the magnitudes averaged over azimuth and normalised to mean 1. A beam-centre
+        offset moves a ring by different amounts along different lines, which blurs an azimuthal mean of the
+        profile but only changes the phase of each line's spectrum, so the peak (fringe frequency ~ size)
+        stays sharp."""
+        img, used = p[0], p[1] > 0.99
+        ok = used[1:] & used[:-1]
+        d = jnp.where(ok, img[1:] - img[:-1], 0.0)  # (nr - 1, nphi)
+        cnt = jnp.maximum(jnp.sum(ok, 0), 1)
+        d = jnp.where(ok, d - jnp.sum(d, 0) / cnt, 0.0)
+        nr = p.shape[1]
+        win = jnp.asarray(np.hanning(nr - 1), d.dtype)[:, None]
+        S = jnp.abs(jnp.fft.rfft(d * win, n=self.radial_spectrum * nr, axis=0))[
+            1 : 1 + self._spectrum_bins(nr)
+        ]
+        s = jnp.mean(S, -1)
+        return s / (jnp.mean(s) + 1e-6)
+
     def __call__(self, x: Float[Array, "2 n n"]) -> dict:
         h = jnp.asarray(x, self.convs[0].weight.dtype)
         k = self.n_classes
@@ -365,6 +401,8 @@ class InversionCNN(eqx.Module):
         else:
             h = polar_resample(h, *self.polar)
             harm, phase = [], []
+            if self.radial_spectrum:
+                harm.append(self._radial_spectrum(h))
             for i, c in enumerate(self.convs):
                 h = jnp.pad(h, ((0, 0), (1, 1), (0, 0)))  # radius: zeros
                 h = jnp.concatenate([h[:, :, -1:], h, h[:, :, :1]], axis=-1)  # azimuth: circular
@@ -743,6 +781,7 @@ def build_model(config: dict, key: PRNGKeyArray) -> InversionCNN:
         orient_hidden=int(net.get("orient_hidden", net["hidden"])),
         orient_bins=int(net.get("orient_bins", 4)),
         sh_lmax=int(net.get("sh_lmax", 0)),
+        radial_spectrum=int(net.get("radial_spectrum", 0)),
     )
 
 

@@ -6,7 +6,8 @@ size buckets; each sub-batch of random shapes is simulated with ONE vmapped `dif
 bucket) (so each compiles once), turned into expected photons (`expected_photons`, scaled to a random total
 of 1e4-1e7 photons), plus a flat background, Poisson noise, a random beamstop and a beam-centre offset of a
 few pixels (the pattern is shifted while the geometry is not: the network learns to tolerate a mis-set
-centre), then mapped to the canonical input (`CanonicalMap`).
+centre), then mapped to the canonical input (`CanonicalMap`). With `data.pool` = N the simulations are made
+once, N per (family, bucket), and every step draws from them with fresh noise (`DataStream.build_pool`).
 
 Training: optax AdamW with a warmup + cosine schedule, data parallel over `jax.devices()` by a
 `NamedSharding` over a 1-D "batch" mesh (as `fitting._batch`). Checkpoints: `eqx.tree_serialise_leaves` of the
@@ -87,6 +88,13 @@ DEFAULT_CONFIG: dict = {
         "beta_range": [0.0, 0.002],
         "pitch": 0.0,  # voxel pitch [wavelengths]; 0 = diffscat.default_pitch
         "mix_families": False,  # True: every batch spans all families (else one family per step)
+        # a cached stream: 0 = every pattern simulated fresh; N > 0 = N noise-free patterns per (family, size
+        # bucket) simulated once, then every step draws from them with FRESH photons, noise, background,
+        # beamstop, centre offset and detector effects (the simulation is ~all of a CPU step's cost, the
+        # network ~5 %). `pool_cache`: a folder to keep the pool in between runs ("" = memory only; one
+        # .npz per (family, bucket), keyed by a hash of everything that sets the patterns)
+        "pool": 0,
+        "pool_cache": "",
         # class "SphericalHarmonics": lab-frame bodies with relative coefficients c_lm / c_00 ~ N(0, s l^-d)
         # for 2 <= l <= harmonics_lmax (l = 1, a shift, kept 0), the rms radius deviation sqrt(sum c_lm^2) /
         # c_00 uniform in harmonics_rms, d uniform in harmonics_decay, the deformation scaled down where the
@@ -115,6 +123,9 @@ DEFAULT_CONFIG: dict = {
         # relative spherical-harmonic coefficients c_lm / c_00 up to this degree from the orientation head
         # (0: none; needed, >= data.harmonics_lmax, when the classes include "SphericalHarmonics")
         "sh_lmax": 0,
+        # fringe-spacing feature for the size: the azimuth-averaged radial spectrum of the log image, zero-padded
+        # this many times (0: off, models before session 24; docs/network.md, section 2)
+        "radial_spectrum": 0,
     },
     "train": {
         "steps": 100,
@@ -176,6 +187,10 @@ def check_config(config: dict | None = None) -> dict:
         lo, hi = (float(x) for x in d[k])
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"data.{k} must be (low, high) with 0 < low <= high <= 1, got {d[k]}")
+    if int(d["pool"]) < 0:
+        raise ValueError(f"data.pool must be >= 0 (0 = every pattern fresh), got {d['pool']}")
+    if not isinstance(d["pool_cache"], str):
+        raise ValueError(f"data.pool_cache must be a folder path string ('' = none), got {d['pool_cache']!r}")
     if not 0.0 <= float(d["centred_fraction"]) <= 1.0:
         raise ValueError(f"data.centred_fraction must be in [0, 1], got {d['centred_fraction']}")
     if float(d["max_axis_ratio"]) < 1:
@@ -220,6 +235,10 @@ def check_config(config: dict | None = None) -> dict:
         raise ValueError(
             f"network.orient_hidden and network.orient_bins must be >= 1, got {net['orient_hidden']}, {net['orient_bins']}"
         )
+    if int(net["radial_spectrum"]) < 0:
+        raise ValueError(f"network.radial_spectrum must be >= 0 (0 = off), got {net['radial_spectrum']}")
+    if int(net["radial_spectrum"]) and net["input"] != "polar":
+        raise ValueError("network.radial_spectrum needs network.input = 'polar'")
     if net["input"] not in ("polar", "cartesian"):
         raise ValueError(f"network.input must be 'polar' or 'cartesian', got {net['input']!r}")
     if len(net["polar"]) != 2 or any(int(v) % 2 ** len(net["widths"]) or int(v) < 1 for v in net["polar"]):
@@ -383,27 +402,42 @@ def bucket_grid(cfg: dict, family: str, bucket: int, pitch: float | None = None)
     return ds.VoxelGrid.around(r, pitch, margin=2)
 
 
-def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = None) -> Callable:
-    """A jitted `f(truth_arrays, noise, key) -> (inputs (B, 2, n, n), counts (B, ny, nx), mask (B, ny, nx))`
-    for one (family, bucket): vmapped simulation on the bucket's fixed grid, photons, noise, beamstop, shift.
-    `noise`: dict of (B,) arrays "photons", "background", "beamstop" [rad], "shift" (B, 2) int."""
+def _shape_of(family: str, t: dict):
+    """The diffscat shape of one sampled truth (float32 arrays, see `sample_truths`)."""
+    if family == "ellipsoid":
+        return ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
+    if family == "SphericalHarmonics":
+        return ds.SphericalHarmonics(t["coefficients"], t["delta"], t["beta"])
+    return getattr(ds, family)(t["edge"], delta=t["delta"], beta=t["beta"], rotation=t["rotation"])
+
+
+def make_sim_fn(cfg: dict, family: str, bucket: int, pitch: float | None = None) -> Callable:
+    """A jitted `f(truth_arrays) -> expected photons (B, ny, nx)` of one (family, bucket), each pattern
+    normalised to 1 photon in total over the valid pixels: the vmapped simulation on the bucket's fixed grid,
+    before any noise."""
     exp = training_experiment(cfg)
     grid = bucket_grid(cfg, family, bucket, pitch)
+
+    def one(t):
+        e = expected_photons(ds.simulate(_shape_of(family, t), exp, grid=grid), exp, 1.0)
+        e = jnp.where(exp.valid, e, 0.0)
+        return e / jnp.sum(e)
+
+    return jax.jit(jax.vmap(one))
+
+
+def make_noise_fn(cfg: dict) -> Callable:
+    """A jitted `f(expected (B, ny, nx), noise, key) -> (inputs (B, 2, n, n), counts, mask)`: photons,
+    background, Poisson noise, detector effects, beamstop and centre offset on noise-free patterns (any
+    family), then the canonical map. `noise`: `sample_noise`'s dict."""
+    exp = training_experiment(cfg)
     cmap = CanonicalMap.from_experiment(exp, int(cfg["network"]["n"]))
     theta = exp.theta
     ny, nx = exp.shape
     iy, ix = jnp.meshgrid(jnp.arange(ny), jnp.arange(nx), indexing="ij")
 
-    def one(t, nz, key):
-        if family == "ellipsoid":
-            shape = ds.Ellipsoid(t["semi_axes"], t["delta"], t["beta"], rotation=t["rotation"])
-        elif family == "SphericalHarmonics":
-            shape = ds.SphericalHarmonics(t["coefficients"], t["delta"], t["beta"])
-        else:
-            shape = getattr(ds, family)(t["edge"], delta=t["delta"], beta=t["beta"], rotation=t["rotation"])
-        inten = ds.simulate(shape, exp, grid=grid)
+    def one(e, nz, key):
         mask = exp.valid & (theta >= nz["beamstop"])
-        e = expected_photons(inten, exp, 1.0)
         e = e / jnp.sum(jnp.where(mask, e, 0.0)) * nz["photons"] + nz["background"]
         counts = jax.random.poisson(key, jnp.where(exp.valid, e, 0.0)).astype(jnp.float32)
         # detector effects (identity when off: gamma 1, saturation level inf, no gap)
@@ -421,9 +455,23 @@ def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = Non
         return cmap(counts, mask), counts, mask
 
     @jax.jit
+    def noisy(e, nz, key):
+        keys = jax.random.split(key, e.shape[0])
+        return jax.vmap(one)(e, nz, keys)
+
+    return noisy
+
+
+def make_batch_fn(cfg: dict, family: str, bucket: int, pitch: float | None = None) -> Callable:
+    """A jitted `f(truth_arrays, noise, key) -> (inputs (B, 2, n, n), counts (B, ny, nx), mask (B, ny, nx))`
+    for one (family, bucket): vmapped simulation on the bucket's fixed grid (`make_sim_fn`), then photons,
+    noise, beamstop, shift and the canonical map (`make_noise_fn`).
+    `noise`: dict of (B,) arrays "photons", "background", "beamstop" [rad], "shift" (B, 2) int."""
+    sim, noisy = make_sim_fn(cfg, family, bucket, pitch), make_noise_fn(cfg)
+
+    @jax.jit
     def batch(t, nz, key):
-        keys = jax.random.split(key, t["delta"].shape[0])
-        return jax.vmap(one)(t, nz, keys)
+        return noisy(sim(t), nz, key)
 
     return batch
 
@@ -502,7 +550,12 @@ def _f32(t: dict) -> dict:
 
 
 class DataStream:
-    """Deterministic on-the-fly batches: `batch(step)` -> (inputs, targets), drawn from (seed, step)."""
+    """Deterministic batches: `batch(step)` -> (inputs, targets), drawn from (seed, step).
+
+    With `data.pool` = 0 every pattern is simulated fresh. With `data.pool` = N, N noise-free patterns per
+    (family, size bucket) are simulated once (`build_pool`; deterministic in the seed, so a resumed run
+    rebuilds the same pool), and each step draws its sub-batches from them with fresh noise and detector
+    settings (`make_noise_fn`)."""
 
     def __init__(self, cfg: dict, batch_size: int, pitch: float | None = None, seed_offset: int = 0):
         self.cfg = cfg = check_config(cfg)  # older sidecars lack newer keys
@@ -511,11 +564,89 @@ class DataStream:
         self.nb = len(cfg["data"]["size_buckets"]) - 1
         self.seed = int(cfg["seed"]) + int(seed_offset)
         self._fns: dict = {}
+        self._noisy: Callable | None = None
+        self._pool: dict | None = None
+
+    @property
+    def pool_size(self) -> int:
+        return int(self.cfg["data"]["pool"])
 
     def fn(self, fam: str, bucket: int):
         if (fam, bucket) not in self._fns:
             self._fns[fam, bucket] = make_batch_fn(self.cfg, fam, bucket, self.pitch)
         return self._fns[fam, bucket]
+
+    def noise_fn(self) -> Callable:
+        if self._noisy is None:
+            self._noisy = make_noise_fn(self.cfg)
+        return self._noisy
+
+    def _pool_key(self, fam: str, bucket: int) -> str:
+        """A hash of everything that sets the pool's patterns of (fam, bucket)."""
+        import hashlib
+
+        d = {k: v for k, v in self.cfg["data"].items() if k != "pool_cache"}
+        key = {
+            "data": d,
+            "classes": self.cfg["classes"],
+            "seed": self.seed,
+            "pitch": self.pitch,
+            "family": fam,
+            "bucket": bucket,
+            "version": ds.__version__,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _build_pair(self, fam: str, bucket: int, chunk: int = 16) -> dict:
+        n = self.pool_size
+        folder = self.cfg["data"]["pool_cache"]
+        path = (
+            os.path.join(folder, f"pool-{fam}-{bucket}-{self._pool_key(fam, bucket)}.npz") if folder else ""
+        )
+        if path and os.path.exists(path):
+            with np.load(path, allow_pickle=False) as z:  # never unpickle
+                out = {k: z[k] for k in z.files}
+            if len(out["expected"]) == n:
+                return out
+        rng = np.random.default_rng([self.seed, 7919, self.fams.index(fam), bucket])
+        t = sample_truths(self.cfg, fam, bucket, n, rng)
+        sim = make_sim_fn(self.cfg, fam, bucket, self.pitch)
+        t32 = _f32(t)
+        parts = []
+        for i in range(0, n, chunk):
+            sl = {k: v[i : i + chunk] for k, v in t32.items()}
+            m = len(sl["delta"])
+            if m < chunk:  # pad the last chunk: one compiled size
+                sl = {k: np.concatenate([v, np.repeat(v[-1:], chunk - m, 0)]) for k, v in sl.items()}
+            parts.append(np.asarray(sim(sl))[:m])
+        out = {k: np.asarray(v) for k, v in t.items()}
+        out["expected"] = np.concatenate(parts).astype(np.float32)
+        if path:
+            os.makedirs(folder, exist_ok=True)
+
+            def w(p):
+                with open(p, "wb") as f:
+                    np.savez(f, **out)
+
+            _atomic(path, w)
+        return out
+
+    def build_pool(self, progress: Callable | None = None) -> float:
+        """Simulate (or load from `data.pool_cache`) the pool of every (family, bucket); returns the seconds
+        taken. No-op without `data.pool`."""
+        t0 = time.perf_counter()
+        if self.pool_size and self._pool is None:
+            pool = {}
+            for fam in self.fams:
+                for bucket in range(self.nb):
+                    pool[fam, bucket] = self._build_pair(fam, bucket)
+                    if progress is not None:
+                        progress(
+                            f"pool {fam} bucket {bucket}: {self.pool_size} patterns "
+                            f"({time.perf_counter() - t0:.0f} s)"
+                        )
+            self._pool = pool
+        return time.perf_counter() - t0
 
     def _plan(self, step: int):
         """(rng, key, [(family, bucket, n), ...]) of batch `step`."""
@@ -534,13 +665,20 @@ class DataStream:
     def compile(self, workers: int | None = None) -> float:
         """Compile every data generator training will call (each (family, bucket) at each sub-batch size), in
         parallel threads: XLA compiles outside the GIL, and the generators are many (8 families x 3 buckets)
-        and slow to compile on a GPU host (~6 s each). Returns the seconds taken."""
+        and slow to compile on a GPU host (~6 s each). Returns the seconds taken. With a pool: the noise
+        step at each sub-batch size (the pool's simulations compile as `build_pool` runs)."""
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()
         sizes = sorted({n for _, _, n in self._plan(0)[2]})  # every step's plan has the same sizes
         rng = np.random.default_rng(0)
         key = jax.random.PRNGKey(0)
+        if self.pool_size:
+            ny, nx = training_experiment(self.cfg).shape
+            for n in sizes:
+                e = np.full((n, ny, nx), 1.0 / (ny * nx), np.float32)
+                jax.block_until_ready(self.noise_fn()(e, sample_noise(self.cfg, n, rng), key))
+            return time.perf_counter() - t0
         jobs = []
         for fam in self.fams:
             for bucket in range(self.nb):
@@ -556,15 +694,27 @@ class DataStream:
         """Batch `step`: one family (or, with `data.mix_families`, every family), the batch split evenly over
         the size buckets (one sub-batch per (family, bucket), so every batch spans the whole size range; sizes
         that do not divide go to the first pairs, rotated by step when mixing). A batch of one family lets the
-        class logits chase the family of the moment: with many families, mix them."""
+        class logits chase the family of the moment: with many families, mix them. With a pool, each
+        sub-batch is drawn (with replacement) from its (family, bucket) pool."""
         rng, key, plan = self._plan(step)
+        if self.pool_size:
+            self.build_pool()
         xs, tgs, extra = [], [], []
         for fam, bucket, n in plan:
-            t = sample_truths(self.cfg, fam, bucket, n, rng)
+            if self.pool_size:
+                pool = self._pool[fam, bucket]
+                idx = rng.integers(0, self.pool_size, n)
+                t = {k: v[idx] for k, v in pool.items() if k != "expected"}
+            else:
+                t = sample_truths(self.cfg, fam, bucket, n, rng)
             nz = sample_noise(self.cfg, n, rng)
             # (one family per step: the key of old checkpoints' data, fold_in(key, bucket), is kept)
             sub = self.fams.index(fam) * self.nb + bucket if self.cfg["data"]["mix_families"] else bucket
-            x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, jax.random.fold_in(key, sub))
+            k = jax.random.fold_in(key, sub)
+            if self.pool_size:
+                x, counts, mask = self.noise_fn()(pool["expected"][idx], nz, k)
+            else:
+                x, counts, mask = self.fn(fam, bucket)(_f32(t), nz, k)
             xs.append(x)
             tgs.append(targets_of(self.cfg, t))
             extra.append((t, counts, mask))
@@ -728,6 +878,11 @@ def train(
     model, opt_state = eqx.combine(jax.device_put(arrays, repl), static)
     stream = DataStream(cfg, bsz)
     if int(meta["step"]) < int(t["steps"]):
+        if stream.pool_size:
+            p_s = stream.build_pool(progress)
+            meta["pool_seconds"] = float(meta.get("pool_seconds", 0.0)) + p_s
+            if progress is not None:
+                progress(f"pool of {stream.pool_size} patterns per (family, bucket) ready in {p_s:.0f} s")
         c_s = stream.compile()
         if progress is not None:
             progress(f"data generators compiled in {c_s:.0f} s ({len(stream._fns)} (family, bucket) pairs)")

@@ -407,3 +407,78 @@ def test_train_lowers_loss_checkpoint_roundtrip_resume_and_predict(tmp_path):
         np.testing.assert_allclose(f["radius_eq"][0], p["radius_eq"], rtol=1e-4)
         assert list(f["class_probs"].attrs["classes"]) == ["Sphere", "Ellipsoid"]
     assert not [x for x in os.listdir(tmp_path) if x.startswith(".tmp-")]
+
+
+def test_radial_spectrum_peaks_at_the_fringe_frequency_and_turns_with_nothing():
+    """The size feature: its peak moves in proportion to the sphere radius (Born spheres, an independent
+    path), it does not change under an in-plane turn, nor (much) under a beam-centre offset of 2 pixels."""
+    exp = ds.Experiment(1.0, ds.QGrid(64, 30.0))
+    m = InversionCNN(
+        jax.random.PRNGKey(0), n=64, widths=(8, 16), hidden=16, n_classes=2, polar=(48, 64), radial_spectrum=4
+    )
+    cmap = CanonicalMap.from_experiment(exp, 64)
+    peaks = []
+    for r in (3.0, 6.0):
+        e = _sphere_counts(exp, r, 1e9)
+        s = np.asarray(m._radial_spectrum(fitting.polar_resample(cmap(jnp.asarray(e)), 48, 64)))
+        peaks.append(int(np.argmax(s)) + 1)  # bin 0 of the feature is frequency 1 (DC left out)
+        shifted = np.roll(e, (2, -1), axis=(0, 1))
+        mask = np.ones(e.shape, bool)
+        mask[:2], mask[:, -1:] = False, False
+        s2 = np.asarray(
+            m._radial_spectrum(fitting.polar_resample(cmap(jnp.asarray(shifted), jnp.asarray(mask)), 48, 64))
+        )
+        assert abs(int(np.argmax(s2)) + 1 - peaks[-1]) <= 1
+    assert 1.8 < peaks[1] / peaks[0] < 2.2, peaks
+    x = jnp.asarray(np.asarray(cmap(jnp.asarray(_sphere_counts(exp, 4.0, 1e6)))))
+    o, r = m(x), m(jnp.rot90(x, 1, axes=(1, 2)))
+    np.testing.assert_allclose(np.asarray(r["log_size"]), np.asarray(o["log_size"]), atol=1e-5)
+    off = InversionCNN(
+        jax.random.PRNGKey(0), n=64, widths=(8, 16), hidden=16, n_classes=2, polar=(48, 64)
+    ).head.in_size
+    assert m.head.in_size == off + 4 * 48 // 2  # the spectrum's bins feed the size / class / axes head
+    with pytest.raises(ValueError, match="polar"):
+        InversionCNN(jax.random.PRNGKey(0), n=32, widths=(8, 16), radial_spectrum=2)
+    with pytest.raises(ValueError, match="radial_spectrum"):
+        check_config({"network": {"radial_spectrum": -1}})
+
+
+def test_pool_stream_is_the_fresh_stream_with_cached_simulations(tmp_path):
+    """`data.pool`: each (family, bucket) simulated once; batches draw from it with fresh noise, and a pooled
+    pattern equals the fresh generator's pattern of the same truth, noise and key. The cache round-trips."""
+    from fitting._train import make_batch_fn, sample_noise
+
+    cfg = check_config({**TINY, "data": {**TINY["data"], "pool": 5, "pool_cache": str(tmp_path / "pool")}})
+    s = DataStream(cfg, 4)
+    s.build_pool()
+    files = sorted(os.listdir(tmp_path / "pool"))
+    assert len(files) == 1 and files[0].startswith("pool-ellipsoid-0-")  # one family, one bucket
+    pool = s._pool["ellipsoid", 0]
+    assert pool["expected"].shape == (5, 32, 32)
+    np.testing.assert_allclose(pool["expected"].sum((1, 2)), 1.0, rtol=1e-4)
+    x, tg, extra = s.batch(0, with_truth=True)
+    t, counts, mask = extra[0]
+    assert x.shape == (4, 2, 32, 32) and set(np.round(t["r_eq"], 9)) <= set(np.round(pool["r_eq"], 9))
+    # the pooled pattern = the fresh path on the same truth, noise and key
+    rng, key, plan = s._plan(0)
+    idx = rng.integers(0, 5, plan[0][2])
+    nz = sample_noise(cfg, plan[0][2], rng)
+    t32 = {k: np.asarray(v[idx], np.float32) for k, v in pool.items() if k not in ("expected", "label")}
+    xf, cf, _ = make_batch_fn(cfg, "ellipsoid", 0)(t32, nz, jax.random.fold_in(key, 0))
+    np.testing.assert_array_equal(np.asarray(cf), np.asarray(counts))
+    np.testing.assert_allclose(np.asarray(xf), np.asarray(x), atol=1e-6)
+    # another step: other draws and other noise
+    x1, _ = s.batch(1)
+    assert not np.allclose(np.asarray(x1), np.asarray(x))
+    # a second stream loads the cache (the same patterns), a changed config does not reuse it
+    s2 = DataStream(cfg, 4)
+    s2.build_pool()
+    np.testing.assert_array_equal(s2._pool["ellipsoid", 0]["expected"], pool["expected"])
+    cfg3 = check_config({**cfg, "data": {**cfg["data"], "max_axis_ratio": 1.2}})
+    assert DataStream(cfg3, 4)._pool_key("ellipsoid", 0) != s._pool_key("ellipsoid", 0)
+    with pytest.raises(ValueError, match="data.pool"):
+        check_config({"data": {"pool": -1}})
+    # training on a pool lowers the loss
+    meta = train({**cfg, "train": {**cfg["train"], "steps": 20}}, str(tmp_path / "p.eqx"), progress=None)
+    curve = np.array(meta["loss_curve"])
+    assert curve[-1, 1] < curve[0, 1] and meta["pool_seconds"] >= 0
