@@ -90,8 +90,8 @@ DEFAULT_CONFIG: dict = {
         "mix_families": False,  # True: every batch spans all families (else one family per step)
         # a cached stream: 0 = every pattern simulated fresh; N > 0 = N noise-free patterns per (family, size
         # bucket) simulated once, then every step draws from them with FRESH photons, noise, background,
-        # beamstop, centre offset and detector effects (the simulation is ~all of a CPU step's cost, the
-        # network ~5 %). `pool_cache`: a folder to keep the pool in between runs ("" = memory only; one
+        # beamstop, centre offset and detector effects (on a CPU the simulation is ~90 % of a fresh step, the
+        # network ~10 %). `pool_cache`: a folder to keep the pool in between runs ("" = memory only; one
         # .npz per (family, bucket), keyed by a hash of everything that sets the patterns)
         "pool": 0,
         "pool_cache": "",
