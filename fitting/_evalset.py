@@ -379,8 +379,7 @@ def evaluation_set(
     exp = ds.Experiment(cfg["wavelength"], ds.QGrid(cfg["n_pixels"], cfg["theta_max_deg"]))
     path = None
     if cache_dir is not None:
-        key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-        path = os.path.join(os.fspath(cache_dir), f"evalset-{key}.npz")
+        path = os.path.join(os.fspath(cache_dir), f"evalset-{settings_key(cfg)}.npz")
         if os.path.exists(path):
             return _load(path, exp, cfg)
     counts = {
@@ -412,6 +411,11 @@ def evaluation_set(
     if path is not None:
         _save(path, out)
     return out
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of JSON-able `settings` (key order ignored): the name of a cache file made from them."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _scale_lengths(truth: dict, wavelength: float) -> dict:

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import diffscat as ds
 from diffscat.detectors import expected_photons
 
-from ._evalset import POLYHEDRA, _x64
+from ._evalset import POLYHEDRA, _x64, settings_key
 from ._network import (
     CLASSES,
     CanonicalMap,
@@ -583,19 +583,18 @@ class DataStream:
 
     def _pool_key(self, fam: str, bucket: int) -> str:
         """A hash of everything that sets the pool's patterns of (fam, bucket)."""
-        import hashlib
-
         d = {k: v for k, v in self.cfg["data"].items() if k != "pool_cache"}
-        key = {
-            "data": d,
-            "classes": self.cfg["classes"],
-            "seed": self.seed,
-            "pitch": self.pitch,
-            "family": fam,
-            "bucket": bucket,
-            "version": ds.__version__,
-        }
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(
+            {
+                "data": d,
+                "classes": self.cfg["classes"],
+                "seed": self.seed,
+                "pitch": self.pitch,
+                "family": fam,
+                "bucket": bucket,
+                "version": ds.__version__,
+            }
+        )
 
     def _build_pair(self, fam: str, bucket: int, chunk: int = 16) -> dict:
         n = self.pool_size
@@ -885,7 +884,8 @@ def train(
                 progress(f"pool of {stream.pool_size} patterns per (family, bucket) ready in {p_s:.0f} s")
         c_s = stream.compile()
         if progress is not None:
-            progress(f"data generators compiled in {c_s:.0f} s ({len(stream._fns)} (family, bucket) pairs)")
+            what = "the noise step" if stream.pool_size else f"{len(stream._fns)} (family, bucket) pairs"
+            progress(f"data generators compiled in {c_s:.0f} s ({what})")
     weights = {k: float(v) for k, v in t["loss_weights"].items()}
     twins = loss_twins(cfg)
     step0 = int(meta["step"])
