@@ -215,6 +215,18 @@ def main(argv=None):
     ap.add_argument(
         "--fit-classes", default=None, help="comma-separated: fit comparison on these classes only"
     )
+    ap.add_argument(
+        "--net-path",
+        choices=("auto", "direct"),
+        default="auto",
+        help="the network-started fit: fitting.fit_auto(init=network) (the user's path, with the harmonic "
+        "escape route) or fitting.fit_from_network alone (sessions <= 24)",
+    )
+    ap.add_argument(
+        "--warm",
+        action="store_true",
+        help="also time each fit a second time on the same pattern (compiled: the run time alone)",
+    )
     ap.add_argument("--pitch", type=float, default=0.3, help="voxel pitch of the 'sim' part [wavelengths]")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network.json"))
@@ -397,27 +409,40 @@ def main(argv=None):
                     order.append(pool.pop(0))
         for c, m, cls, delta, beta in order:
             kw = dict(delta=delta, beta=beta, uncertainties=False)
-            t0 = time.perf_counter()
             skw = {"lmax": 4} if cls == "SphericalHarmonics" else {}
-            rn = fitting.fit_from_network(
-                c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **skw, **kw
+
+            def run_net():
+                if args.net_path == "direct":
+                    return fitting.fit_from_network(
+                        c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **skw, **kw
+                    )
+                return fitting.fit_auto(c, exp, (cls,), m, init=net, **skw, **kw)
+
+            def run_auto():
+                return fitting.fit_auto(c, exp, (cls,), m, **skw, **kw)
+
+            case = {"class": cls}
+            for key, fn in (("net", run_net), ("auto", run_auto)):
+                t0 = time.perf_counter()
+                r = fn()
+                case[f"t_{key}"] = time.perf_counter() - t0
+                case[f"nll_{key}"] = fitting.data_loss(r)
+                if args.warm:  # the same fit again: everything compiled, the run time alone
+                    t0 = time.perf_counter()
+                    fn()
+                    case[f"t_{key}_warm"] = time.perf_counter() - t0
+            case["reached"] = case["nll_net"] <= case["nll_auto"] + 1.0
+            cases.append(case)
+            warm = (
+                f"; compiled: net {case['t_net_warm']:.1f} s, multi-start {case['t_auto_warm']:.1f} s"
+                if args.warm
+                else ""
             )
-            tn = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ra = fitting.fit_auto(c, exp, (cls,), m, **skw, **kw)
-            ta = time.perf_counter() - t0
-            ln, la = fitting.data_loss(rn), fitting.data_loss(ra)
-            cases.append(
-                {
-                    "class": cls,
-                    "nll_net": ln,
-                    "nll_auto": la,
-                    "t_net": tn,
-                    "t_auto": ta,
-                    "reached": ln <= la + 1.0,
-                }
+            print(
+                f"fit {cls}: net NLL {case['nll_net']:.1f} ({case['t_net']:.1f} s), multi-start "
+                f"{case['nll_auto']:.1f} ({case['t_auto']:.1f} s){warm}",
+                flush=True,
             )
-            print(f"fit {cls}: net NLL {ln:.1f} ({tn:.1f} s), multi-start {la:.1f} ({ta:.1f} s)", flush=True)
             with open(args.out + ".partial", "w") as f:  # so an interrupted run keeps what it has
                 json.dump({**report, "fit_cases": cases}, f, indent=1)
         if cases:
@@ -429,6 +454,16 @@ def main(argv=None):
                 "total_t_net": float(np.sum([k["t_net"] for k in cases])),
                 "total_t_auto": float(np.sum([k["t_auto"] for k in cases])),
             }
+            if args.warm:
+                for key in ("net", "auto"):
+                    report["fits"][f"median_t_{key}_warm"] = float(
+                        np.median([k[f"t_{key}_warm"] for k in cases])
+                    )
+                    report["fits"][f"total_t_{key}_warm"] = float(np.sum([k[f"t_{key}_warm"] for k in cases]))
+            by: dict[str, list] = {}
+            for k in cases:
+                by.setdefault(k["class"], []).append(k["reached"])
+            report["fits"]["reached_by_class"] = {c: [int(sum(v)), len(v)] for c, v in by.items()}
     report["wall_s"] = time.perf_counter() - t_all
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
@@ -457,6 +492,12 @@ def main(argv=None):
         print(
             f"fits: reached {f['fraction_reached']:.2f}; median time net {f['median_t_net']:.1f} s, multi-start {f['median_t_auto']:.1f} s"
         )
+        print(f"  reached by class: {f['reached_by_class']}")
+        if "median_t_net_warm" in f:
+            print(
+                f"  compiled: median net {f['median_t_net_warm']:.1f} s, multi-start {f['median_t_auto_warm']:.1f} s; "
+                f"total {f['total_t_net_warm']:.0f} / {f['total_t_auto_warm']:.0f} s"
+            )
     print(f"wrote {args.out}")
     return report
 

@@ -352,11 +352,13 @@ def fit_sphere_auto(
     stage_rtol: float | None = None,
     refine: bool = True,
     radius: float | None = None,
+    spread: float = 0.03,
     **fit_kwargs,
 ):
     """Sphere fit without an initial guess: `estimate_radius` (or `radius`, length units, where the caller
     has that estimate already), then a multi-start fit from radii on both sides of the estimate (fringe
-    aliasing gives local minima near +- one fringe). Returns a `FitResult`.
+    aliasing gives local minima near +- one fringe): `n_starts` radii evenly over (1 +- `spread`) x the
+    estimate (a less certain estimate, e.g. a network's, wants a wider spread). Returns a `FitResult`.
 
     `coarse` (default True): run the multi-start on the low-q crop of the pattern (`fitting.low_q_crop`,
     factor `coarse_factor`: up to 4 for True, up to `coarse` for an int, 1 / False = full resolution), then
@@ -367,7 +369,9 @@ def fit_sphere_auto(
     from ._multires import coarse_level, refine_fit, stage_kwargs
 
     r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta) if radius is None else float(radius)
-    factors = [1.0] if n_starts <= 1 else list(np.linspace(0.97, 1.03, int(n_starts)))
+    if not 0 <= float(spread) < 1:
+        raise ValueError(f"spread must be in [0, 1), got {spread}")
+    factors = [1.0] if n_starts <= 1 else list(np.linspace(1 - spread, 1 + spread, int(n_starts)))
     starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
     lev = coarse_level(data, experiment, mask, coarse, r0)
     if lev is None:
@@ -465,12 +469,14 @@ def fit_ellipsoid_auto(
     stage_rtol: float | None = None,
     refine: bool = True,
     n_refine: int = 4,
+    starts: Sequence[ds.Ellipsoid] | None = None,
     **fit_kwargs,
 ):
     """Triaxial ellipsoid without an initial guess.
 
     1. The sphere radius (`estimate_radius` unless given).
-    2. Search: a vmapped multi-start over `n_starts` random orientations of a slightly anisotropic ellipsoid,
+    2. Search: a vmapped multi-start over `n_starts` random orientations of a slightly anisotropic ellipsoid
+       (or the caller's `starts`, e.g. a network's; `radius` then defaults to the first's volume radius),
        `search_steps` optimiser steps each on a voxel grid `search_coarsening` times coarser than the default
        (finding the basin needs no sub-percent accuracy).
     3. Refinement of the `n_refine` best distinct optima of the search (one vmapped multi-start) at the default
@@ -497,9 +503,16 @@ def fit_ellipsoid_auto(
     from ._fit import fit
     from ._multires import coarse_level, refine_fit, stage_kwargs
 
-    if radius is None:
-        radius = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
-    starts = ellipsoid_starts(radius, n_starts, delta=delta, beta=beta, seed=seed)
+    if starts is not None:  # the caller's starts (e.g. a network's, `fitting.fit_from_network`)
+        starts = list(starts)
+        if not starts or not all(isinstance(m, ds.Ellipsoid) for m in starts):
+            raise TypeError("starts must be a non-empty sequence of diffscat.Ellipsoid")
+        if radius is None:
+            radius = float(np.prod(np.asarray(starts[0].semi_axes, float))) ** (1 / 3)
+    else:
+        if radius is None:
+            radius = estimate_radius(data, experiment, mask, delta=delta, beta=beta)
+        starts = ellipsoid_starts(radius, n_starts, delta=delta, beta=beta, seed=seed)
     lev = coarse_level(data, experiment, mask, coarse, radius)
     kw = dict(fit_kwargs)
     if lev is None:

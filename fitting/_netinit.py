@@ -9,14 +9,19 @@ unit):
 
 - "Sphere": radii r x (1, 1 + s, 1 - s, 1 + 2 s, ...), s = `size_spread`. Sphere fits have local minima about
   one fringe apart (Delta r ~ lambda / (2 sin theta_max)), so a start a few per cent off can land in the wrong
-  one; the spread covers the network's typical size error.
+  one; the spread covers the network's typical size error. (`fit_from_network` itself starts the sphere
+  with `fitting.fit_sphere_auto` from r, unless optical constants are fitted.)
 - "Ellipsoid": the predicted semi-axes (made at least `min_anisotropy` anisotropic, else the orientation has no
   gradient) at the predicted rotation R and at its z-mirror twin (`twin_rotations`: of its 8 rotations, the
   4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)); each also
-  turned about its long axis by 45, 90, 135 deg (`ellipsoid_spins` = 4: the network places the long axis to
-  ~10-15 deg but not the spin about it); then both twins at the other size factors. The network cannot tell
+  turned about its long axis by 45, 90, 135 deg (`ellipsoid_spins` = 4: the network places the long axis only
+  roughly, 5-45 deg off on 14 evaluation-set ellipsoids of c / a 1.04-1.5, and not the spin about it); then both twins at the other size factors. The network cannot tell
   the twins apart (its loss takes the minimum over them), so all are tried: a short coarse multi-start
-  (`search_steps`) picks the one that is refined.
+  (`search_steps`) ranks them. `fit_from_network` (`pin_size`, the default) first fits a sphere from the
+  predicted size and puts the spun twins at ITS radius, with 8 random orientations beside them (the
+  network's ellipsoid orientation is its weakest output, ~40 deg median on the held-out set), through
+  `fitting.fit_ellipsoid_auto`'s search and refinements (its `ellipsoid_refine` best distinct optima, not
+  only the search's best).
 - a polyhedron: the edge of the predicted volume at the size factors above, and orientations. A model trained
   on polyhedron orientations (`train.orientation_classes = "all"`, the shipped one since session 9: its loss
   takes the minimum over the body's point group and the pattern twins, `twin_rotations(R, class)`) gives the
@@ -42,6 +47,7 @@ import diffscat as ds
 
 from ._auto import _template, check_fit_optics, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
+from ._init import _top_optima, fit_ellipsoid_auto, fit_sphere_auto
 from ._network import NetworkPredictor, harmonics_from_relative, load_network, sh_count, twin_bodies
 
 __all__ = [
@@ -85,6 +91,14 @@ SEARCH_MARGIN = 1.15
 # 0.996 -> 0.967); 38 against 39 successes (the lost one: IoU 0.925 -> 0.882 at a 0.8 LOWER loss, the
 # delta-thickness ambiguity). Fewer search steps (12) lost 4 successes.
 SEARCH_COARSENING = 2.0
+# optimiser steps of that coarse multi-start (`fit_from_network(search_steps=None)`; the pinned ellipsoid's
+# search on the low-q crop takes `fitting.fit_ellipsoid_auto`'s own default)
+SEARCH_STEPS = 20
+# the sphere fit from the network's radius (`fitting.fit_sphere_auto`'s starts on the low-q crop): n radii
+# over (1 +- spread) r. The no-guess path's +-3 % (its `estimate_radius` is closer) ended one fringe off on a
+# Mie sphere from the network's size (NLL +14.7, session 25); +-10 % covers the network's 90th percentile
+# size error (9.8 % on 598 held-out patterns)
+SPHERE_STARTS = (8, 0.10)
 
 
 def resolve_network(network) -> NetworkPredictor:
@@ -306,6 +320,28 @@ def _free_for(name: str) -> tuple[str, ...]:
     return ("edge", "orientation")
 
 
+def _search_pitch(experiment: ds.Experiment, pitch, coarsening: float):
+    """The coarse search's voxel pitch: `coarsening` x the caller's pitch or the detector's default (None
+    where neither is known: `fit` then picks its own)."""
+    if pitch is None and experiment.sampling_hint is not None:
+        pitch = ds.default_pitch(*experiment.sampling_hint)
+    return None if pitch is None else float(pitch) * coarsening
+
+
+def _pinned_ellipsoid_starts(sphere_fit, p, delta, beta, n_per_class, size_spread, seed, spins, n_random=8):
+    """The ellipsoid's starts (`starts_from_prediction`) at the volume-equivalent radius of `sphere_fit`
+    instead of the network's."""
+    from ._init import ellipsoid_starts
+
+    r = float(np.asarray(sphere_fit.model.radius))
+    q = {**p, "radius_eq": r}
+    net = starts_from_prediction(
+        q, ["Ellipsoid"], delta=delta, beta=beta, n_per_class=1, size_spread=float(size_spread),
+        seed=seed, ellipsoid_spins=int(spins),
+    )["Ellipsoid"]  # fmt: skip
+    return net + ellipsoid_starts(r, int(n_random), delta=delta, beta=beta, seed=seed)
+
+
 def fit_from_network(
     data,
     experiment: ds.Experiment,
@@ -320,7 +356,7 @@ def fit_from_network(
     size_spread: float = 0.04,
     n_orientations: int | None = None,
     n_refine: int = 4,
-    search_steps: int = 20,
+    search_steps: int | None = None,
     search_coarsening: float = SEARCH_COARSENING,
     search_margin: float = SEARCH_MARGIN,
     criterion: str = "bic",
@@ -329,6 +365,8 @@ def fit_from_network(
     ellipsoid_spins: int = 4,
     fit_optics: Sequence[str] = (),
     lmax: int | None = None,
+    pin_size: bool = True,
+    ellipsoid_refine: int = 8,
     **fit_kwargs,
 ):
     """Network prediction, then a short `fitting.fit` refinement from its starts (`network_starts`).
@@ -358,14 +396,27 @@ def fit_from_network(
       are then refined as in `fitting.fit_auto` (`fitting.fit_oriented`: on the low-q crop of the pattern
       first when the size allows one, then the best at full resolution; `search_steps` is not used); for
       the others 48 random orientations. `search_kwargs` go to the search.
-    - `search_steps`, `search_coarsening`: ellipsoids and polyhedra: all starts (more than 4: the first
-      power of two of them, in `network_starts`'s order) first run `search_steps`
-      optimiser steps on a voxel grid `search_coarsening` times coarser than the fit's (as
-      `fitting.fit_ellipsoid_auto` does); only the best is refined at full resolution (`search_steps=0`:
-      refine every start at full resolution). The search's grid is `search_margin` bounding radii of the
-      largest start wide (`SEARCH_MARGIN`; a caller's `grid` / `grid_margin` do not apply to it), and the
-      refinement after it runs on `fitting.refine_fit`'s tight grid (the search's optimum is near the
-      answer) unless the caller gives `grid` or `grid_margin`.
+    - "Sphere" (unless `fit_optics`): `fitting.fit_sphere_auto` from the predicted radius (`SPHERE_STARTS`: 8
+      radii over +-10 % on the low-q crop, the best refined at full resolution), the no-guess path's fit; with `fit_optics`
+      the `n_per_class` size starts at full resolution.
+    - `pin_size`, `ellipsoid_refine` (ellipsoids, `pin_size=True` the default): the sphere fit first (the
+      Sphere candidate's when it is one, else `fitting.fit_sphere_auto`'s crop stage: `.size_pin` of the
+      ellipsoid's result), and the ellipsoid's starts at ITS radius: the predicted twins in
+      `ellipsoid_spins` spins and 8 random orientations (`fitting.ellipsoid_starts`), run through
+      `fitting.fit_ellipsoid_auto` (search on the low-q crop, its `ellipsoid_refine` best distinct optima
+      refined there and then at full resolution). On 8 evaluation-set ellipsoids (64^2) the multi-start
+      optimum was reached by 2 / 8 from the predicted size and the search's best alone, 8 / 8 this way
+      (docs/network.md). `pin_size=False`: the former path (the starts at the predicted size, the coarse
+      full-pattern search below, its `ellipsoid_refine` best refined at full resolution).
+    - `search_steps` (default None: `SEARCH_STEPS`, and `fitting.fit_ellipsoid_auto`'s own for the pinned
+      ellipsoid), `search_coarsening`: polyhedra with `n_orientations`, the harmonic body and the unpinned
+      ellipsoid: all starts (more than 4: the first power of two of them, in `network_starts`'s order)
+      first run `search_steps` optimiser steps on a voxel grid `search_coarsening` times coarser than the
+      fit's; only the best is refined at full resolution (the unpinned ellipsoid: its `ellipsoid_refine`
+      best; `search_steps=0`: refine every start at full resolution). The search's grid is `search_margin`
+      bounding radii of the largest start wide (`SEARCH_MARGIN`; a caller's `grid` / `grid_margin` do not
+      apply to it), and the refinement after it runs on `fitting.refine_fit`'s tight grid (the search's
+      optimum is near the answer) unless the caller gives `grid` or `grid_margin`.
     - other keywords go to every `fitting.fit` call (`pitch`, `loss`, `uncertainties`, ...).
 
     **Returns:** the best candidate's `FitResult` with `.ranking` = [(class, data loss, k, criterion), ...]
@@ -386,6 +437,8 @@ def fit_from_network(
         )
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    ell_search = {} if search_steps is None else {"search_steps": int(search_steps)}
+    search_steps = SEARCH_STEPS if search_steps is None else search_steps
     if int(search_steps) < 0 or not float(search_coarsening) >= 1:
         raise ValueError(
             f"search_steps must be >= 0 and search_coarsening >= 1, got {search_steps}, {search_coarsening}"
@@ -411,6 +464,22 @@ def fit_from_network(
         lmax=lmax,
     )
     results = {}
+    pin = None
+    if "Ellipsoid" in names and pin_size:
+        # the size first, from a sphere fit (one parameter, basins about a fringe wide): the ellipsoid search
+        # starts at the predicted size only, and a start ~9 % off in size ended 33 NLL units above the
+        # multi-start optimum (docs/network.md); the Sphere candidate's own fit when it is one
+        if "Sphere" in names:
+            names = ["Sphere"] + [n for n in names if n != "Sphere"]
+        else:
+            pin = fit_sphere_auto(
+                data, experiment, mask, delta=delta, beta=beta, radius=float(p["radius_eq"]),
+                n_starts=SPHERE_STARTS[0], spread=SPHERE_STARTS[1], refine=False,
+                **{k: v for k, v in fit_kwargs.items() if k not in ("uncertainties", "grid", "grid_margin")},
+            )  # fmt: skip
+            starts["Ellipsoid"] = _pinned_ellipsoid_starts(
+                pin, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
+            )
     for name in names:
         s = starts[name]
         n_or, near = n_orientations, None
@@ -470,8 +539,35 @@ def fit_from_network(
             # ellipsoids, search 14-15 s -> 6-10 s as 8, the same optima on 3 patterns)
             s = s[: 1 << (len(s).bit_length() - 1)]
         free = _free_for(name) + optics
+        if name == "Sphere" and not optics:
+            # the no-guess path's sphere fit (`fit_sphere_auto`: SPHERE_STARTS on the low-q crop, then the
+            # best at full resolution) from the network's radius: 4 starts at full resolution took ~5 x as
+            # long when compiled (64^2: 5.0 s against 1.0 s, docs/network.md)
+            res = fit_sphere_auto(
+                data, experiment, mask, delta=delta, beta=beta, radius=float(p["radius_eq"]),
+                n_starts=SPHERE_STARTS[0], spread=SPHERE_STARTS[1],
+                **(dict(fit_kwargs) | {"max_steps": steps}),
+            )  # fmt: skip
+            results[name] = res
+            if "Ellipsoid" in names and pin_size:
+                pin = res
+                starts["Ellipsoid"] = _pinned_ellipsoid_starts(
+                    res, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
+                )
+            continue
+        if name == "Ellipsoid" and pin_size:
+            # the no-guess path's multi-resolution search and refinements (`fit_ellipsoid_auto`: low-q crop,
+            # then the full pattern) from the network's starts at the pinned size
+            res = fit_ellipsoid_auto(
+                data, experiment, mask, delta=delta, beta=beta, starts=s, n_refine=int(ellipsoid_refine),
+                free=free, **ell_search, **(dict(fit_kwargs) | {"max_steps": steps}),
+            )  # fmt: skip
+            res.size_pin = pin
+            results[name] = res
+            continue
         if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
             # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
+            tol = float(kw.get("alternatives_tol", 5.0))
             search = fit(
                 data,
                 experiment,
@@ -482,15 +578,36 @@ def fit_from_network(
                 max_steps=int(search_steps),
                 uncertainties=False,
                 grid_margin=float(search_margin),
-                **{k: v for k, v in kw.items() if k not in ("uncertainties", "grid", "grid_margin")},
+                alternatives_tol=math.inf if name == "Ellipsoid" and int(ellipsoid_refine) > 1 else tol,
+                **{
+                    k: v
+                    for k, v in kw.items()
+                    if k not in ("uncertainties", "grid", "grid_margin", "alternatives_tol")
+                },
             )
             stages.append(search)
-            s = search.model
+            # the short coarse search ranks the ellipsoid's basins poorly (as in `fit_ellipsoid_auto`): its
+            # `ellipsoid_refine` best distinct optima go on to the refinement together (the harmonic body:
+            # its best). 8 ellipsoids of the evaluation set (64^2, c / a 1.04-1.5), multi-start optimum
+            # reached: 2 / 8 with the best only, 6 / 8 with the size pinned and the best 4, 8 / 8 with the best
+            # 8 (the optimum's starts were ranked 10th-16th of 16 by the search on one, docs/network.md)
+            s = (
+                _top_optima(search, int(ellipsoid_refine), tol)
+                if name == "Ellipsoid" and int(ellipsoid_refine) > 1
+                else search.model
+            )
         # after a search: refine_fit's tight grid (refit on fit's default grid if the shape outgrew it)
         refine = refine_fit if stages else fit
         res = refine(data, experiment, s, mask, free=free, pitch=pitch, max_steps=steps, **kw)
         res.stages = stages + [res]
+        if name == "Ellipsoid":
+            res.size_pin = pin  # the sphere fit that set the starts' size (None: the network's size)
         results[name] = res
+        if name == "Sphere" and "Ellipsoid" in names and pin_size:
+            pin = res
+            starts["Ellipsoid"] = _pinned_ellipsoid_starts(
+                res, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
+            )
     best = choose_class(results, int(next(iter(results.values())).n_used), criterion)
     best.network_prediction = p
     best.total_s = time.perf_counter() - t0

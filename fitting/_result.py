@@ -61,6 +61,8 @@ class FitResult:
     - `escapes`: for `fitting.harmonics_ladder` (and the fits that run it) when its result was a misfit:
       [(route, loss, z), ...] in the order run, the first being the ladder itself ("ladder"), then the other
       routes tried ("all_degrees", "coarse_last"); None when the ladder's result was consistent with the noise.
+    - `size_pin`: for `fitting.fit_from_network`'s ellipsoid, the sphere fit whose radius its starts took
+      (None: the network's size).
     """
 
     model: ds.AbstractShape
@@ -93,6 +95,7 @@ class FitResult:
     network_pruned: list | None = dataclasses.field(repr=False, default=None)
     delta_sign: str | None = dataclasses.field(repr=False, default=None)
     escapes: list | None = dataclasses.field(repr=False, default=None)
+    size_pin: Any = dataclasses.field(repr=False, default=None)
 
     def residuals(self) -> np.ndarray:
         """Signed deviance-type residual map for the fit's loss (NaN at masked pixels)."""

@@ -199,7 +199,7 @@ def test_network_search_and_refinement_use_tight_grids():
     counts, mask = _msft_sphere_counts(4.2, seed=2)
     pitch = ds.default_pitch(*EXP.sampling_hint)
     kw = dict(delta=0.005, beta=0.002, max_steps=1, search_steps=1, uncertainties=False, pitch=pitch)
-    kw.update(ellipsoid_spins=1, n_per_class=2)
+    kw.update(ellipsoid_spins=1, n_per_class=2, pin_size=False, ellipsoid_refine=1)
     res = fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], **kw)
     search, refine = res.stages
     starts = fitting.network_starts(
@@ -222,6 +222,37 @@ def test_network_search_and_refinement_use_tight_grids():
         fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], search_margin=1.0, **kw)
 
 
+def test_ellipsoid_starts_take_the_pinned_size_and_the_best_optima_go_on():
+    """The network says 4.8 wavelengths for a 4.2-wavelength body: the sphere fit first (`size_pin`) moves the
+    size; the ellipsoid's starts are the spun twins and 8 random orientations
+    at the pinned volume-equivalent radius; the search's best `ellipsoid_refine` distinct optima are refined
+    together (`fitting.fit_ellipsoid_auto`'s multi-resolution path); with the Sphere among the candidates its own
+    fit is the pin; `pin_size=False, ellipsoid_refine=1` is the former path (no pin, the search's best)."""
+    from fitting._netinit import _pinned_ellipsoid_starts
+
+    net = _fixed_network(4.8, "Ellipsoid")
+    counts, mask = _msft_sphere_counts(4.2, seed=2)
+    kw = dict(delta=0.005, beta=0.002, max_steps=6, search_steps=2, uncertainties=False)
+    res = fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], ellipsoid_refine=3, **kw)
+    pin = res.size_pin
+    r = float(pin.model.radius)
+    assert abs(r / 4.2 - 1) < abs(4.8 / 4.2 - 1) / 2
+    search = res.stages[0]
+    assert search.n_starts == 16  # 2 twins x 4 spins + 8 random orientations
+    assert (
+        res.stages[1].n_starts == 3 or len(res.stages) == 2
+    )  # the best 3 (with a crop stage: its own result)
+    p = net.predict(counts, EXP, mask)
+    starts = _pinned_ellipsoid_starts(pin, p, 0.005, 0.002, 4, 0.04, 0, 4)
+    assert len(starts) == 16
+    for m in starts:
+        assert float(np.prod(np.asarray(m.semi_axes))) ** (1 / 3) == pytest.approx(r, rel=1e-4)
+    ell = fitting.fit_from_network(
+        counts, EXP, net, mask, candidates=["Ellipsoid"], pin_size=False, ellipsoid_refine=1, **kw
+    )
+    assert ell.size_pin is None and ell.stages[1].n_starts == 1
+
+
 @pytest.mark.slow
 def test_network_refinement_takes_the_callers_grid_margin():
     """A caller's grid_margin is the refinement's (and is not passed twice to the search)."""
@@ -240,6 +271,7 @@ def test_network_refinement_takes_the_callers_grid_margin():
         grid_margin=1.3,
         ellipsoid_spins=1,
         n_per_class=2,
+        ellipsoid_refine=1,
         **kw,
     )
     assert res.stages[1].grid == _fit_grid([res.stages[0].model], EXP, pitch, 1.3)
@@ -332,13 +364,14 @@ def test_fit_init_network_replaces_the_starts():
 
 
 def test_fit_auto_init_network_skips_the_searches(monkeypatch):
-    """`fit_auto(..., init=net)`: the network-started fit replaces the no-guess sphere search."""
+    """`fit_auto(..., init=net)`: the network's size replaces the no-guess size estimate (the sphere fit from
+    it is the no-guess path's `fit_sphere_auto`, started at the network's radius)."""
     import fitting._init as init_mod
 
     def no_search(*a, **k):
-        raise AssertionError("the no-guess sphere search ran although init= was given")
+        raise AssertionError("the no-guess size estimate ran although init= was given")
 
-    monkeypatch.setattr(init_mod, "fit_sphere_auto", no_search)
+    monkeypatch.setattr(init_mod, "estimate_radius", no_search)
     net = _fixed_network(3.1, "Sphere")
     counts = _sphere_counts(EXP, 3.0)
     res = fitting.fit_auto(
