@@ -400,8 +400,8 @@ def fit_from_network(
       radii over +-10 % on the low-q crop, the best refined at full resolution), the no-guess path's fit; with `fit_optics`
       the `n_per_class` size starts at full resolution.
     - `pin_size`, `ellipsoid_refine` (ellipsoids, `pin_size=True` the default): the sphere fit first (the
-      Sphere candidate's when it is one, else `fitting.fit_sphere_auto`'s crop stage: `.size_pin` of the
-      ellipsoid's result), and the ellipsoid's starts at ITS radius: the predicted twins in
+      Sphere candidate's when it is one, else `fitting.fit_sphere_auto`'s crop stage, or with `fit_optics`
+      `SPHERE_STARTS` at full resolution with the optics free: `.size_pin` of the ellipsoid's result), and the ellipsoid's starts at ITS radius: the predicted twins in
       `ellipsoid_spins` spins and 8 random orientations (`fitting.ellipsoid_starts`), run through
       `fitting.fit_ellipsoid_auto` (search on the low-q crop, its `ellipsoid_refine` best distinct optima
       refined there and then at full resolution). On 8 evaluation-set ellipsoids (64^2) the multi-start
@@ -471,12 +471,26 @@ def fit_from_network(
         # multi-start optimum (docs/network.md); the Sphere candidate's own fit when it is one
         if "Sphere" in names:
             names = ["Sphere"] + [n for n in names if n != "Sphere"]
+        elif optics:
+            # fitted optical constants: free in the pin too (a wrong assumed delta shifts the fringes), so
+            # the sphere's starts at full resolution rather than `fit_sphere_auto` (radius only)
+            n, spread = SPHERE_STARTS
+            pin = fit(
+                data,
+                experiment,
+                [ds.Sphere(float(p["radius_eq"]) * f, delta=delta, beta=beta)
+                 for f in np.linspace(1 - spread, 1 + spread, n)],
+                mask,
+                free=("radius",) + optics,
+                **(dict(fit_kwargs) | {"max_steps": int(max_steps), "uncertainties": False}),
+            )  # fmt: skip
         else:
             pin = fit_sphere_auto(
                 data, experiment, mask, delta=delta, beta=beta, radius=float(p["radius_eq"]),
                 n_starts=SPHERE_STARTS[0], spread=SPHERE_STARTS[1], refine=False,
                 **{k: v for k, v in fit_kwargs.items() if k not in ("uncertainties", "grid", "grid_margin")},
             )  # fmt: skip
+        if pin is not None:
             starts["Ellipsoid"] = _pinned_ellipsoid_starts(
                 pin, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
             )
