@@ -386,6 +386,7 @@ def fit_auto(
     sh_route: str | None = SH_ROUTE,
     sh_start: str = "auto",
     sh_escapes: str = "misfit",
+    ellipsoid_start: str = "robust",
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -453,6 +454,11 @@ def fit_auto(
       every one of the ladder's other routes; the lowest loss kept). For the local
       minima the noise check cannot see (3 of 500 harmonic patterns, IoU 0.82-0.88, all found by "always";
       docs/batch.md), at ~7x the time per pattern. `escape_z=None` turns both off.
+    - `ellipsoid_start` (with `init`): "robust" (default) the network-started ellipsoid with its size pinned
+      by a sphere fit and 16 starts (the network's + 8 random) through `fit_ellipsoid_auto`, its 8 best
+      refined; "network" the network's 8 starts at the predicted size, the search's best refined (before
+      session 25: ~4x faster, but on near-spherical ellipsoids it missed the multi-start optimum on 6 of 8;
+      docs/network.md section 5, docs/batch.md).
     - `network_min_prob`, `class_network`: the polyhedra among `candidates` to which the network gives a
       class probability below `network_min_prob` are not fitted at all (the most probable polyhedron always
       is); they are listed in `.network_pruned` as (class name, probability). The network: `class_network`
@@ -490,6 +496,7 @@ def fit_auto(
     check_network_min_prob(network_min_prob, pruner)
     sh_net = _sh_from_network(sh_start, init) and "SphericalHarmonics" in cands
     _check_escapes(sh_escapes, "sh_escapes")
+    ell_kw = _ellipsoid_start_kwargs(ellipsoid_start)
     optics = check_fit_optics(fit_optics)
     delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
 
@@ -520,6 +527,7 @@ def fit_auto(
             **ckw,
             fit_optics=optics,
             ellipsoid_for_sh=not sh_net,
+            ellipsoid_kwargs=ell_kw,
         )
         if verbose:
             print(f"network starts: {sorted(results)} fitted ({time.perf_counter() - t0:.1f} s)")
@@ -880,7 +888,17 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
     return best
 
 
-def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None, fit_optics=(), ellipsoid_for_sh=True):  # fmt: skip
+ELLIPSOID_STARTS = {"robust": {}, "network": {"pin_size": False, "ellipsoid_refine": 1}}
+
+
+def _ellipsoid_start_kwargs(ellipsoid_start: str) -> dict:
+    """`fit_from_network` keywords of `fit_auto(ellipsoid_start=...)`'s network-started ellipsoid."""
+    if ellipsoid_start not in ELLIPSOID_STARTS:
+        raise ValueError(f"ellipsoid_start must be one of {tuple(ELLIPSOID_STARTS)}, got {ellipsoid_start!r}")
+    return dict(ELLIPSOID_STARTS[ellipsoid_start])
+
+
+def _network_stages(results, cands, data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs, coarse=True, stage_rtol=None, fit_optics=(), ellipsoid_for_sh=True, ellipsoid_kwargs=None):  # fmt: skip
     """`fit_auto(init=network)`: `fit_from_network` for each candidate the network knows but the harmonic
     shape (and the ellipsoid the harmonic ladder starts from, with `ellipsoid_for_sh`); fills `results`;
     returns (sphere or None, ellipsoid or None, radius; None when nothing was fitted)."""
@@ -898,6 +916,8 @@ def _network_stages(results, cands, data, experiment, mask, delta, beta, init, s
         kw = fit_kwargs
         if name == "Ellipsoid" and name not in cands:
             kw = _sh_ellipsoid_kwargs(data, experiment, mask, coarse, stage_rtol, fit_kwargs)
+        if name == "Ellipsoid":
+            kw = {**kw, **(ellipsoid_kwargs or {})}
         fitted[name] = fit_from_network(
             data,
             experiment,

@@ -111,6 +111,8 @@ class AutoBatchFitter:
       polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`);
       `sh_start`: where the harmonic stage starts (`fit_auto(sh_start=...)`: "auto", "network", "ellipsoid").
       `sh_escapes`: when the harmonic stage's escapes run (`fit_auto(sh_escapes=...)`: "misfit", "always").
+      `ellipsoid_start`: the network-started ellipsoid's path (`fit_auto(ellipsoid_start=...)`: "robust",
+      "network").
     - `lockstep`: run the chunk's patterns together (`fitting.lockstep_map`: each pattern's `fit_auto` in
       its own thread, their `fitting.fit` calls merged into vmapped batches over the patterns, sharded
       over the local devices); "auto" (default): on when JAX's default backend is not the CPU (a batch
@@ -169,6 +171,7 @@ class AutoBatchFitter:
         network_min_prob: float | None = None,
         sh_start: str = "auto",
         sh_escapes: str = "misfit",
+        ellipsoid_start: str = "robust",
         fit_optics: Sequence[str] = (),
         delta_sign_tol: float | None = DELTA_SIGN_TOL,
         lockstep: bool | str = "auto",
@@ -254,6 +257,11 @@ class AutoBatchFitter:
             from ._init import _check_escapes
 
             self.auto_kwargs["sh_escapes"] = _check_escapes(sh_escapes, "sh_escapes")
+        if ellipsoid_start != "robust":
+            from ._auto import _ellipsoid_start_kwargs
+
+            _ellipsoid_start_kwargs(ellipsoid_start)  # a bad value fails before any pattern
+            self.auto_kwargs["ellipsoid_start"] = ellipsoid_start
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)

@@ -132,6 +132,11 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + "[init]\nnetwork='default'\nsh_start='ellipsoid'\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
     assert fitter.auto_kwargs["sh_start"] == "ellipsoid"
+    # [init] ellipsoid_start: passed on to fit_auto(ellipsoid_start=...) only when not the default
+    assert "ellipsoid_start" not in fitter.auto_kwargs
+    cfg.write_text(base + "[init]\nnetwork='default'\nellipsoid_start='network'\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["ellipsoid_start"] == "network"
     # [fit] sh_escapes: passed on to fit_auto(sh_escapes=...) only when not the default (config hashes kept)
     assert "sh_escapes" not in fitter.auto_kwargs
     cfg.write_text(base + "[fit]\nsh_escapes='always'\n[init]\nnetwork='default'\n")
@@ -148,6 +153,7 @@ def test_init_network_section(tmp_path):
         ("network='default'\nmin_prob=1.0\n", "below 1"),
         ("network='default'\nsh_start='sphere'\n", "sh_start"),
         ("sh_start='network'\n", "needs init.network"),
+        ("network='default'\nellipsoid_start='fast'\n", "ellipsoid_start"),
     ):
         cfg.write_text(base + "[init]\n" + bad)
         with pytest.raises(ConfigError, match=msg):

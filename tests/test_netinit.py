@@ -251,6 +251,11 @@ def test_ellipsoid_starts_take_the_pinned_size_and_the_best_optima_go_on():
         counts, EXP, net, mask, candidates=["Ellipsoid"], pin_size=False, ellipsoid_refine=1, **kw
     )
     assert ell.size_pin is None and ell.stages[1].n_starts == 1
+    # fit_auto(ellipsoid_start="network") is that path; a bad value fails before any fit
+    fast = fitting.fit_auto(counts, EXP, ("Ellipsoid",), mask, init=net, ellipsoid_start="network", **kw)
+    assert fast.size_pin is None and fast.stages[1].n_starts == 1
+    with pytest.raises(ValueError, match="ellipsoid_start"):
+        fitting.fit_auto(counts, EXP, ("Ellipsoid",), mask, init=net, ellipsoid_start="fast", **kw)
 
 
 @pytest.mark.slow
