@@ -320,24 +320,16 @@ def _free_for(name: str) -> tuple[str, ...]:
     return ("edge", "orientation")
 
 
-def _search_pitch(experiment: ds.Experiment, pitch, coarsening: float):
-    """The coarse search's voxel pitch: `coarsening` x the caller's pitch or the detector's default (None
-    where neither is known: `fit` then picks its own)."""
-    if pitch is None and experiment.sampling_hint is not None:
-        pitch = ds.default_pitch(*experiment.sampling_hint)
-    return None if pitch is None else float(pitch) * coarsening
-
-
-def _pinned_ellipsoid_starts(sphere_fit, p, delta, beta, n_per_class, size_spread, seed, spins, n_random=8):
-    """The ellipsoid's starts (`starts_from_prediction`) at the volume-equivalent radius of `sphere_fit`
-    instead of the network's."""
+def _pinned_ellipsoid_starts(sphere_fit, p, delta, beta, seed, spins, n_random=8):
+    """The ellipsoid's starts at the volume-equivalent radius of `sphere_fit` instead of the network's: the
+    predicted twins in `spins` spins (`starts_from_prediction` at that one size), then `n_random` random
+    orientations (`fitting.ellipsoid_starts`)."""
     from ._init import ellipsoid_starts
 
     r = float(np.asarray(sphere_fit.model.radius))
-    q = {**p, "radius_eq": r}
     net = starts_from_prediction(
-        q, ["Ellipsoid"], delta=delta, beta=beta, n_per_class=1, size_spread=float(size_spread),
-        seed=seed, ellipsoid_spins=int(spins),
+        {**p, "radius_eq": r}, ["Ellipsoid"], delta=delta, beta=beta, n_per_class=1, seed=seed,
+        ellipsoid_spins=int(spins),
     )["Ellipsoid"]  # fmt: skip
     return net + ellipsoid_starts(r, int(n_random), delta=delta, beta=beta, seed=seed)
 
@@ -491,9 +483,7 @@ def fit_from_network(
                 **{k: v for k, v in fit_kwargs.items() if k not in ("uncertainties", "grid", "grid_margin")},
             )  # fmt: skip
         if pin is not None:
-            starts["Ellipsoid"] = _pinned_ellipsoid_starts(
-                pin, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
-            )
+            starts["Ellipsoid"] = _pinned_ellipsoid_starts(pin, p, delta, beta, seed, ellipsoid_spins)
     for name in names:
         s = starts[name]
         n_or, near = n_orientations, None
@@ -565,9 +555,7 @@ def fit_from_network(
             results[name] = res
             if "Ellipsoid" in names and pin_size:
                 pin = res
-                starts["Ellipsoid"] = _pinned_ellipsoid_starts(
-                    res, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
-                )
+                starts["Ellipsoid"] = _pinned_ellipsoid_starts(res, p, delta, beta, seed, ellipsoid_spins)
             continue
         if name == "Ellipsoid" and pin_size:
             # the no-guess path's multi-resolution search and refinements (`fit_ellipsoid_auto`: low-q crop,
@@ -619,9 +607,7 @@ def fit_from_network(
         results[name] = res
         if name == "Sphere" and "Ellipsoid" in names and pin_size:
             pin = res
-            starts["Ellipsoid"] = _pinned_ellipsoid_starts(
-                res, p, delta, beta, n_per_class, size_spread, seed, ellipsoid_spins
-            )
+            starts["Ellipsoid"] = _pinned_ellipsoid_starts(res, p, delta, beta, seed, ellipsoid_spins)
     best = choose_class(results, int(next(iter(results.values())).n_used), criterion)
     best.network_prediction = p
     best.total_s = time.perf_counter() - t0

@@ -243,7 +243,7 @@ def test_ellipsoid_starts_take_the_pinned_size_and_the_best_optima_go_on():
         res.stages[1].n_starts == 3 or len(res.stages) == 2
     )  # the best 3 (with a crop stage: its own result)
     p = net.predict(counts, EXP, mask)
-    starts = _pinned_ellipsoid_starts(pin, p, 0.005, 0.002, 4, 0.04, 0, 4)
+    starts = _pinned_ellipsoid_starts(pin, p, 0.005, 0.002, 0, 4)
     assert len(starts) == 16
     for m in starts:
         assert float(np.prod(np.asarray(m.semi_axes))) ** (1 / 3) == pytest.approx(r, rel=1e-4)
