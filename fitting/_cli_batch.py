@@ -329,8 +329,12 @@ def load_batch_config(path, overrides=()) -> dict:
             raise ConfigError(f"init.min_prob = {ini['min_prob']} must be below 1")
     if ini.get("sh_start", "auto") not in ("auto", "network", "ellipsoid"):
         raise ConfigError(f"init.sh_start = {ini['sh_start']!r} must be 'auto', 'network' or 'ellipsoid'")
-    if ini.get("ellipsoid_start", "robust") not in ("robust", "network"):
-        raise ConfigError(f"init.ellipsoid_start = {ini['ellipsoid_start']!r} must be 'robust' or 'network'")
+    from ._auto import ELLIPSOID_STARTS
+
+    if ini.get("ellipsoid_start", "robust") not in ELLIPSOID_STARTS:
+        raise ConfigError(
+            f"init.ellipsoid_start = {ini['ellipsoid_start']!r} must be one of {tuple(ELLIPSOID_STARTS)}"
+        )
     if ini.get("sh_start", "auto") != "auto" and ini.get("network") is None:
         raise ConfigError(
             "init.sh_start needs init.network (where the harmonic shape starts from the network)"

@@ -340,6 +340,14 @@ def ellipsoid_starts(
     return [ds.Ellipsoid(ax, delta=delta, beta=beta, rotation=R) for R in Rs]
 
 
+def sphere_starts(radius: float, n_starts: int, spread: float, *, delta=0.0, beta=0.0) -> list[ds.Sphere]:
+    """`n_starts` spheres with radii evenly over (1 +- `spread`) x `radius` (one: `radius` itself)."""
+    if not 0 <= float(spread) < 1:
+        raise ValueError(f"spread must be in [0, 1), got {spread}")
+    factors = [1.0] if n_starts <= 1 else list(np.linspace(1 - spread, 1 + spread, int(n_starts)))
+    return [ds.Sphere(float(radius) * f, delta=delta, beta=beta) for f in factors]
+
+
 def fit_sphere_auto(
     data,
     experiment: ds.Experiment,
@@ -369,10 +377,7 @@ def fit_sphere_auto(
     from ._multires import coarse_level, refine_fit, stage_kwargs
 
     r0 = estimate_radius(data, experiment, mask, delta=delta, beta=beta) if radius is None else float(radius)
-    if not 0 <= float(spread) < 1:
-        raise ValueError(f"spread must be in [0, 1), got {spread}")
-    factors = [1.0] if n_starts <= 1 else list(np.linspace(1 - spread, 1 + spread, int(n_starts)))
-    starts = [ds.Sphere(r0 * f, delta=delta, beta=beta) for f in factors]
+    starts = sphere_starts(r0, n_starts, spread, delta=delta, beta=beta)
     lev = coarse_level(data, experiment, mask, coarse, r0)
     if lev is None:
         return fit(data, experiment, starts, mask, free=("radius",), **fit_kwargs)

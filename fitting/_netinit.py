@@ -15,8 +15,9 @@ unit):
   gradient) at the predicted rotation R and at its z-mirror twin (`twin_rotations`: of its 8 rotations, the
   4 body symmetries R D give the same body, so the distinct starts are R and M R diag(1, 1, -1)); each also
   turned about its long axis by 45, 90, 135 deg (`ellipsoid_spins` = 4: the network places the long axis only
-  roughly, 5-45 deg off on 14 evaluation-set ellipsoids of c / a 1.04-1.5, and not the spin about it); then both twins at the other size factors. The network cannot tell
-  the twins apart (its loss takes the minimum over them), so all are tried: a short coarse multi-start
+  roughly, 5-45 deg off on 14 evaluation-set ellipsoids of c / a 1.04-1.5, and not the spin about it); then
+  both twins at the other size factors. The network cannot tell the twins apart (its loss takes the minimum
+  over them), so all are tried: a short coarse multi-start
   (`search_steps`) ranks them. `fit_from_network` (`pin_size`, the default) first fits a sphere from the
   predicted size and puts the spun twins at ITS radius, with 8 random orientations beside them (the
   network's ellipsoid orientation is its weakest output, ~40 deg median on the held-out set), through
@@ -47,7 +48,7 @@ import diffscat as ds
 
 from ._auto import _template, check_fit_optics, choose_class, fit_oriented, orientation_search
 from ._evalset import POLYHEDRA
-from ._init import _top_optima, fit_ellipsoid_auto, fit_sphere_auto
+from ._init import _top_optima, fit_ellipsoid_auto, fit_sphere_auto, sphere_starts
 from ._network import NetworkPredictor, harmonics_from_relative, load_network, sh_count, twin_bodies
 
 __all__ = [
@@ -389,12 +390,13 @@ def fit_from_network(
       first when the size allows one, then the best at full resolution; `search_steps` is not used); for
       the others 48 random orientations. `search_kwargs` go to the search.
     - "Sphere" (unless `fit_optics`): `fitting.fit_sphere_auto` from the predicted radius (`SPHERE_STARTS`: 8
-      radii over +-10 % on the low-q crop, the best refined at full resolution), the no-guess path's fit; with `fit_optics`
-      the `n_per_class` size starts at full resolution.
+      radii over +-10 % on the low-q crop, the best refined at full resolution), the no-guess path's fit;
+      with `fit_optics` the `n_per_class` size starts at full resolution.
     - `pin_size`, `ellipsoid_refine` (ellipsoids, `pin_size=True` the default): the sphere fit first (the
       Sphere candidate's when it is one, else `fitting.fit_sphere_auto`'s crop stage, or with `fit_optics`
-      `SPHERE_STARTS` at full resolution with the optics free: `.size_pin` of the ellipsoid's result), and the ellipsoid's starts at ITS radius: the predicted twins in
-      `ellipsoid_spins` spins and 8 random orientations (`fitting.ellipsoid_starts`), run through
+      `SPHERE_STARTS` at full resolution with the optics free: `.size_pin` of the ellipsoid's result), and the
+      ellipsoid's starts at ITS radius: the predicted twins in `ellipsoid_spins` spins and 8 random
+      orientations (`fitting.ellipsoid_starts`), run through
       `fitting.fit_ellipsoid_auto` (search on the low-q crop, its `ellipsoid_refine` best distinct optima
       refined there and then at full resolution). On 8 evaluation-set ellipsoids (64^2) the multi-start
       optimum was reached by 2 / 8 from the predicted size and the search's best alone, 8 / 8 this way
@@ -466,12 +468,10 @@ def fit_from_network(
         elif optics:
             # fitted optical constants: free in the pin too (a wrong assumed delta shifts the fringes), so
             # the sphere's starts at full resolution rather than `fit_sphere_auto` (radius only)
-            n, spread = SPHERE_STARTS
             pin = fit(
                 data,
                 experiment,
-                [ds.Sphere(float(p["radius_eq"]) * f, delta=delta, beta=beta)
-                 for f in np.linspace(1 - spread, 1 + spread, n)],
+                sphere_starts(float(p["radius_eq"]), *SPHERE_STARTS, delta=delta, beta=beta),
                 mask,
                 free=("radius",) + optics,
                 **(dict(fit_kwargs) | {"max_steps": int(max_steps), "uncertainties": False}),
@@ -552,56 +552,48 @@ def fit_from_network(
                 n_starts=SPHERE_STARTS[0], spread=SPHERE_STARTS[1],
                 **(dict(fit_kwargs) | {"max_steps": steps}),
             )  # fmt: skip
-            results[name] = res
-            if "Ellipsoid" in names and pin_size:
-                pin = res
-                starts["Ellipsoid"] = _pinned_ellipsoid_starts(res, p, delta, beta, seed, ellipsoid_spins)
-            continue
-        if name == "Ellipsoid" and pin_size:
+        elif name == "Ellipsoid" and pin_size:
             # the no-guess path's multi-resolution search and refinements (`fit_ellipsoid_auto`: low-q crop,
             # then the full pattern) from the network's starts at the pinned size
             res = fit_ellipsoid_auto(
                 data, experiment, mask, delta=delta, beta=beta, starts=s, n_refine=int(ellipsoid_refine),
                 free=free, **ell_search, **(dict(fit_kwargs) | {"max_steps": steps}),
             )  # fmt: skip
-            res.size_pin = pin
-            results[name] = res
-            continue
-        if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
-            # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
-            tol = float(kw.get("alternatives_tol", 5.0))
-            search = fit(
-                data,
-                experiment,
-                s,
-                mask,
-                free=free,
-                pitch=None if pitch is None else pitch * float(search_coarsening),
-                max_steps=int(search_steps),
-                uncertainties=False,
-                grid_margin=float(search_margin),
-                alternatives_tol=math.inf if name == "Ellipsoid" and int(ellipsoid_refine) > 1 else tol,
-                **{
-                    k: v
-                    for k, v in kw.items()
-                    if k not in ("uncertainties", "grid", "grid_margin", "alternatives_tol")
-                },
-            )
-            stages.append(search)
-            # the short coarse search ranks the ellipsoid's basins poorly (as in `fit_ellipsoid_auto`): its
-            # `ellipsoid_refine` best distinct optima go on to the refinement together (the harmonic body:
-            # its best). 8 ellipsoids of the evaluation set (64^2, c / a 1.04-1.5), multi-start optimum
-            # reached: 2 / 8 with the best only, 6 / 8 with the size pinned and the best 4, 8 / 8 with the best
-            # 8 (the optimum's starts were ranked 10th-16th of 16 by the search on one, docs/network.md)
-            s = (
-                _top_optima(search, int(ellipsoid_refine), tol)
-                if name == "Ellipsoid" and int(ellipsoid_refine) > 1
-                else search.model
-            )
-        # after a search: refine_fit's tight grid (refit on fit's default grid if the shape outgrew it)
-        refine = refine_fit if stages else fit
-        res = refine(data, experiment, s, mask, free=free, pitch=pitch, max_steps=steps, **kw)
-        res.stages = stages + [res]
+        else:
+            if name != "Sphere" and len(s) > 1 and int(search_steps) > 0:
+                # a short multi-start on a coarser grid picks the start (twin, size); only it is refined
+                tol = float(kw.get("alternatives_tol", 5.0))
+                search = fit(
+                    data,
+                    experiment,
+                    s,
+                    mask,
+                    free=free,
+                    pitch=None if pitch is None else pitch * float(search_coarsening),
+                    max_steps=int(search_steps),
+                    uncertainties=False,
+                    grid_margin=float(search_margin),
+                    alternatives_tol=math.inf if name == "Ellipsoid" and int(ellipsoid_refine) > 1 else tol,
+                    **{
+                        k: v
+                        for k, v in kw.items()
+                        if k not in ("uncertainties", "grid", "grid_margin", "alternatives_tol")
+                    },
+                )
+                stages.append(search)
+                # the short coarse search ranks the ellipsoid's basins poorly (as in
+                # `fit_ellipsoid_auto`): the unpinned ellipsoid's `ellipsoid_refine` best distinct optima go
+                # on to the refinement together (the harmonic body: its best); the optimum's starts were
+                # ranked 10th-16th of 16 by this search on one evaluation-set ellipsoid (docs/network.md)
+                s = (
+                    _top_optima(search, int(ellipsoid_refine), tol)
+                    if name == "Ellipsoid" and int(ellipsoid_refine) > 1
+                    else search.model
+                )
+            # after a search: refine_fit's tight grid (refit on fit's default grid if the shape outgrew it)
+            refine = refine_fit if stages else fit
+            res = refine(data, experiment, s, mask, free=free, pitch=pitch, max_steps=steps, **kw)
+            res.stages = stages + [res]
         if name == "Ellipsoid":
             res.size_pin = pin  # the sphere fit that set the starts' size (None: the network's size)
         results[name] = res
