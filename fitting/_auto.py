@@ -20,7 +20,8 @@ import diffscat as ds
 
 from ._evalset import POLYHEDRA
 from ._init import SH_ROUTE, _check_escapes
-from ._losses import as_loss, check_data
+from ._jitmem import release_jit_memory
+from ._losses import _poisson_terms, as_loss, check_data
 from ._multires import ESCAPE_Z, stage_kwargs, start_stage_kwargs
 from ._params import OPTICAL
 
@@ -173,7 +174,7 @@ def _batch_deviance(shapes, data, mask, experiment, grid: ds.VoxelGrid):
         sig = jnp.where(mask, sig, 0.0)
         scale = jnp.sum(jnp.where(mask, data, 0.0)) / jnp.maximum(jnp.sum(sig), 1e-30)
         mu = jnp.maximum(scale * sig, 1e-30)
-        dev = mu - data + jnp.where(data > 0, data * jnp.log(jnp.maximum(data, 1e-30) / mu), 0.0)
+        dev = _poisson_terms(mu, data)  # the loss's float32-stable deviance
         return jnp.sum(jnp.where(mask, dev, 0.0))
 
     return jax.vmap(one)(shapes)
@@ -499,6 +500,9 @@ def fit_auto(
     ell_kw = _ellipsoid_start_kwargs(ellipsoid_start)
     optics = check_fit_optics(fit_optics)
     delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
+    # a loop of fits in one process compiles a few programs per new grid and class; without this it dies
+    # at the kernel's memory-map limit ("LLVM ERROR: Unable to allocate section memory", fitting/_jitmem.py)
+    release_jit_memory()
 
     results = {}
     t0 = time.perf_counter()

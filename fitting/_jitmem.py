@@ -6,7 +6,9 @@ new grid rung and class, and the caches keep every one: a `fit_auto` run over si
 held 26 711 maps after 7 patterns, and died after 15 (session 6) with "LLVM ERROR: Unable to allocate section
 memory" at the default limit of 65 530, with RAM to spare. `release_jit_memory` clears jax's caches when the
 count passes a fraction of the limit; programs then compile again when next needed (seconds each).
-Alternatively raise the limit: `sysctl -w vm.max_map_count=262144` (root).
+Alternatively raise the limit: `sysctl -w vm.max_map_count=262144` (root). `fitting.fit_auto` and
+`fitting.fit_from_network` call it (map count only) at their start, so a user's loop over patterns is guarded
+too: a 21-pattern `benchmarks/bench_network.py` loop without it died after 16 patterns (session 25).
 
 The same caches hold most of a long run's memory: a harmonic batch-fit (64^2, lmax 4, network-started) grew to
 ~2.4 GB of RSS over 16 patterns, of which `jax.clear_caches()` plus `malloc_trim` released ~1 GB after 4

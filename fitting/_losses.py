@@ -292,13 +292,30 @@ class AbstractLoss(eqx.Module):
         return jnp.exp(t)
 
 
+# |mu / d - 1| below this: the deviance is evaluated as d (t - log1p(t)), t = mu / d - 1 (`_poisson_terms`)
+_POISSON_NEAR = 0.5
+
+
 def _poisson_terms(mu, d):
-    """Per-pixel Poisson deviance mu - d + d log(d / mu) (0 log 0 = 0)."""
+    """Per-pixel Poisson deviance mu - d + d log(d / mu) (0 log 0 = 0).
+
+    Where mu is within `_POISSON_NEAR` of d (relative), the same quantity as d (t - log1p(t)) with
+    t = (mu - d) / d: the direct form cancels two terms of size ~|mu - d| and rounds each log to ~1e-7, so in
+    float32 a pixel with 1e6 counts carries an error of ~1 unit in a term of ~0.5. Summed over the bright
+    pixels, the loss jittered by +-2 units at 1e7 photons (session 26: a 6.48 wavelength sphere, 0.00025
+    wavelength radius steps) and L-BFGS's line search stalled 5 sigma from the optimum; the gradient was
+    smooth throughout. The derivatives are those of the direct form (1 - d / mu, d / mu^2)."""
     mu = jnp.maximum(mu, _TINY)
     pos = d > 0
     # double where: pixels with d = 0 (and masked ones, mu = TINY) must not put 0 * inf into 2nd derivatives
-    dlog = jnp.where(pos, d * (jnp.log(jnp.where(pos, d, 1.0)) - jnp.log(jnp.where(pos, mu, 1.0))), 0.0)
-    return mu - d + dlog
+    d1 = jnp.where(pos, d, 1.0)
+    mu1 = jnp.where(pos, mu, 1.0)
+    t = (mu1 - d1) / d1
+    near = jnp.abs(t) < _POISSON_NEAR
+    tn = jnp.where(near, t, 0.0)
+    stable = d1 * (tn - jnp.log1p(tn))
+    direct = mu1 - d1 + d1 * (jnp.log(d1) - jnp.log(mu1))
+    return jnp.where(pos, jnp.where(near, stable, direct), mu)
 
 
 def _anscombe_residual(mu, d):

@@ -51,3 +51,33 @@ def test_release_jit_memory_rss_budget(monkeypatch):
 def test_rss_reads_this_process():
     assert 10 < jm.rss_mib() < 100_000
     jm.trim_heap()  # glibc: returns True; elsewhere False, never raises
+
+
+class _Entered(Exception):
+    pass
+
+
+def _raise(*args, **kwargs):
+    raise _Entered
+
+
+@pytest.mark.parametrize("entry", ["fit_auto", "fit_from_network"])
+def test_the_per_pattern_entry_points_guard_the_map_limit(monkeypatch, entry):
+    """A user's loop of `fit_auto` / `fit_from_network` calls reaches `release_jit_memory` once per pattern
+    (session 25: a 21-pattern benchmark loop died at vm.max_map_count after 16 patterns)."""
+    import numpy as np
+
+    import diffscat as ds
+    import fitting
+    import fitting._auto as auto
+    import fitting._netinit as netinit
+
+    module = auto if entry == "fit_auto" else netinit
+    monkeypatch.setattr(module, "release_jit_memory", _raise)
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    data = np.ones(exp.shape)
+    with pytest.raises(_Entered):
+        if entry == "fit_auto":
+            fitting.fit_auto(data, exp, ("Sphere",))
+        else:
+            fitting.fit_from_network(data, exp, "default", candidates=["Sphere"], delta=0.001, beta=0.0)

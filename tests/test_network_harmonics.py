@@ -155,6 +155,41 @@ def test_harmonic_starts_are_the_predicted_body_and_its_twins(sh_network):
         fitting.network_starts(old, counts, EXP, classes=["SphericalHarmonics"])
 
 
+def test_the_harmonic_refinement_starts_from_the_twin_the_search_ranks_best(monkeypatch, sh_network):
+    """The coarse search only RANKS the 4 twins: the refinement starts from the best-ranked twin itself, not
+    from where the 20 coarse steps left it (that moved 2 of 10 evaluation-set bodies into another basin)."""
+    import fitting._fit as fit_mod
+    import fitting._multires as multires
+
+    counts = _sphere_counts(EXP, 3.0)
+    twins = fitting.network_starts(sh_network, counts, EXP, lmax=2, delta=0.002, beta=0.001)[
+        "SphericalHarmonics"
+    ]
+    moved = ds.SphericalHarmonics(np.asarray(twins[0].coefficients) * 1.3, 0.002, 0.001)
+    seen = {}
+
+    class Search:
+        start_losses = np.array([7.0, np.nan, 3.0, 5.0])  # twin 2 ranked best (a NaN start never wins)
+        model = moved
+
+    def fake_fit(data, experiment, starts, mask=None, **kw):
+        seen["search"] = list(starts)
+        return Search()
+
+    def fake_refine(data, experiment, starts, mask=None, **kw):
+        seen["refine"] = starts
+        raise RuntimeError("stop after the handoff")
+
+    monkeypatch.setattr(fit_mod, "fit", fake_fit)  # fit_from_network imports both when called
+    monkeypatch.setattr(multires, "refine_fit", fake_refine)
+    with pytest.raises(RuntimeError, match="handoff"):
+        fitting.fit_from_network(
+            counts, EXP, sh_network, candidates=["SphericalHarmonics"], lmax=2, delta=0.002, beta=0.001
+        )
+    assert len(seen["search"]) == 4
+    np.testing.assert_array_equal(np.asarray(seen["refine"].coefficients), np.asarray(twins[2].coefficients))
+
+
 def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellipsoid(monkeypatch, sh_network):
     import fitting._auto as auto
     import fitting._init as init_mod
