@@ -379,9 +379,10 @@ def fit_from_network(
       of a fitted delta is the fit's own here; `fitting.fit_auto` then applies `fitting.keep_delta_sign`.
     - `n_per_class`, `size_spread`, `seed`, `ellipsoid_spins`, `lmax`: see `network_starts`.
     - "SphericalHarmonics" (a model with a harmonic head): the predicted body and its 3 twins run the coarse
-      search, the best is refined with every coefficient free for `SH_REFINE_STEPS` steps (or the caller's
-      `max_steps` when larger), with the harmonic prior `SHDegreePrior(0.15)` unless the caller gives a
-      `regularizer`.
+      search, which only ranks them: the best-ranked twin itself (not the search's end point, which moved 2
+      of 10 evaluation-set bodies into another basin) is refined with every coefficient free for
+      `SH_REFINE_STEPS` steps (or the caller's `max_steps` when larger), with the harmonic prior
+      `SHDegreePrior(0.15)` unless the caller gives a `regularizer`.
     - `n_orientations`, `n_refine`: polyhedra only: the `n_refine` best of `fitting.orientation_search` over
       `n_orientations` random orientations at the predicted size join the network's starts (0 = network
       starts only). Default (None): for the classes whose orientation the network was trained on
@@ -408,7 +409,8 @@ def fit_from_network(
       ellipsoid: all starts (more than 4: the first power of two of them, in `network_starts`'s order)
       first run `search_steps` optimiser steps on a voxel grid `search_coarsening` times coarser than the
       fit's; only the best is refined at full resolution (the unpinned ellipsoid: its `ellipsoid_refine`
-      best; `search_steps=0`: refine every start at full resolution). The search's grid is `search_margin`
+      best; the harmonic body: the best-ranked start itself; `search_steps=0`: refine every start at full
+      resolution). The search's grid is `search_margin`
       bounding radii of the largest start wide (`SEARCH_MARGIN`; a caller's `grid` / `grid_margin` do not
       apply to it), and the refinement after it runs on `fitting.refine_fit`'s tight grid (the search's
       optimum is near the answer) unless the caller gives `grid` or `grid_margin`.
