@@ -204,12 +204,13 @@ def summarise(rows, classes) -> dict:
 def common_grid_nll(r_net, r_auto, steps: int = 60) -> dict:
     """Both fits' optima polished on ONE voxel grid and their data NLLs compared there.
 
-    Each fit renders on its own grid (`fitting.refine_grid` sizes it from the fit's start), and grids whose
-    voxel centres are offset by half a pitch give the same shape NLLs that differ by ~10 units at 1e6-1e7
-    photons (session 25: two Mie-sphere fits at r = 6.484 / 6.482 wavelengths, 13 units apart). So the
-    optimum of each fit is refitted for at most `steps` L-BFGS steps, with the multi-start's free parameters,
-    loss and background, on `fit`'s default grid for the larger of the two models; each then sits at its
-    basin's optimum on that common grid, and a difference left is a difference of basins."""
+    Each fit renders on its own grid (`fitting.refine_grid` sizes it from the fit's start), so two fits of
+    the same basin can differ by the renderer's discretisation. (Session 25 blamed the grids for two
+    Mie-sphere fits 13 units apart at r = 6.484 / 6.482 wavelengths; both grids were the same, and the cause
+    was the Poisson loss's float32 rounding, fixed in session 26.) So the optimum of each fit is refitted for
+    at most `steps` L-BFGS steps, with the multi-start's free parameters, loss and background, on `fit`'s
+    default grid for the larger of the two models; each then sits at its basin's optimum on that common
+    grid, and a difference left is a difference of basins."""
     from fitting._fit import GRID_MARGIN, _fit_grid
 
     grid = _fit_grid([r_net.model, r_auto.model], r_auto.experiment, None, GRID_MARGIN)

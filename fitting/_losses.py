@@ -300,8 +300,9 @@ def _poisson_terms(mu, d):
     """Per-pixel Poisson deviance mu - d + d log(d / mu) (0 log 0 = 0).
 
     Where mu is within `_POISSON_NEAR` of d (relative), the same quantity as d (t - log1p(t)) with
-    t = (mu - d) / d: the direct form cancels two terms of size ~|mu - d| and rounds each log to ~1e-7, so in
-    float32 a pixel with 1e6 counts carries an error of ~1 unit in a term of ~0.5. Summed over the bright
+    t = (mu - d) / d: the direct form cancels two terms of size ~|mu - d| and rounds each log (~14 at 1e6
+    counts) to ~1e-6 absolute, so in float32 a pixel with 1e6 counts carries an error of ~1 unit in a term
+    of ~0.5. Summed over the bright
     pixels, the loss jittered by +-2 units at 1e7 photons (session 26: a 6.48 wavelength sphere, 0.00025
     wavelength radius steps) and L-BFGS's line search stalled 5 sigma from the optimum; the gradient was
     smooth throughout. The derivatives are those of the direct form (1 - d / mu, d / mu^2)."""

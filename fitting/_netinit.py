@@ -587,7 +587,7 @@ def fit_from_network(
                 stages.append(search)
                 # the short coarse search ranks the ellipsoid's basins poorly (as in
                 # `fit_ellipsoid_auto`): the unpinned ellipsoid's `ellipsoid_refine` best distinct optima go
-                # on to the refinement together (the harmonic body: its best); the optimum's starts were
+                # on to the refinement together (the harmonic body: below); the optimum's starts were
                 # ranked 10th-16th of 16 by this search on one evaluation-set ellipsoid (docs/network.md)
                 if name == "SphericalHarmonics":
                     # the harmonic body: the search ranks the 4 twins, and the best-ranked TWIN (not where the
