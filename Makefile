@@ -36,7 +36,7 @@ bench: venv
 	$(PY) benchmarks/bench_forward.py
 
 # Retrain the shipped network (fitting/models/default.eqx + .json) from its config; the optimiser state
-# (default.eqx.state, for --resume) stays out of the package. CPU: ~38 min (2 cores; 19 min simulating the pool, 20 min training) for the shipped config.
+# (default.eqx.state, for --resume) stays out of the package. CPU: ~64 min (2 cores; 18 min simulating the pool, 46 min training) for the shipped config.
 MODEL ?= fitting/models/default.eqx
 model: venv
 	rm -f $(MODEL) $(MODEL).json $(MODEL).state

@@ -245,21 +245,37 @@ def _counts(u, t, prob: Parametrisation, st: _Static):
 
 # Columns of the Fisher Jacobian computed together (`_jacobian_blocked`). `jax.jacfwd` pushes all n + 1 tangents
 # through the forward model at once: for a harmonic body (lmax 4, ~30 parameters, 58^3 voxels at 64^2) that
-# held ~660 MB more than the fit itself, the largest transient of a harmonic batch-fit (its peak RSS). Session 23
-# (lmax 4, R 5.25 wavelengths, 64^2, compiled `_finalize`, CPU): block 8 / 4 / 2 / 1 held 761 / 542 / 433 / 364
-# MiB over the process and took 2.80 / 2.77 / 2.59 / 2.82 s, so 2 (no slower than 8, 330 MiB less).
-FISHER_BLOCK = 2
+# held ~660 MB more than the fit itself. Session 27: most of what remained was not the tangents but XLA's
+# loop-invariant code motion: the primal (the forward model at z0) does not depend on the loop's tangent, so XLA
+# hoisted it out of the `lax.map` and kept every intermediate the tangents need alive at once. For an
+# octahedron at 64^2 (95^3 voxels) that was 27 buffers f32[95, 95, 95, 8] (the renderer's sub-voxel samples x
+# facets): 754 MiB of temporaries (XLA's memory analysis of `_finalize`), the peak of a polyhedron batch-fit.
+# An `optimization_barrier` on (z0, tangent) in the loop body ties the primal to the iteration, so each
+# iteration recomputes it fused with its tangent: 76 MiB, for the octahedron and for a harmonic body (lmax 4,
+# 27 parameters; 256 MiB before). Cost (compiled `_finalize`, CPU): octahedron 2.35 -> 2.63 s, harmonic body
+# 2.0 -> 2.7 s. Block 1 because several tangents in one iteration (vmapped) share one primal, whose
+# intermediates are then materialised again (block 2: 504 MiB for the octahedron). Unrolling all n JVPs in one program was faster
+# for the octahedron (1.56 s, 109 MiB) but held 900 MiB for the harmonic body.
+FISHER_BLOCK = 1
 
 
 def _jacobian_blocked(f, z0, block: int = FISHER_BLOCK):
     """d f / d z at z0 as an (m, n) array, for f: (n,) -> (m,): forward mode, `block` tangents at a time
     (`lax.map` over blocks of the identity, each a vmapped JVP), so the transient memory is that of `block`
-    tangents, not n."""
+    tangents, not n. The primal is recomputed in every block (an optimisation barrier keeps XLA from
+    hoisting it out of the loop, which would keep all its intermediates alive; see `FISHER_BLOCK`)."""
     n = z0.shape[0]
     b = max(1, min(int(block), n))
     nb = -(-n // b)
     basis = jnp.eye(nb * b, n, dtype=z0.dtype).reshape(nb, b, n)  # rows past n are zero (discarded)
-    cols = jax.lax.map(lambda E: jax.vmap(lambda e: jax.jvp(f, (z0,), (e,))[1])(E), basis)
+
+    def columns(E):
+        z, E = jax.lax.optimization_barrier((z0, E))
+        if b == 1:  # no vmap: a batch of one does not fuse the primal into the tangent either
+            return jax.jvp(f, (z,), (E[0],))[1][None]
+        return jax.vmap(lambda e: jax.jvp(f, (z,), (e,))[1])(E)
+
+    cols = jax.lax.map(columns, basis)
     return cols.reshape(nb * b, -1)[:n].T
 
 
