@@ -254,8 +254,8 @@ def _counts(u, t, prob: Parametrisation, st: _Static):
 # iteration recomputes it fused with its tangent: 76 MiB, for the octahedron and for a harmonic body (lmax 4,
 # 27 parameters; 256 MiB before). Cost (compiled `_finalize`, CPU): octahedron 2.35 -> 2.63 s, harmonic body
 # 2.0 -> 2.7 s. Block 1 because several tangents in one iteration (vmapped) share one primal, whose
-# intermediates are then materialised again (block 2: 504 MiB for the octahedron). Unrolling all n JVPs in one program was faster
-# for the octahedron (1.56 s, 109 MiB) but held 900 MiB for the harmonic body.
+# intermediates are then materialised again (block 2: 504 MiB for the octahedron). Unrolling all n JVPs in one
+# program was faster for the octahedron (1.56 s, 109 MiB) but held 900 MiB for the harmonic body.
 FISHER_BLOCK = 1
 
 
