@@ -20,7 +20,7 @@ import diffscat as ds
 
 from ._evalset import POLYHEDRA
 from ._init import SH_ROUTE, _check_escapes
-from ._jitmem import release_jit_memory
+from ._jitmem import release_between_stages, release_jit_memory
 from ._losses import _poisson_terms, as_loss, check_data
 from ._multires import ESCAPE_Z, stage_kwargs, start_stage_kwargs
 from ._params import OPTICAL
@@ -275,6 +275,7 @@ def orientation_search(
 
 def _class_search(name, data, experiment, mask, radius, delta, beta, n_orientations, coarse, search_kwargs):
     """`orientation_search` as `fit_oriented` and `fit_auto` run it: `coarse` unless `search_kwargs` sets it."""
+    release_between_stages()  # batch-fit's memory budget inside a pattern (fitting/_jitmem.py, `stage_budget`)
     return orientation_search(
         name,
         data,
@@ -327,6 +328,8 @@ def fit_oriented(
 def _oriented_crop(name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, search, fit_kwargs):
     """`fit_oriented`'s refinement of the `n_refine` best search results on the low-q crop (None: no crop)."""
     from ._fit import fit
+
+    release_between_stages()
     from ._multires import coarse_level
 
     lev = coarse_level(data, experiment, mask, coarse, radius)
@@ -342,6 +345,8 @@ def _oriented_full(name, data, experiment, mask, first, search, n_refine, fit_kw
     search results when there was no crop stage."""
     from ._fit import fit
     from ._multires import refine_fit
+
+    release_between_stages()
 
     if first is None:
         res = fit(data, experiment, search[0][: int(n_refine)], mask, free=_free_for(name), **fit_kwargs)

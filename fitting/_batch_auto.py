@@ -121,8 +121,10 @@ class AutoBatchFitter:
       smallest voxel grid that holds every member's, so a pattern's result depends slightly on its chunk mates
       (the discretisation, ~1 NLL unit; the chunking is fixed by the manifest, so `--resume` stays exact);
       False: only patterns with equal grids merge, each result is its pattern-by-pattern fit.
-    - `rss_budget_mib`: before each pattern (each chunk in lockstep) jax's compilation caches are cleared when
-      the process's resident set exceeds this many MiB (`fitting._jitmem.release_jit_memory`; the compiled
+    - `rss_budget_mib`: before each pattern (each chunk in lockstep), and on the per-pattern path also before
+      each class stage of a pattern (search, crop and full refinement: `fitting._jitmem.stage_budget`), jax's
+      compilation caches are cleared when the process's resident set exceeds this many MiB
+      (`fitting._jitmem.release_jit_memory`; the compiled
       programs hold most of a long run's memory); the programs then compile again (from the persistent
       compilation cache where it is on). "auto" (default): `DEFAULT_RSS_BUDGET_MIB` (1200) on the CPU backend,
       none on an accelerator; None or 0: no budget (the caches are cleared only near vm.max_map_count).
@@ -344,7 +346,7 @@ class AutoBatchFitter:
         """`fitting.fit_auto` on each pattern: data (B, ny, nx) counts, mask (B, ny, nx) True = use. Returns a
         list of B `FitResult`s (None where the fit raised a ValueError: the pattern is then `failed`), calling
         `on_pattern()` after each pattern. Pattern after pattern, or all together (`uses_lockstep`)."""
-        from ._jitmem import release_jit_memory
+        from ._jitmem import release_jit_memory, stage_budget
 
         data, mask = np.asarray(data), np.asarray(mask, bool)
         if self.uses_lockstep():
@@ -355,7 +357,8 @@ class AutoBatchFitter:
             release_jit_memory(rss_budget_mib=self.rss_budget_mib)
             t0 = time.perf_counter()
             try:
-                r = self._fit_one(d, m)
+                with stage_budget(self.rss_budget_mib):  # also checked between a pattern's class stages
+                    r = self._fit_one(d, m)
             except (ValueError, ArithmeticError) as e:
                 r = e
             out.append(_failed_as_none(r, time.perf_counter() - t0))

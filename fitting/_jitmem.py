@@ -19,13 +19,22 @@ compilation cache where it is on (the CLI turns it on).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import gc
 import warnings
 
 import jax
 
-__all__ = ["map_count", "release_jit_memory", "rss_mib", "trim_heap"]
+__all__ = [
+    "map_count",
+    "release_between_stages",
+    "release_jit_memory",
+    "rss_mib",
+    "stage_budget",
+    "trim_heap",
+]
 
 
 def _read_limit() -> int | None:
@@ -108,3 +117,31 @@ def release_jit_memory(
             stacklevel=2,
         )
     return True
+
+
+# The budget `release_between_stages` applies inside `stage_budget` (per thread of execution: contextvars).
+_STAGE_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar("stage_budget", default=None)
+
+
+@contextlib.contextmanager
+def stage_budget(rss_budget_mib: int | float | None):
+    """Within this block `release_between_stages` clears jax's compilation caches when the resident set exceeds
+    `rss_budget_mib` [MiB] (None: never). Session 27: a polyhedron pattern's class searches and refinements
+    compile 0.5-1 GB of programs inside one `fit_auto` call, past the budget that batch-fit checks between
+    patterns (16 cubes at 64^2, six candidates: peak 2.19 GB with the check between patterns only)."""
+    if rss_budget_mib is not None and not (float(rss_budget_mib) > 0):
+        raise ValueError(f"rss_budget_mib must be None or > 0, got {rss_budget_mib!r}")
+    token = _STAGE_BUDGET.set(None if rss_budget_mib is None else float(rss_budget_mib))
+    try:
+        yield
+    finally:
+        _STAGE_BUDGET.reset(token)
+
+
+def release_between_stages() -> bool:
+    """`release_jit_memory` with the budget of the enclosing `stage_budget` (no warning); False outside one.
+    Called by `fit_auto` before each class's search, crop refinement and full refinement."""
+    budget = _STAGE_BUDGET.get()
+    if budget is None:
+        return False
+    return release_jit_memory(verbose=False, rss_budget_mib=budget)

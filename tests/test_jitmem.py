@@ -81,3 +81,47 @@ def test_the_per_pattern_entry_points_guard_the_map_limit(monkeypatch, entry):
             fitting.fit_auto(data, exp, ("Sphere",))
         else:
             fitting.fit_from_network(data, exp, "default", candidates=["Sphere"], delta=0.001, beta=0.0)
+
+
+def test_stage_budget_applies_only_inside_its_block(monkeypatch):
+    """`release_between_stages` clears (silently) above the enclosing `stage_budget` and never outside one."""
+    f = jax.jit(lambda x: x - 1)
+    f(jnp.ones(3))
+    monkeypatch.setattr(jm, "map_count", lambda: (100, 65_530))
+    monkeypatch.setattr(jm, "rss_mib", lambda: 1100.0)
+    assert jm.release_between_stages() is False and f._cache_size() == 1  # no block: no budget
+    with jm.stage_budget(2000):
+        assert jm.release_between_stages() is False and f._cache_size() == 1
+    with jm.stage_budget(None):
+        assert jm.release_between_stages() is False
+    with jm.stage_budget(1000):  # no warning: pytest's filter would turn one into a failure
+        assert jm.release_between_stages() is True
+    assert f._cache_size() == 0
+    assert jm.release_between_stages() is False  # the block's budget is gone
+    with pytest.raises(ValueError, match="rss_budget_mib"):
+        with jm.stage_budget(-1):
+            pass
+
+
+def test_batch_fit_checks_its_budget_between_a_patterns_class_stages(monkeypatch):
+    """The per-pattern batch path runs each `fit_auto` inside `stage_budget(rss_budget_mib)`, and fit_auto's
+    class stages (search, crop and full refinements) check it (session 27: a polyhedron pattern compiled 0.5-1 GB
+    inside one pattern, past the between-pattern check)."""
+    import numpy as np
+
+    import diffscat as ds
+    import fitting._auto as auto
+    from fitting._batch_auto import AutoBatchFitter
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(jm._STAGE_BUDGET.get())
+        raise _Entered
+
+    monkeypatch.setattr(auto, "orientation_search", spy)
+    exp = ds.Experiment(1.0, ds.QGrid(16, 30.0))
+    fitter = AutoBatchFitter(exp, candidates=("Cube",), rss_budget_mib=1234, lockstep=False)
+    with pytest.raises(_Entered):
+        fitter._fit_chunk(np.ones((1, *exp.shape)), np.ones((1, *exp.shape), bool))
+    assert seen == [1234.0]
