@@ -122,7 +122,8 @@ class AutoBatchFitter:
       (the discretisation, ~1 NLL unit; the chunking is fixed by the manifest, so `--resume` stays exact);
       False: only patterns with equal grids merge, each result is its pattern-by-pattern fit.
     - `rss_budget_mib`: before each pattern (each chunk in lockstep), and on the per-pattern path also before
-      each class stage of a pattern (search, crop and full refinement: `fitting._jitmem.stage_budget`), jax's
+      each stage of a pattern's oriented classes (the polyhedra's orientation search, crop and full
+      refinement: `fitting._jitmem.stage_budget`), jax's
       compilation caches are cleared when the process's resident set exceeds this many MiB
       (`fitting._jitmem.release_jit_memory`; the compiled
       programs hold most of a long run's memory); the programs then compile again (from the persistent

@@ -39,9 +39,9 @@ Config (TOML; see configs/batch-sphere.toml):
     lockstep = "auto"         # per-pattern path: "on" runs a chunk's patterns together, their fits merged into
                               # vmapped batches ("auto": on an accelerator only); max_batch caps a merged fit,
                               # merge_grids = false merges only equal voxel grids
-    rss_budget_mib = 1200     # per-pattern path: clear the compiled programs before a pattern (and a pattern's
-                              # class stages) when the process holds more (MiB; default 1200 on a CPU, none on
-                              # an accelerator; 0: none)
+    rss_budget_mib = 1200     # per-pattern path: clear the compiled programs before a pattern (and before the
+                              # polyhedra's search / refinement stages) when the process holds more (MiB;
+                              # default 1200 on a CPU, none on an accelerator; 0: none)
 
 Geometry comes from the data file. Results: RESULTS.h5 `/results/<name>` (row i = pattern i), status codes,
 the config (the per-pattern path adds `class` with its `names`, `class_losses`, `coefficients` with `lmax`,
@@ -235,8 +235,8 @@ def _schemas() -> dict:
             "rss_budget_mib": Key(
                 "number",
                 "per-pattern path: clear jax's compiled programs before a pattern (a chunk in lockstep) and "
-                "before each class stage of a pattern when the process's resident memory exceeds this many MiB "
-                "(default: 1200 on a CPU, none on an accelerator; 0: none)",
+                "before each polyhedron-class stage of a pattern when the process's resident memory exceeds "
+                "this many MiB (default: 1200 on a CPU, none on an accelerator; 0: none)",
                 min=0,
             ),
             "merge_grids": Key(

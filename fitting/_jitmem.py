@@ -82,6 +82,11 @@ def trim_heap() -> bool:
     return True
 
 
+def _check_budget(rss_budget_mib) -> None:
+    if rss_budget_mib is not None and not (float(rss_budget_mib) > 0):
+        raise ValueError(f"rss_budget_mib must be None or > 0, got {rss_budget_mib!r}")
+
+
 def release_jit_memory(
     fraction: float = 0.5, verbose: bool = True, rss_budget_mib: int | float | None = None
 ) -> bool:
@@ -91,8 +96,7 @@ def release_jit_memory(
     where /proc does not say."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if rss_budget_mib is not None and not (float(rss_budget_mib) > 0):
-        raise ValueError(f"rss_budget_mib must be None or > 0, got {rss_budget_mib!r}")
+    _check_budget(rss_budget_mib)
     mc = map_count()
     why = None
     if mc is not None and mc[0] > fraction * mc[1]:
@@ -129,8 +133,7 @@ def stage_budget(rss_budget_mib: int | float | None):
     `rss_budget_mib` [MiB] (None: never). Session 27: a polyhedron pattern's class searches and refinements
     compile 0.5-1 GB of programs inside one `fit_auto` call, past the budget that batch-fit checks between
     patterns (16 cubes at 64^2, six candidates: peak 2.19 GB with the check between patterns only)."""
-    if rss_budget_mib is not None and not (float(rss_budget_mib) > 0):
-        raise ValueError(f"rss_budget_mib must be None or > 0, got {rss_budget_mib!r}")
+    _check_budget(rss_budget_mib)
     token = _STAGE_BUDGET.set(None if rss_budget_mib is None else float(rss_budget_mib))
     try:
         yield
@@ -140,7 +143,9 @@ def stage_budget(rss_budget_mib: int | float | None):
 
 def release_between_stages() -> bool:
     """`release_jit_memory` with the budget of the enclosing `stage_budget` (no warning); False outside one.
-    Called by `fit_auto` before each class's search, crop refinement and full refinement."""
+    Called by `fit_auto` before the orientation search, crop refinement and full refinement of each class
+    fitted through an orientation search (the polyhedra and other oriented classes; not the sphere, ellipsoid
+    and harmonic stages)."""
     budget = _STAGE_BUDGET.get()
     if budget is None:
         return False
