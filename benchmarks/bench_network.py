@@ -25,7 +25,10 @@ model alone). Then, on `--n-fit` evalset/Mie patterns: `fitting.fit_from_network
 candidate) against the multi-start `fitting.fit_auto` restricted to the true class: the fraction where the
 network-started fit reaches the multi-start optimum (data NLL within 1 unit or better, both optima polished on
 one common voxel grid first: `common_grid_nll`; the own-grid comparison of sessions <= 25 is reported beside it)
-and the time per pattern.
+and the time per pattern. `--fit-candidates all`: both paths select the class among all of the model's
+classes (`fit_auto` over all of them, no guess, against `fit_auto(init=network)` with `--net-min-prob` /
+`--net-prune`); a case is "reached" when both chose the same class and the NLLs compare as above, or the
+network path's choice has a criterion value (BIC) within 1 unit of the multi-start's or lower.
 
     python benchmarks/bench_network.py [--model default] [--n-sim 504] [--n-mie 48] [--n-eval 28] [--n-fit 8]
 
@@ -269,6 +272,37 @@ def main(argv=None):
         "one common grid and compare there (`common_grid_nll`)",
     )
     ap.add_argument("--common-steps", type=int, default=60, help="L-BFGS steps of the common-grid polish")
+    ap.add_argument(
+        "--fit-candidates",
+        choices=("true", "all"),
+        default="true",
+        help="the fit comparison's candidates: the true class only (sessions <= 27), or every class of the model "
+        "(class selection on both paths: the no-guess fit_auto over all of them against the network-started one)",
+    )
+    ap.add_argument(
+        "--net-min-prob",
+        type=float,
+        default=None,
+        help="network path: fit_auto(network_min_prob=...) (classes the network gives less are not fitted)",
+    )
+    ap.add_argument(
+        "--net-prune",
+        choices=("polyhedra", "all"),
+        default="polyhedra",
+        help="network path, with --net-min-prob: fit_auto(network_prune=...)",
+    )
+    ap.add_argument(
+        "--net-ellipsoid-start",
+        choices=("robust", "network"),
+        default="robust",
+        help="network path: fit_auto(ellipsoid_start=...) (the network-started ellipsoid's route)",
+    )
+    ap.add_argument("--fit-skip", type=int, default=0, help="skip the first K fit cases (to extend a sample)")
+    ap.add_argument(
+        "--alternate",
+        action="store_true",
+        help="run the multi-start first on every other case (each path compiles first half the time)",
+    )
     ap.add_argument("--pitch", type=float, default=0.3, help="voxel pitch of the 'sim' part [wavelengths]")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network.json"))
@@ -449,23 +483,33 @@ def main(argv=None):
             for _ in range(2):
                 if pool and len(order) < args.n_fit:
                     order.append(pool.pop(0))
-        for c, m, cls, delta, beta in order:
+        for i_case, (c, m, cls, delta, beta) in enumerate(order):
+            if i_case < args.fit_skip:
+                continue
             kw = dict(delta=delta, beta=beta, uncertainties=False)
-            skw = {"lmax": 4} if cls == "SphericalHarmonics" else {}
+            every = args.fit_candidates == "all"
+            cands = tuple(classes) if every else (cls,)
+            skw = {"lmax": 4} if "SphericalHarmonics" in cands else {}
+            nkw = {"ellipsoid_start": args.net_ellipsoid_start}
+            if args.net_min_prob is not None:
+                nkw = dict(network_min_prob=args.net_min_prob, network_prune=args.net_prune)
 
             def run_net():
                 if args.net_path == "direct":
                     return fitting.fit_from_network(
-                        c, exp, net, m, candidates=[cls], max_steps=args.fit_steps, **skw, **kw
+                        c, exp, net, m, candidates=list(cands), max_steps=args.fit_steps, **skw, **kw
                     )
-                return fitting.fit_auto(c, exp, (cls,), m, init=net, **skw, **kw)
+                return fitting.fit_auto(c, exp, cands, m, init=net, **nkw, **skw, **kw)
 
             def run_auto():
-                return fitting.fit_auto(c, exp, (cls,), m, **skw, **kw)
+                return fitting.fit_auto(c, exp, cands, m, **skw, **kw)
 
-            case = {"class": cls}
+            case = {"class": cls, "index": i_case}
             results = {}
-            for key, fn in (("net", run_net), ("auto", run_auto)):
+            paths = [("net", run_net), ("auto", run_auto)]
+            if args.alternate and i_case % 2:
+                paths = paths[::-1]
+            for key, fn in paths:
                 # stay under vm.max_map_count (fitting/_jitmem.py), at a lower fraction than fit_auto's own guard
                 # (0.5), so that the guard does not clear the caches inside a timed (--warm) run
                 release_jit_memory(0.3, verbose=False)
@@ -477,8 +521,20 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     fn()
                     case[f"t_{key}_warm"] = time.perf_counter() - t0
-            case["reached_own_grid"] = case["nll_net"] <= case["nll_auto"] + 1.0
-            if args.common_grid:
+            same = type(results["net"].model) is type(results["auto"].model)
+            if every:  # class selection: which class each path chose, and its criterion value (BIC)
+                for key, r in results.items():
+                    case[f"class_{key}"] = type(r.model).__name__
+                    case[f"crit_{key}"] = float(r.ranking[0][3])
+                    case[f"fitted_{key}"] = [x[0] for x in r.ranking]
+                case["net_pruned"] = [x[0] for x in results["net"].network_pruned]
+            # reached: the same class within 1 NLL unit (or lower); with class selection, another class counts
+            # only when its criterion value is within 1 unit of the multi-start's choice (or lower)
+            if same:
+                case["reached_own_grid"] = case["nll_net"] <= case["nll_auto"] + 1.0
+            else:
+                case["reached_own_grid"] = every and case["crit_net"] <= case["crit_auto"] + 1.0
+            if args.common_grid and same:
                 case.update(common_grid_nll(results["net"], results["auto"], args.common_steps))
                 case["reached"] = case["nll_net_common"] <= case["nll_auto_common"] + 1.0
             else:
@@ -491,9 +547,11 @@ def main(argv=None):
             )
             common = (
                 f"; common grid: net {case['nll_net_common']:.1f}, multi-start {case['nll_auto_common']:.1f}"
-                if args.common_grid
+                if "nll_net_common" in case
                 else ""
             )
+            if every:
+                common += f"; chosen: net {case['class_net']}, multi-start {case['class_auto']}"
             print(
                 f"fit {cls}: net NLL {case['nll_net']:.1f} ({case['t_net']:.1f} s), multi-start "
                 f"{case['nll_auto']:.1f} ({case['t_auto']:.1f} s){warm}{common}",
@@ -521,6 +579,11 @@ def main(argv=None):
             for k in cases:
                 by.setdefault(k["class"], []).append(k["reached"])
             report["fits"]["reached_by_class"] = {c: [int(sum(v)), len(v)] for c, v in by.items()}
+            if args.fit_candidates == "all":
+                for key in ("net", "auto"):
+                    report["fits"][f"class_right_{key}"] = int(
+                        sum(k[f"class_{key}"] == k["class"] for k in cases)
+                    )
     report["wall_s"] = time.perf_counter() - t_all
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 ORIENTED = POLYHEDRA + ("Superellipsoid",)
+# `fit_auto(network_prune=...)`: which candidates the network's class head may rule out
+NETWORK_PRUNE = ("polyhedra", "all")
 DECAHEDRON_SIZE_FACTORS = (0.87, 0.935, 1.0, 1.075, 1.15)
 CANDIDATES = ("Sphere", "Ellipsoid", "SphericalHarmonics") + ORIENTED
 # `keep_delta_sign`: the start's sign of a fitted delta is kept when it fits within this many NLL units of the
@@ -386,6 +388,7 @@ def fit_auto(
     init: object = None,  # None | "network" | NetworkPredictor | model path: `fitting.resolve_network`
     network_min_prob: float | None = None,
     class_network: object = None,
+    network_prune: str = "polyhedra",
     fit_optics: Sequence[str] = (),
     delta_sign_tol: float | None = DELTA_SIGN_TOL,
     escape_z: float | None = ESCAPE_Z,
@@ -471,6 +474,12 @@ def fit_auto(
       (same forms as `init`), else `init`. With `init=None` the no-guess searches and the multi-resolution
       ladder run on the kept classes only (the network decides nothing else). None (default): every
       candidate is fitted. Only as good as the network's class head (docs/network.md has its confusion).
+    - `network_prune` (with `network_min_prob`): which candidates the network may rule out: "polyhedra"
+      (default; the sphere, ellipsoid and harmonic shape are always fitted) or "all" (every candidate class
+      the network knows, `NetworkPredictor.classes`; the most probable of them always kept, classes it does
+      not know, e.g. "Superellipsoid", always fitted). "all" is the fast path for a dataset whose class is
+      unknown: a cube the network calls a cube with p > 1 - p_min is fitted as a cube only, not also by the
+      harmonic ladder (docs/network.md, "Class selection with and without the network").
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -500,6 +509,8 @@ def fit_auto(
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
     pruner = class_network if class_network is not None else init
     check_network_min_prob(network_min_prob, pruner)
+    if network_prune not in NETWORK_PRUNE:
+        raise ValueError(f"network_prune must be one of {NETWORK_PRUNE}, got {network_prune!r}")
     sh_net = _sh_from_network(sh_start, init) and "SphericalHarmonics" in cands
     _check_escapes(sh_escapes, "sh_escapes")
     ell_kw = _ellipsoid_start_kwargs(ellipsoid_start)
@@ -514,9 +525,13 @@ def fit_auto(
     ckw = dict(coarse=coarse, stage_rtol=stage_rtol)
     net_pruned: list[tuple[str, float]] = []
     if pruner is not None:
-        net, net_pruned = _network_prune(pruner, cands, data, experiment, mask, network_min_prob)
+        net, net_pruned = _network_prune(
+            pruner, cands, data, experiment, mask, network_min_prob, network_prune
+        )
         init = net if init is pruner else init
         cands = [c for c in cands if c not in dict(net_pruned)]
+        # the harmonic route is decided on the kept classes (network_prune="all" may have ruled it out)
+        sh_net = sh_net and "SphericalHarmonics" in cands
         if verbose and net_pruned:
             print("pruned by the network: " + ", ".join(f"{n} (p = {q:.3f})" for n, q in net_pruned))
     if init is not None:
@@ -801,20 +816,21 @@ def check_network_min_prob(min_prob: float | None, network) -> None:
         )
 
 
-def _network_prune(init, cands, data, experiment, mask, min_prob):
-    """(the resolved network, [(polyhedron, probability), ...] the network rules out: below `min_prob`, never the
-    most probable candidate polyhedron), best first."""
+def _network_prune(init, cands, data, experiment, mask, min_prob, scope: str = "polyhedra"):
+    """(the resolved network, [(class, probability), ...] the network rules out: below `min_prob`, never the
+    most probable of the classes in `scope`), best first. `scope`: "polyhedra" (only the polyhedra among
+    `cands` may be ruled out) or "all" (every candidate the network has a probability for)."""
     from ._netinit import resolve_network
 
     net = resolve_network(init)
     if min_prob is None:
         return net, []
     probs = net.predict(data, experiment, mask)["class_probs"]
-    poly = [c for c in cands if c in POLYHEDRA and c in probs]
-    if len(poly) < 2:
+    pool = [c for c in cands if c in probs and (scope == "all" or c in POLYHEDRA)]
+    if len(pool) < 2:
         return net, []
-    top = max(poly, key=lambda c: probs[c])
-    drop = [(c, float(probs[c])) for c in poly if c != top and probs[c] < float(min_prob)]
+    top = max(pool, key=lambda c: probs[c])
+    drop = [(c, float(probs[c])) for c in pool if c != top and probs[c] < float(min_prob)]
     return net, sorted(drop, key=lambda x: -x[1])
 
 

@@ -108,7 +108,8 @@ class AutoBatchFitter:
       z > `gof_threshold`.
     - `init`: None, or a network (model path, "default", a `fitting.NetworkPredictor`): `fit_auto(init=...)`,
       the network's prediction starts each pattern's fits (loaded once, checked here); `network_min_prob`:
-      polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`);
+      polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`;
+      `network_prune="all"`: any class it knows, `fit_auto(network_prune=...)`);
       `sh_start`: where the harmonic stage starts (`fit_auto(sh_start=...)`: "auto", "network", "ellipsoid").
       `sh_escapes`: when the harmonic stage's escapes run (`fit_auto(sh_escapes=...)`: "misfit", "always").
       `ellipsoid_start`: the network-started ellipsoid's path (`fit_auto(ellipsoid_start=...)`: "robust",
@@ -172,6 +173,7 @@ class AutoBatchFitter:
         gof_threshold: float = GOF_THRESHOLD,
         init: object = None,
         network_min_prob: float | None = None,
+        network_prune: str = "polyhedra",
         sh_start: str = "auto",
         sh_escapes: str = "misfit",
         ellipsoid_start: str = "robust",
@@ -268,6 +270,16 @@ class AutoBatchFitter:
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)
+        from ._auto import NETWORK_PRUNE
+
+        if network_prune not in NETWORK_PRUNE:
+            raise ValueError(f"network_prune must be one of {NETWORK_PRUNE}, got {network_prune!r}")
+        if network_prune != "polyhedra":
+            if network_min_prob is None:
+                raise ValueError(
+                    "network_prune needs network_min_prob (the probability below which a class is dropped)"
+                )
+            self.auto_kwargs["network_prune"] = network_prune
         c = set(cands)
         self._has_edge = bool(c & set(POLYHEDRA))
         self._has_axes = bool(c & {"Ellipsoid", "Superellipsoid"})

@@ -82,7 +82,7 @@ def _schemas() -> dict:
     from diffscat.engines import METHODS
     from diffscat.io import Key
 
-    from ._auto import CANDIDATES
+    from ._auto import CANDIDATES, NETWORK_PRUNE
     from ._init import ESCAPE_WHEN
     from ._losses import LOSSES
 
@@ -206,6 +206,13 @@ def _schemas() -> dict:
                 "(the most probable always is; fitting.fit_auto(network_min_prob=...))",
                 min=0,
             ),
+            "prune": Key(
+                "str",
+                'with min_prob: which candidates the network may rule out: "polyhedra" (the sphere, ellipsoid '
+                'and harmonic shape always fitted) or "all" (every class it knows; the most probable kept; '
+                "fitting.fit_auto(network_prune=...); default polyhedra)",
+                choices=NETWORK_PRUNE,
+            ),
             "sh_start": Key(
                 "str",
                 'with network, SphericalHarmonics: "auto" (the network\'s own coefficients when it predicts '
@@ -328,6 +335,10 @@ def load_batch_config(path, overrides=()) -> dict:
             )
         if not float(ini["min_prob"]) < 1:
             raise ConfigError(f"init.min_prob = {ini['min_prob']} must be below 1")
+    if ini.get("prune", "polyhedra") != "polyhedra" and ini.get("min_prob") is None:
+        raise ConfigError(
+            "init.prune needs init.min_prob (the probability below which a class is not fitted)"
+        )
     if ini.get("sh_start", "auto") not in ("auto", "network", "ellipsoid"):
         raise ConfigError(f"init.sh_start = {ini['sh_start']!r} must be 'auto', 'network' or 'ellipsoid'")
     from ._auto import ELLIPSOID_STARTS
@@ -407,6 +418,7 @@ def make_fitter(cfg: dict, experiment):
         gof_threshold=fit["gof_threshold"],
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
+        network_prune=cfg.get("init", {}).get("prune", "polyhedra"),
         sh_start=cfg.get("init", {}).get("sh_start", "auto"),
         sh_escapes=fit.get("sh_escapes", "misfit"),
         ellipsoid_start=cfg.get("init", {}).get("ellipsoid_start", "robust"),
@@ -720,7 +732,7 @@ def histogram_figure(out: str, length_unit: str | None = None):
             )
         if v.ndim > 1:
             ax.legend(fontsize=8)
-        med = np.nanmedian(v) if v.size else np.nan
+        med = np.nanmedian(v) if np.isfinite(v).any() else np.nan  # a column no kept class fills: NaN
         ax.set_xlabel(f"{k} [{unit}]" if unit else k)
         ax.set_ylabel("patterns")
         ax.set_title(f"{k}: {n_ok} fitted, median {med:.4g}", fontsize=9)

@@ -128,6 +128,10 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
     assert fitter.auto_kwargs["network_min_prob"] == 0.05
+    assert "network_prune" not in fitter.auto_kwargs  # the default, not passed (config hashes kept)
+    cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\nprune='all'\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["network_prune"] == "all"
     # [init] sh_start: passed on to fit_auto(sh_start=...) (the shipped model predicts harmonic coefficients)
     cfg.write_text(base + "[init]\nnetwork='default'\nsh_start='ellipsoid'\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
@@ -151,6 +155,8 @@ def test_init_network_section(tmp_path):
     for bad, msg in (
         ("min_prob=0.05\n", "needs init.network"),
         ("network='default'\nmin_prob=1.0\n", "below 1"),
+        ("network='default'\nmin_prob=0.05\nprune='some'\n", "prune"),
+        ("network='default'\nprune='all'\n", "needs init.min_prob"),
         ("network='default'\nsh_start='sphere'\n", "sh_start"),
         ("sh_start='network'\n", "needs init.network"),
         ("network='default'\nellipsoid_start='fast'\n", "ellipsoid_start"),

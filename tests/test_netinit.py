@@ -410,6 +410,72 @@ def test_network_prune_rule():
     assert len(drop) == 1  # both are < 0.5: one of the two (the most probable) stays
     _, none = auto_mod._network_prune(net, ["Cube", "Octahedron"], counts, EXP, None, None)
     assert none == []
+    # scope "all": the sphere (and any class the network knows) may be ruled out too; "polyhedra" keeps it
+    cands = ["Sphere", "Cube", "Octahedron"]
+    _, drop = auto_mod._network_prune(net, cands, counts, EXP, None, 0.05, "all")
+    assert sorted(n for n, _ in drop) == ["Octahedron", "Sphere"]
+    _, drop = auto_mod._network_prune(net, cands, counts, EXP, None, 0.05, "polyhedra")
+    assert [n for n, _ in drop] == ["Octahedron"]
+    # a class the network does not know (Superellipsoid) is never ruled out
+    _, drop = auto_mod._network_prune(net, ["Superellipsoid", "Cube"], counts, EXP, None, 0.05, "all")
+    assert drop == []
+
+
+def test_fit_auto_network_prune_all_fits_only_the_kept_classes(monkeypatch):
+    """`fit_auto(network_prune="all")`: the classes the network rules out (the sphere here) never reach the
+    fits; a bad `network_prune` is a ValueError naming it."""
+    import fitting._auto as auto_mod
+
+    net = _fixed_network(3.0, "Cube", classes=("Sphere", "Cube", "Octahedron", "Icosahedron"))
+    counts = _sphere_counts(EXP, 3.0)
+    seen = []
+
+    class Reached(Exception):
+        pass
+
+    def spy(results, cands, *a, **k):
+        seen.append(list(cands))
+        raise Reached
+
+    monkeypatch.setattr(auto_mod, "_network_stages", spy)
+    kw = dict(delta=0.001, beta=0.001, init=net, network_min_prob=0.05)
+    for scope, expect in (("all", ["Cube"]), ("polyhedra", ["Sphere", "Cube"])):
+        with pytest.raises(Reached):
+            fitting.fit_auto(counts, EXP, ["Sphere", "Cube", "Octahedron"], network_prune=scope, **kw)
+        assert seen.pop() == expect
+    with pytest.raises(ValueError, match="network_prune"):
+        fitting.fit_auto(counts, EXP, ["Sphere", "Cube"], network_prune="everything", **kw)
+
+    # a network with a harmonic head: a ruled-out SphericalHarmonics runs no harmonic stage (the route is
+    # decided after the pruning), a kept one does
+    class Harmonics(Exception):
+        pass
+
+    def no_stages(results, cands, *a, **k):
+        seen.append(list(cands))
+        return None, None, 3.0
+
+    def harmonics(*a, **k):
+        raise Harmonics
+
+    def search(*a, **k):
+        raise Reached
+
+    def prune(init, cands, data, experiment, mask, min_prob, scope="polyhedra"):  # as the rule would for
+        drop = [("Sphere", 0.01), ("SphericalHarmonics", 0.02)] if scope == "all" else []  # such a network
+        return init, drop
+
+    monkeypatch.setattr(auto_mod, "_network_prune", prune)
+    monkeypatch.setattr(auto_mod, "_network_stages", no_stages)
+    monkeypatch.setattr(auto_mod, "_sh_from_network", lambda sh_start, init: True)
+    monkeypatch.setattr(auto_mod, "_harmonics_from_network", harmonics)
+    monkeypatch.setattr(auto_mod, "_class_search", search)
+    cands = ["Sphere", "Cube", "SphericalHarmonics"]
+    with pytest.raises(Reached):  # straight to the cube's search
+        fitting.fit_auto(counts, EXP, cands, network_prune="all", **kw)
+    assert seen.pop() == ["Cube"]
+    with pytest.raises(Harmonics):
+        fitting.fit_auto(counts, EXP, cands, network_prune="polyhedra", **kw)
 
 
 @pytest.mark.slow  # 46 s on 2 cores (fits of three classes); the pruning rule itself: test_network_prune_rule
