@@ -483,16 +483,16 @@ def main(argv=None):
             for _ in range(2):
                 if pool and len(order) < args.n_fit:
                     order.append(pool.pop(0))
+        every = args.fit_candidates == "all"
         for i_case, (c, m, cls, delta, beta) in enumerate(order):
             if i_case < args.fit_skip:
                 continue
             kw = dict(delta=delta, beta=beta, uncertainties=False)
-            every = args.fit_candidates == "all"
             cands = tuple(classes) if every else (cls,)
             skw = {"lmax": 4} if "SphericalHarmonics" in cands else {}
             nkw = {"ellipsoid_start": args.net_ellipsoid_start}
             if args.net_min_prob is not None:
-                nkw = dict(network_min_prob=args.net_min_prob, network_prune=args.net_prune)
+                nkw |= dict(network_min_prob=args.net_min_prob, network_prune=args.net_prune)
 
             def run_net():
                 if args.net_path == "direct":
@@ -579,7 +579,7 @@ def main(argv=None):
             for k in cases:
                 by.setdefault(k["class"], []).append(k["reached"])
             report["fits"]["reached_by_class"] = {c: [int(sum(v)), len(v)] for c, v in by.items()}
-            if args.fit_candidates == "all":
+            if every:
                 for key in ("net", "auto"):
                     report["fits"][f"class_right_{key}"] = int(
                         sum(k[f"class_{key}"] == k["class"] for k in cases)
