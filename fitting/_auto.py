@@ -330,10 +330,9 @@ def fit_oriented(
 def _oriented_crop(name, data, experiment, mask, radius, n_refine, coarse, stage_rtol, search, fit_kwargs):
     """`fit_oriented`'s refinement of the `n_refine` best search results on the low-q crop (None: no crop)."""
     from ._fit import fit
-
-    release_between_stages()
     from ._multires import coarse_level
 
+    release_between_stages()
     lev = coarse_level(data, experiment, mask, coarse, radius)
     if lev is None:
         return None
@@ -509,9 +508,8 @@ def fit_auto(
         raise ValueError(f"refine_margin must be >= 1 or None, got {refine_margin}")
     pruner = class_network if class_network is not None else init
     check_network_min_prob(network_min_prob, pruner)
-    if network_prune not in NETWORK_PRUNE:
-        raise ValueError(f"network_prune must be one of {NETWORK_PRUNE}, got {network_prune!r}")
-    sh_net = _sh_from_network(sh_start, init) and "SphericalHarmonics" in cands
+    check_network_prune(network_prune)
+    sh_from_net = _sh_from_network(sh_start, init)  # checks sh_start before any work
     _check_escapes(sh_escapes, "sh_escapes")
     ell_kw = _ellipsoid_start_kwargs(ellipsoid_start)
     optics = check_fit_optics(fit_optics)
@@ -530,10 +528,10 @@ def fit_auto(
         )
         init = net if init is pruner else init
         cands = [c for c in cands if c not in dict(net_pruned)]
-        # the harmonic route is decided on the kept classes (network_prune="all" may have ruled it out)
-        sh_net = sh_net and "SphericalHarmonics" in cands
         if verbose and net_pruned:
             print("pruned by the network: " + ", ".join(f"{n} (p = {q:.3f})" for n, q in net_pruned))
+    # on the kept classes: network_prune="all" may have ruled the harmonic shape out
+    sh_net = sh_from_net and "SphericalHarmonics" in cands
     if init is not None:
         sph, ell, radius = _network_stages(
             results,
@@ -814,6 +812,12 @@ def check_network_min_prob(min_prob: float | None, network) -> None:
         raise ValueError(
             "network_min_prob needs a network (class_network= or init=): it prunes classes by its probabilities"
         )
+
+
+def check_network_prune(scope: str) -> None:
+    """`network_prune` is one of `NETWORK_PRUNE` (ValueError naming the argument otherwise)."""
+    if scope not in NETWORK_PRUNE:
+        raise ValueError(f"network_prune must be one of {NETWORK_PRUNE}, got {scope!r}")
 
 
 def _network_prune(init, cands, data, experiment, mask, min_prob, scope: str = "polyhedra"):

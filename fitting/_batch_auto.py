@@ -31,6 +31,7 @@ from ._auto import (
     check_delta_sign_tol,
     check_fit_optics,
     check_network_min_prob,
+    check_network_prune,
     data_loss,
     noise_consistency,
 )
@@ -270,10 +271,7 @@ class AutoBatchFitter:
         if network_min_prob is not None:
             check_network_min_prob(network_min_prob, init)  # before any pattern, as the network's path
             self.auto_kwargs["network_min_prob"] = float(network_min_prob)
-        from ._auto import NETWORK_PRUNE
-
-        if network_prune not in NETWORK_PRUNE:
-            raise ValueError(f"network_prune must be one of {NETWORK_PRUNE}, got {network_prune!r}")
+        check_network_prune(network_prune)
         if network_prune != "polyhedra":
             if network_min_prob is None:
                 raise ValueError(
