@@ -6,6 +6,7 @@
     python benchmarks/bench_batch.py --model harmonics --lmax 4 --n 3 --size 64       # AutoBatchFitter, SH
     python benchmarks/bench_batch.py --model Cube --n 3 --size 64                     # any fit_auto class
     python benchmarks/bench_batch.py --model ellipsoid-auto --init default --n 12 --size 64 --chunk 4
+    python benchmarks/bench_batch.py --model ellipsoid-auto --init default --ellipsoid-start network --n 12 --size 64 --chunk 4
     python benchmarks/bench_batch.py --model harmonics --n 16 --size 128 --chunk 8 --lockstep on  # GPU path
                                                                   # network-started (the shipped model)
 
@@ -125,7 +126,7 @@ def _general(a):
         lockstep = {"auto": "auto", "on": True, "off": False}[a.lockstep]
         fitter = AutoBatchFitter(
             exp, (cands,), lmax=a.lmax, polarisation="none", max_steps=a.steps or 200, init=a.init,
-            lockstep=lockstep, **OPT,
+            lockstep=lockstep, **OPT, **({"ellipsoid_start": a.ellipsoid_start} if a.ellipsoid_start else {}),
         )  # fmt: skip
         t_last = [time.perf_counter()]
 
@@ -187,6 +188,12 @@ def main(argv=None):
         help='per-pattern path: fit_auto(init=...), e.g. "default" (the shipped network)',
     )
     ap.add_argument(
+        "--ellipsoid-start",
+        default=None,
+        choices=("robust", "network"),
+        help="with --init: the network-started ellipsoid's route (fit_auto(ellipsoid_start=...); default robust)",
+    )
+    ap.add_argument(
         "--lockstep",
         default="auto",
         choices=("auto", "on", "off"),
@@ -208,6 +215,8 @@ def main(argv=None):
         row["lmax"] = a.lmax
     if a.init is not None:
         row["init"] = a.init
+    if a.ellipsoid_start is not None:
+        row["ellipsoid_start"] = a.ellipsoid_start
     if a.model not in ("sphere", "ellipsoid"):
         row["lockstep"] = a.lockstep
     row.update(_sphere(a) if a.model == "sphere" else _general(a))
@@ -219,6 +228,8 @@ def main(argv=None):
     name = "bench_batch.json" if a.model == "sphere" else f"bench_batch_{a.model}.json"
     if a.init is not None:
         name = name.replace(".json", "_network.json")
+    if a.ellipsoid_start is not None:
+        name = name.replace(".json", f"_{a.ellipsoid_start}.json")
     with open(os.path.join("benchmarks/results", name), "w") as f:
         json.dump(row, f, indent=1)
 

@@ -463,7 +463,7 @@ def fit_auto(
       minima the noise check cannot see (3 of 500 harmonic patterns, IoU 0.82-0.88, all found by "always";
       docs/batch.md), at ~7x the time per pattern. `escape_z=None` turns both off.
     - `ellipsoid_start` (with `init`): "robust" (default) the network-started ellipsoid with its size pinned
-      by a sphere fit and 16 starts (the network's + 8 random) through `fit_ellipsoid_auto`, its 8 best
+      by a sphere fit and 16 starts (the network's + 8 random) through `fit_ellipsoid_auto`, its 3 best
       refined; "network" the network's 8 starts at the predicted size, the search's best refined (before
       session 25: ~4x faster, but on near-spherical ellipsoids it missed the multi-start optimum on 6 of 8;
       docs/network.md section 5, docs/batch.md).

@@ -221,7 +221,7 @@ def _schemas() -> dict:
             ),
             "ellipsoid_start": Key(
                 "str",
-                'with network, Ellipsoid: "robust" (size pinned by a sphere fit, 16 starts, the 8 best refined) '
+                'with network, Ellipsoid: "robust" (size pinned by a sphere fit, 16 starts, the 3 best refined) '
                 'or "network" (the network\'s 8 starts, the best refined: ~4x faster, misses near-spherical '
                 "optima more often; fitting.fit_auto(ellipsoid_start=...), docs/batch.md)",
                 default="robust",

@@ -225,23 +225,22 @@ def test_network_search_and_refinement_use_tight_grids():
 def test_ellipsoid_starts_take_the_pinned_size_and_the_best_optima_go_on():
     """The network says 4.8 wavelengths for a 4.2-wavelength body: the sphere fit first (`size_pin`) moves the
     size; the ellipsoid's starts are the spun twins and 8 random orientations
-    at the pinned volume-equivalent radius; the search's best `ellipsoid_refine` distinct optima are refined
+    at the pinned volume-equivalent radius; the search's best `ellipsoid_refine` (default 3) distinct optima are refined
     together (`fitting.fit_ellipsoid_auto`'s multi-resolution path); with the Sphere among the candidates its own
     fit is the pin; `pin_size=False, ellipsoid_refine=1` is the former path (no pin, the search's best)."""
-    from fitting._netinit import _pinned_ellipsoid_starts
+    from fitting._netinit import ELLIPSOID_REFINE, _pinned_ellipsoid_starts
 
     net = _fixed_network(4.8, "Ellipsoid")
     counts, mask = _msft_sphere_counts(4.2, seed=2)
     kw = dict(delta=0.005, beta=0.002, max_steps=6, search_steps=2, uncertainties=False)
-    res = fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], ellipsoid_refine=3, **kw)
+    res = fitting.fit_from_network(counts, EXP, net, mask, candidates=["Ellipsoid"], **kw)
     pin = res.size_pin
     r = float(pin.model.radius)
     assert abs(r / 4.2 - 1) < abs(4.8 / 4.2 - 1) / 2
     search = res.stages[0]
     assert search.n_starts == 16  # 2 twins x 4 spins + 8 random orientations
-    assert (
-        res.stages[1].n_starts == 3 or len(res.stages) == 2
-    )  # the best 3 (with a crop stage: its own result)
+    # the best ELLIPSOID_REFINE (3) by default (with a crop stage: its own result)
+    assert ELLIPSOID_REFINE == 3 and (res.stages[1].n_starts == 3 or len(res.stages) == 2)
     p = net.predict(counts, EXP, mask)
     starts = _pinned_ellipsoid_starts(pin, p, 0.005, 0.002, 0, 4)
     assert len(starts) == 16
