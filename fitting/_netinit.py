@@ -104,7 +104,7 @@ SPHERE_STARTS = (8, 0.10)
 # how many of the pinned ellipsoid's search optima `fitting.fit_ellipsoid_auto` refines (`ellipsoid_refine`).
 # Session 29, 30 evaluation-set ellipsoids (64^2, the first 14 those that set 8 in session 25): each of the 8
 # refined alone, the best of the first k (in the search's order) against the best of all 8: k = 1 within
-# 0.1 NLL units on 27 / 30 (one +2.9), k = 2 on 29 / 30 (one +0.16), k = 3 on 30 / 30. Most of the 8 picks
+# 0.1 NLL units on 27 / 30 (worst +2.9), k = 2 on 29 / 30 (worst +0.16), k = 3 on 30 / 30. Most of the 8 picks
 # are the same basin (the search stops before they converge, so they count as distinct); the refinement
 # was 29-79 % of the route's time (docs/network.md, "The robust ellipsoid route's refinements").
 ELLIPSOID_REFINE = 3
@@ -409,8 +409,9 @@ def fit_from_network(
       `fitting.fit_ellipsoid_auto` (search on the low-q crop, its `ellipsoid_refine` best distinct optima,
       default `ELLIPSOID_REFINE` = 3, refined there and then at full resolution). On 8 evaluation-set
       ellipsoids (64^2) the multi-start optimum was reached by 2 / 8 from the predicted size and the search's
-      best alone, 8 / 8 this way with 8 refined (docs/network.md); 3 reach the 8's optimum on 30 / 30. `pin_size=False`: the former path (the starts at the predicted size, the coarse
-      full-pattern search below, its `ellipsoid_refine` best refined at full resolution).
+      best alone, 8 / 8 this way with 8 refined (docs/network.md); 3 reach the 8's optimum on 30 / 30.
+      `pin_size=False`: the former path (the starts at the predicted size, the coarse full-pattern search
+      below, its `ellipsoid_refine` best refined at full resolution).
     - `search_steps` (default None: `SEARCH_STEPS`, and `fitting.fit_ellipsoid_auto`'s own for the pinned
       ellipsoid), `search_coarsening`: polyhedra with `n_orientations`, the harmonic body and the unpinned
       ellipsoid: all starts (more than 4: the first power of two of them, in `network_starts`'s order)
