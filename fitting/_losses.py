@@ -276,20 +276,35 @@ class AbstractLoss(eqx.Module):
         newton_steps: int = 6,
     ) -> Float[Array, ""]:
         """Refine a scale s0 > 0 by `newton_steps` Newton steps on t = log s of sum(mask * terms(mu, data))
-        (steps clipped to +-2 in t; skipped where the curvature is not positive). Differentiable."""
+        (steps clipped to +-2 in t; skipped where the curvature is not positive). Differentiable.
+
+        The first `newton_steps - 1` steps run in a `lax.fori_loop` outside autodiff; the last step is
+        differentiated, which at a converged t is the implicit-function derivative of the optimal scale
+        (dt/dx = -(d g1 / dx) / g2, g1 and g2 the first and second derivatives in t). Differentiating all the
+        steps (unrolled, as before session 30) gives the same derivative at convergence but was half of the
+        HLO of a fit's compiled step (6 Newton steps with their second and third derivatives, twice in
+        `_step`): that memory stays resident with every compiled program (docs/batch.md, session 30)."""
+        if isinstance(newton_steps, bool) or not isinstance(newton_steps, int) or newton_steps < 0:
+            raise ValueError(f"newton_steps must be an int >= 0, got {newton_steps!r}")
+        if newton_steps == 0:
+            return s0
         w, model, data = _masked(model, data, mask)
 
-        def f(t):
+        def f(t, model, data, background):
             return jnp.sum(w * self.terms(jnp.exp(t) * model + background, data))
 
         g1 = jax.grad(f)
         g2 = jax.grad(g1)
-        t = jnp.log(s0)
-        for _ in range(newton_steps):
-            h = g2(t)
-            step = g1(t) / jnp.where(h > 0, h, 1.0)
-            t = t - jnp.where(h > 0, jnp.clip(step, -2.0, 2.0), 0.0)
-        return jnp.exp(t)
+
+        def newton(t, args):
+            h = g2(t, *args)
+            step = g1(t, *args) / jnp.where(h > 0, h, 1.0)
+            return (t - jnp.where(h > 0, jnp.clip(step, -2.0, 2.0), 0.0)).astype(t.dtype)
+
+        fixed = jax.lax.stop_gradient((model, data, background))
+        t = jax.lax.stop_gradient(jnp.log(s0))
+        t = jax.lax.fori_loop(0, newton_steps - 1, lambda _, t: newton(t, fixed), t)
+        return jnp.exp(newton(t, (model, data, background)))
 
 
 # |mu / d - 1| below this: the deviance is evaluated as d (t - log1p(t)), t = mu / d - 1 (`_poisson_terms`)

@@ -71,6 +71,33 @@ def test_poisson_profiled_scale_closed_form_and_bruteforce():
         assert prof < float(fitting.poisson_nll(model, data, mask, scale=f * np.exp(t_ref), background=2.0))
 
 
+@pytest.mark.parametrize("loss", [fitting.Poisson(), fitting.Anscombe(), fitting.LogIntensity(2.0)])
+@pytest.mark.parametrize("background", [0.0, 1.5])
+def test_profiled_scale_and_loss_derivatives_match_central_differences(loss, background):
+    """The profiled scale's derivative (Newton steps outside autodiff, the last one differentiated) and the
+    profiled loss's gradient against central differences of the values (float64), and the loss's gradient
+    against the envelope theorem: at the optimal scale, d loss / d model is the gradient at that scale held
+    fixed. A start 3x off the optimum so that the Newton steps have work to do."""
+    model, data, mask = _problem(11)
+    m, d, k = jnp.asarray(model), jnp.asarray(data), jnp.asarray(mask)
+    v = jnp.asarray(np.random.default_rng(5).normal(size=model.shape))
+    scale = lambda x: loss.newton_scale(x, d, k, background, 3.0 * loss.profile_scale(x, d, k, background))
+    value = lambda x: loss.value(x, d, k, background=background)
+    h = 1e-5
+    for fn in (scale, value):
+        fd = (float(fn(m + h * v)) - float(fn(m - h * v))) / (2 * h)
+        ad = float(jax.jvp(fn, (m,), (v,))[1])
+        assert np.isclose(ad, fd, rtol=1e-6, atol=1e-9), (fn, ad, fd)
+        gv = float(jnp.vdot(jax.grad(fn)(m), v))  # reverse mode agrees with forward mode
+        assert np.isclose(gv, ad, rtol=1e-9)
+    s = loss.profile_scale(m, d, k, background)
+    g_fixed = jax.grad(lambda x: loss.value(x, d, k, scale=s, background=background))(m)
+    assert np.allclose(np.asarray(jax.grad(value)(m)), np.asarray(g_fixed), rtol=1e-7, atol=1e-9)
+    assert float(loss.newton_scale(m, d, k, background, 3.0 * s, newton_steps=0)) == float(3.0 * s)
+    with pytest.raises(ValueError, match="newton_steps"):
+        loss.newton_scale(m, d, k, background, s, newton_steps=-1)
+
+
 def test_anscombe_and_log_match_numpy():
     model, data, mask = _problem(2)
     mu = 25.0 * model
