@@ -283,7 +283,7 @@ class AbstractLoss(eqx.Module):
         (dt/dx = -(d g1 / dx) / g2, g1 and g2 the first and second derivatives in t). Differentiating all the
         steps (unrolled, as before session 30) gives the same derivative at convergence but was half of the
         HLO of a fit's compiled step (6 Newton steps with their second and third derivatives, twice in
-        `_step`): that memory stays resident with every compiled program (docs/batch.md, session 30)."""
+        `_step`): that memory stays resident with every compiled program (docs/performance.md, session 30)."""
         if isinstance(newton_steps, bool) or not isinstance(newton_steps, int) or newton_steps < 0:
             raise ValueError(f"newton_steps must be an int >= 0, got {newton_steps!r}")
         if newton_steps == 0:

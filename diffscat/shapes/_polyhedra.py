@@ -154,7 +154,9 @@ def _planes_fill(grid: VoxelGrid, N, d, M, b, dtype):
     G = mm(N, M.T)  # lab-frame gradients of n . r_body, (k, 3)
     off = mm(N, b) + d
     s = x[:, None, None, None] * G[:, 0] + y[None, :, None, None] * G[:, 1] + z[None, None, :, None] * G[:, 2]
-    return jnp.prod(partial_volume_fill(s - off, G, grid.pitch), axis=-1)
+    # materialised once: XLA (CPU) otherwise copies the piecewise cubic into every consumer of the fill
+    # (docs/performance.md "Compiled programs", session 30)
+    return jax.lax.optimization_barrier(jnp.prod(partial_volume_fill(s - off, G, grid.pitch), axis=-1))
 
 
 def check_normals(normals, name: str = "normals"):
