@@ -103,11 +103,9 @@ def main(argv=None) -> int:
         gc.collect()
         trim_heap()
         r2 = rss_mib()
-        new = sorted(f for f in set(os.listdir(dump)) - before if f.endswith("cpu_after_optimizations.txt"))
+        # "<module>.<name>.<backend>_after_optimizations.txt": the optimised HLO (not its -buffer-assignment etc.)
+        new = sorted(f for f in set(os.listdir(dump)) - before if f.endswith("after_optimizations.txt"))
         counts = [(f.split(".")[1], _instructions(os.path.join(dump, f))) for f in new]
-        if not new:  # another backend names its dumps differently
-            new = sorted(f for f in set(os.listdir(dump)) - before if f.endswith("after_optimizations.txt"))
-            counts = [(f.split(".")[1], _instructions(os.path.join(dump, f))) for f in new]
         progs = ", ".join(f"{n} {c}" for n, c in counts)
         print(
             f"{model:10s} fit {dt:6.1f} s (loss {float(res.loss):.1f}) | optimised HLO instructions: {progs} "

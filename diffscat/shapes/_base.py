@@ -82,7 +82,7 @@ def _half_erfc(z):
     ~80-instruction expansion into every consumer of the fill: 1 476 of the ~19 000 instructions of an
     ellipsoid fit's compiled step (64^2), each copy evaluated again at run time. With the barrier (and the
     same in `voxel_transfer`) that program is 16 % smaller and a compiled ellipsoid batch pattern ~20 %
-    faster (docs/batch.md, session 30). A custom JVP that also computes the derivative once behind the
+    faster (docs/performance.md, session 30). A custom JVP that also computes the derivative once behind the
     barrier was slower (12 %) and no smaller."""
     return jax.lax.optimization_barrier(0.5 * jax.scipy.special.erfc(z))
 
