@@ -299,6 +299,15 @@ def main(argv=None):
     )
     ap.add_argument("--fit-skip", type=int, default=0, help="skip the first K fit cases (to extend a sample)")
     ap.add_argument(
+        "--fit-cases", default=None, help="comma-separated case indices (of the full case order): only these"
+    )
+    ap.add_argument(
+        "--auto-from",
+        default=None,
+        help="a JSON of an earlier run on the same cases: its multi-start results (class, losses, time) are "
+        "reused and only the network path runs (reached then on own grids; to measure a network-path change)",
+    )
+    ap.add_argument(
         "--alternate",
         action="store_true",
         help="run the multi-start first on every other case (each path compiles first half the time)",
@@ -484,9 +493,17 @@ def main(argv=None):
                 if pool and len(order) < args.n_fit:
                     order.append(pool.pop(0))
         every = args.fit_candidates == "all"
+        only = None if args.fit_cases is None else {int(x) for x in args.fit_cases.split(",")}
+        earlier = {}
+        if args.auto_from:
+            with open(args.auto_from) as f:
+                old = json.load(f)
+            earlier = {k["index"]: k for k in old.get("fits", {}).get("cases", old.get("fit_cases", []))}
         for i_case, (c, m, cls, delta, beta) in enumerate(order):
-            if i_case < args.fit_skip:
+            if i_case < args.fit_skip or (only is not None and i_case not in only):
                 continue
+            if args.auto_from and (i_case not in earlier or earlier[i_case]["class"] != cls):
+                raise SystemExit(f"--auto-from {args.auto_from}: no case {i_case} of class {cls} there")
             kw = dict(delta=delta, beta=beta, uncertainties=False)
             cands = tuple(classes) if every else (cls,)
             skw = {"lmax": 4} if "SphericalHarmonics" in cands else {}
@@ -509,6 +526,12 @@ def main(argv=None):
             paths = [("net", run_net), ("auto", run_auto)]
             if args.alternate and i_case % 2:
                 paths = paths[::-1]
+            if args.auto_from:  # the multi-start's numbers from the earlier run
+                paths = [("net", run_net)]
+                for k in ("t_auto", "nll_auto", "class_auto", "crit_auto", "fitted_auto", "t_auto_warm"):
+                    if k in earlier[i_case]:
+                        case[k] = earlier[i_case][k]
+                case["auto_from"] = args.auto_from
             for key, fn in paths:
                 # stay under vm.max_map_count (fitting/_jitmem.py), at a lower fraction than fit_auto's own guard
                 # (0.5), so that the guard does not clear the caches inside a timed (--warm) run
@@ -521,20 +544,36 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     fn()
                     case[f"t_{key}_warm"] = time.perf_counter() - t0
-            same = type(results["net"].model) is type(results["auto"].model)
+            if args.auto_from:
+                same = type(results["net"].model).__name__ == case.get("class_auto", cls)
+            else:
+                same = type(results["net"].model) is type(results["auto"].model)
             if every:  # class selection: which class each path chose, and its criterion value (BIC)
                 for key, r in results.items():
                     case[f"class_{key}"] = type(r.model).__name__
                     case[f"crit_{key}"] = float(r.ranking[0][3])
                     case[f"fitted_{key}"] = [x[0] for x in r.ranking]
                 case["net_pruned"] = [x[0] for x in results["net"].network_pruned]
+                # fit_auto(network_nested=True): the nested classes the network had ruled out but fitted after
+                # all; and the choice without them (what network_nested=False gives, without their time)
+                added = [x[0] for x in getattr(results["net"], "network_added", [])]
+                case["net_added"] = added
+                case["net_added_s"] = float(getattr(results["net"], "network_added_s", 0.0))
+                rest = [x for x in results["net"].ranking if x[0] not in added]
+                case["class_net_unnested"], case["nll_net_unnested"] = rest[0][0], float(rest[0][1])
+                case["crit_net_unnested"] = float(rest[0][3])
             # reached: the same class within 1 NLL unit (or lower); with class selection, another class counts
             # only when its criterion value is within 1 unit of the multi-start's choice (or lower)
             if same:
                 case["reached_own_grid"] = case["nll_net"] <= case["nll_auto"] + 1.0
             else:
                 case["reached_own_grid"] = every and case["crit_net"] <= case["crit_auto"] + 1.0
-            if args.common_grid and same:
+            if every:  # the same rule on own grids for the choice without the added nested classes
+                if case["class_net_unnested"] == case["class_auto"]:
+                    case["reached_unnested"] = case["nll_net_unnested"] <= case["nll_auto"] + 1.0
+                else:
+                    case["reached_unnested"] = case["crit_net_unnested"] <= case["crit_auto"] + 1.0
+            if args.common_grid and same and not args.auto_from:
                 case.update(common_grid_nll(results["net"], results["auto"], args.common_steps))
                 case["reached"] = case["nll_net_common"] <= case["nll_auto_common"] + 1.0
             else:
@@ -552,6 +591,11 @@ def main(argv=None):
             )
             if every:
                 common += f"; chosen: net {case['class_net']}, multi-start {case['class_auto']}"
+                if case["net_added"]:
+                    common += (
+                        f"; nested added {case['net_added']} ({case['net_added_s']:.1f} s; without them: "
+                        f"{case['class_net_unnested']}, reached {case['reached_unnested']})"
+                    )
             print(
                 f"fit {cls}: net NLL {case['nll_net']:.1f} ({case['t_net']:.1f} s), multi-start "
                 f"{case['nll_auto']:.1f} ({case['t_auto']:.1f} s){warm}{common}",
@@ -584,6 +628,10 @@ def main(argv=None):
                     report["fits"][f"class_right_{key}"] = int(
                         sum(k[f"class_{key}"] == k["class"] for k in cases)
                     )
+                report["fits"]["fraction_reached_unnested"] = float(
+                    np.mean([k["reached_unnested"] for k in cases])
+                )
+                report["fits"]["total_t_net_added"] = float(np.sum([k["net_added_s"] for k in cases]))
     report["wall_s"] = time.perf_counter() - t_all
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

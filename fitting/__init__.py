@@ -50,6 +50,7 @@ from ._init import (
     HARMONIC_ROUTES as HARMONIC_ROUTES,
     SH_ROUTE as SH_ROUTE,
     beam_compact as beam_compact,
+    ellipsoid_from_shape as ellipsoid_from_shape,
     ellipsoid_starts as ellipsoid_starts,
     estimate_center as estimate_center,
     estimate_radius as estimate_radius,

@@ -46,6 +46,13 @@ CANDIDATES = ("Sphere", "Ellipsoid", "SphericalHarmonics") + ORIENTED
 # ellipsoids with delta free (session 14), the 6 fits that ended with the wrong sign were within 0.8 units of
 # the right one (docs/batch.md): the data did not decide there.
 DELTA_SIGN_TOL = 2.0
+# `fit_auto(network_nested=True)`: the nested smooth classes (each contains the one before it as a special case)
+NESTED = ("Sphere", "Ellipsoid", "SphericalHarmonics")
+# ... and the noise z (`noise_consistency`) above which the network's best nested class counts as a misfit, so
+# that the richer nested classes it ruled out are fitted after all. 2: on a pattern the class explains, about
+# 1 in 25 fits (Student t, 7 degrees of freedom) pays for the extra fit; a Mie sphere whose MSFT sphere fit is
+# ~160 NLL units above the harmonic body's (session 28's three misses, sd ~45 units at 64^2) is caught.
+NETWORK_ESCAPE_Z = 2.0
 
 
 def n_parameters(result) -> int:
@@ -395,6 +402,8 @@ def fit_auto(
     sh_start: str = "auto",
     sh_escapes: str = "misfit",
     ellipsoid_start: str = "robust",
+    network_nested: bool = True,
+    network_escape_z: float | None = NETWORK_ESCAPE_Z,
     **fit_kwargs,
 ):
     """Fit every class in `candidates` without an initial guess and return the best by `criterion`.
@@ -479,6 +488,16 @@ def fit_auto(
       not know, e.g. "Superellipsoid", always fitted). "all" is the fast path for a dataset whose class is
       unknown: a cube the network calls a cube with p > 1 - p_min is fitted as a cube only, not also by the
       harmonic ladder (docs/network.md, "Class selection with and without the network").
+    - `network_nested` (with `network_prune="all"` and network starts, `init`): the sphere, the ellipsoid and
+      the harmonic shape are nested (each contains the one before it), so the network's pruning must not
+      decide between them where the likelihood can: after the kept classes are fitted, if the best is one of
+      them, (1) when its fit is a misfit (`noise_consistency` z > `network_escape_z`, default 2; None:
+      never) the richer nested classes the network ruled out are fitted after all (the richest by its
+      network route, the others by one local fit from it), and (2) the simpler ones it ruled out are always
+      fitted, each by one local fit from the best fit's shape (the same volume; for the ellipsoid the same
+      second moments, `ellipsoid_from_shape`). The criterion then chooses as usual. Those classes are listed
+      in `.network_added` as (class name, reason) and not in `.network_pruned`; `.network_added_s`: the
+      seconds their fits took. False: the network's pruning is final (sessions <= 30).
     - other keywords go to every `fitting.fit` call (`max_steps`, `pitch`, `loss`, ...).
 
     **Why BIC.** The losses are negative log-likelihoods (up to a data-only constant common to all candidates),
@@ -514,6 +533,8 @@ def fit_auto(
     ell_kw = _ellipsoid_start_kwargs(ellipsoid_start)
     optics = check_fit_optics(fit_optics)
     delta_sign_tol = check_delta_sign_tol(delta_sign_tol)
+    if network_escape_z is not None and not np.isfinite(float(network_escape_z)):
+        raise ValueError(f"network_escape_z must be a finite number or None, got {network_escape_z}")
     # a loop of fits in one process compiles a few programs per new grid and class; without this it dies
     # at the kernel's memory-map limit ("LLVM ERROR: Unable to allocate section memory", fitting/_jitmem.py)
     release_jit_memory()
@@ -629,6 +650,41 @@ def fit_auto(
         )
         if verbose:
             print(f"{name}: loss {results[name].loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+    _, m_full = check_data(data, mask, tuple(experiment.shape))
+    n_used = int(np.sum(np.asarray(m_full)))
+    added: list[tuple[str, str]] = []
+    t_added = time.perf_counter()
+    if net_pruned and network_nested and init is not None:
+
+        def fit_richer(name):
+            # a network without a harmonic head (or sh_start="ellipsoid"): the ladder, from the best nested fit
+            if name == "SphericalHarmonics" and not sh_from_net:
+                from ._init import ellipsoid_from_shape
+
+                below = [results[c].model for c in ("Ellipsoid", "Sphere") if c in results]
+                start = below[0] if isinstance(below[0], ds.Ellipsoid) else ellipsoid_from_shape(below[0])
+                res, _ = harmonics_ladder(
+                    data, experiment, start, int(lmax), mask, regularizer=regularizer, escape_z=escape_z,
+                    route=sh_route, escapes=sh_escapes, **ckw, **fit_kwargs,
+                )  # fmt: skip
+                return res
+            if name == "SphericalHarmonics":
+                return _harmonics_from_network(
+                    data, experiment, mask, delta, beta, init, int(lmax), seed, regularizer, escape_z, sh_route,
+                    optics, ckw, fit_kwargs, verbose, sh_escapes,
+                )  # fmt: skip
+            return _network_stages(
+                {}, [name], data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs,
+                **ckw, fit_optics=optics, ellipsoid_for_sh=False, ellipsoid_kwargs=ell_kw,
+            )[1]  # fmt: skip
+
+        added = _complete_nested(
+            results, dict(net_pruned), n_used, criterion, network_escape_z, fit_richer,
+            lambda name, model: _fit_nested_below(name, model, data, experiment, mask, optics, fit_kwargs),
+            verbose, t0,
+        )  # fmt: skip
+        net_pruned = [x for x in net_pruned if x[0] not in dict(added)]
+    t_added = time.perf_counter() - t_added
     if optics:
         for name in list(results):
             if all(o in results[name].free for o in optics):
@@ -651,10 +707,11 @@ def fit_auto(
                 regularizer=regularizer,
                 **fit_kwargs,
             )
-    _, m_full = check_data(data, mask, tuple(experiment.shape))
-    best = choose_class(results, int(np.sum(np.asarray(m_full))), criterion)
+    best = choose_class(results, n_used, criterion)
     best.pruned = pruned
     best.network_pruned = net_pruned
+    best.network_added = added
+    best.network_added_s = t_added if added else 0.0
     if best.stages is None:
         best.stages = [best]
     return best
@@ -836,6 +893,62 @@ def _network_prune(init, cands, data, experiment, mask, min_prob, scope: str = "
     top = max(pool, key=lambda c: probs[c])
     drop = [(c, float(probs[c])) for c in pool if c != top and probs[c] < float(min_prob)]
     return net, sorted(drop, key=lambda x: -x[1])
+
+
+def _complete_nested(
+    results, pruned, n_used, criterion, escape_z, fit_richer, fit_simpler, verbose=False, t0=0.0
+):
+    """`fit_auto(network_nested=True)`: adds to `results` the `NESTED` classes that the network ruled out
+    (`pruned`: {class: probability}) around the best fitted one: when the best's noise z exceeds `escape_z`,
+    the richest of them through `fit_richer(name)` and the others richer than the best through
+    `fit_simpler(name, that model)`; then every simpler one through `fit_simpler(name, model)` from the
+    (possibly new) best's model. Returns [(class name, reason), ...] in the order fitted."""
+    added: list[tuple[str, str]] = []
+
+    def best_name():
+        return choose_class(dict(results), n_used, criterion).ranking[0][0]
+
+    def add(c, result, reason):
+        results[c] = result
+        added.append((c, reason))
+        if verbose:
+            print(f"{c} ({reason}): loss {result.loss:.1f} ({time.perf_counter() - t0:.1f} s)")
+
+    name = best_name()
+    if name not in NESTED:
+        return added
+    richer = [c for c in NESTED[NESTED.index(name) + 1 :] if c in pruned and c not in results]
+    if richer and escape_z is not None:
+        z, _, _ = noise_consistency(results[name])
+        if np.isfinite(z) and z > float(escape_z):
+            # the richest through its own (network) route; the ones between it and the best by a local fit
+            # from it (an ellipsoid from a harmonic body's moments), as in the completion below
+            top = richer[-1]
+            add(top, fit_richer(top), f"{name} misfit (noise z {z:.1f} > {float(escape_z):g})")
+            for c in richer[:-1]:
+                add(c, fit_simpler(c, results[top].model), f"nested in {top}, {name} misfit")
+            name = best_name()
+    for c in NESTED[: NESTED.index(name)]:
+        if c in pruned and c not in results:
+            add(c, fit_simpler(c, results[name].model), f"nested in {name}")
+    return added
+
+
+def _fit_nested_below(name, model, data, experiment, mask, optics, fit_kwargs):
+    """One local fit of the simpler nested class `name` ("Sphere" or "Ellipsoid") from a fitted richer
+    `model`: the sphere of the same volume, or the ellipsoid of the same volume and second moments
+    (`ellipsoid_from_shape`); free: its size (and axes, orientation) and `optics`."""
+    from ._init import ellipsoid_from_shape
+    from ._multires import refine_fit
+    from ._netinit import _free_for
+
+    if name == "Sphere":
+        start = ds.Sphere(_volume_radius(model), model.delta, model.beta, centre=model.centre)
+    elif name == "Ellipsoid":
+        start = model if isinstance(model, ds.Ellipsoid) else ellipsoid_from_shape(model)
+    else:
+        raise ValueError(f"no local nested fit for {name!r}: only Sphere and Ellipsoid")
+    return refine_fit(data, experiment, start, mask, free=_free_for(name) + tuple(optics), **fit_kwargs)
 
 
 def _volume_radius(shape: ds.AbstractShape) -> float:

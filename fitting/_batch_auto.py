@@ -110,7 +110,8 @@ class AutoBatchFitter:
     - `init`: None, or a network (model path, "default", a `fitting.NetworkPredictor`): `fit_auto(init=...)`,
       the network's prediction starts each pattern's fits (loaded once, checked here); `network_min_prob`:
       polyhedra the network gives a lower probability are not fitted (`fit_auto(network_min_prob=...)`;
-      `network_prune="all"`: any class it knows, `fit_auto(network_prune=...)`);
+      `network_prune="all"`: any class it knows, `fit_auto(network_prune=...)`; `network_nested`: the nested
+      sphere / ellipsoid / harmonic classes it ruled out fitted after all around the best, `fit_auto(network_nested=...)`);
       `sh_start`: where the harmonic stage starts (`fit_auto(sh_start=...)`: "auto", "network", "ellipsoid").
       `sh_escapes`: when the harmonic stage's escapes run (`fit_auto(sh_escapes=...)`: "misfit", "always").
       `ellipsoid_start`: the network-started ellipsoid's path (`fit_auto(ellipsoid_start=...)`: "robust",
@@ -175,6 +176,7 @@ class AutoBatchFitter:
         init: object = None,
         network_min_prob: float | None = None,
         network_prune: str = "polyhedra",
+        network_nested: bool = True,
         sh_start: str = "auto",
         sh_escapes: str = "misfit",
         ellipsoid_start: str = "robust",
@@ -278,6 +280,10 @@ class AutoBatchFitter:
                     "network_prune needs network_min_prob (the probability below which a class is dropped)"
                 )
             self.auto_kwargs["network_prune"] = network_prune
+        if not isinstance(network_nested, bool):
+            raise TypeError(f"network_nested must be a bool, got {network_nested!r}")
+        if not network_nested:
+            self.auto_kwargs["network_nested"] = False
         c = set(cands)
         self._has_edge = bool(c & set(POLYHEDRA))
         self._has_axes = bool(c & {"Ellipsoid", "Superellipsoid"})

@@ -213,6 +213,12 @@ def _schemas() -> dict:
                 "fitting.fit_auto(network_prune=...); default polyhedra)",
                 choices=NETWORK_PRUNE,
             ),
+            "nested": Key(
+                "bool",
+                'with prune = "all": the sphere, ellipsoid and harmonic shape the network ruled out are fitted '
+                "after all around the best of them (the simpler ones by one local fit each, the richer ones when "
+                "it is a misfit; fitting.fit_auto(network_nested=...); default true)",
+            ),
             "sh_start": Key(
                 "str",
                 'with network, SphericalHarmonics: "auto" (the network\'s own coefficients when it predicts '
@@ -419,6 +425,7 @@ def make_fitter(cfg: dict, experiment):
         init=cfg.get("init", {}).get("network"),
         network_min_prob=cfg.get("init", {}).get("min_prob"),
         network_prune=cfg.get("init", {}).get("prune", "polyhedra"),
+        network_nested=cfg.get("init", {}).get("nested", True),
         sh_start=cfg.get("init", {}).get("sh_start", "auto"),
         sh_escapes=fit.get("sh_escapes", "misfit"),
         ellipsoid_start=cfg.get("init", {}).get("ellipsoid_start", "robust"),

@@ -31,6 +31,7 @@ __all__ = [
     "ellipsoid_starts",
     "fit_sphere_auto",
     "fit_ellipsoid_auto",
+    "ellipsoid_from_shape",
     "harmonics_from_ellipsoid",
     "pad_harmonics",
     "fit_spherical_harmonics",
@@ -589,6 +590,39 @@ def harmonics_from_ellipsoid(ellipsoid: ds.Ellipsoid, lmax: int) -> ds.Spherical
         rotation=ellipsoid.rotation,
         centre=ellipsoid.centre,
     )
+
+
+def ellipsoid_from_shape(shape: ds.AbstractSolid, n: int = 40) -> ds.Ellipsoid:
+    """The ellipsoid with the volume and the second moments of a solid `shape` (e.g. a fitted harmonic body):
+    the start of a local ellipsoid fit nested inside a richer fit (`fit_auto`'s nested completion).
+
+    The solid's inside test on an `n`^3 grid of points over its bounding cube gives the covariance C of the
+    body about its centroid; a solid ellipsoid of semi-axes a_i has C's eigenvalues a_i^2 / 5 along its axes,
+    so the axes are sqrt(5 eig C), rescaled to the shape's own `volume()`, directed along C's eigenvectors
+    (a proper rotation). Centre, delta and beta are the shape's (the fits keep the centre fixed).
+    Lengths in the shape's unit. ValueError for `n` < 8 or a shape with no inside points on the grid."""
+    if int(n) < 8:
+        raise ValueError(f"n must be >= 8 grid points per side, got {n}")
+    n = int(n)
+    r = float(np.asarray(shape.bounding_radius()))
+    ax = ((np.arange(n) + 0.5) / n * 2.0 - 1.0) * r
+    rel = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1).reshape(-1, 3)
+    centre = np.asarray(shape.centre, np.float64)
+    w = np.asarray(shape.occupancy(rel + centre), np.float64)
+    total = w.sum()
+    if not total > 0:
+        raise ValueError("shape has no inside points on the sampling grid (empty or degenerate body)")
+    mean = w @ rel / total
+    d = rel - mean
+    cov = (d * w[:, None]).T @ d / total
+    evals, evecs = np.linalg.eigh(cov)
+    axes = np.sqrt(5.0 * np.clip(evals, 1e-12 * r**2, None))
+    volume = float(np.asarray(shape.volume()))
+    axes = axes * (3.0 * volume / (4.0 * math.pi * float(np.prod(axes)))) ** (1.0 / 3.0)
+    rot = evecs.copy()
+    if np.linalg.det(rot) < 0:
+        rot[:, 0] = -rot[:, 0]
+    return ds.Ellipsoid(axes, shape.delta, shape.beta, rotation=rot, centre=shape.centre)
 
 
 def pad_harmonics(shape: ds.SphericalHarmonics, lmax: int) -> ds.SphericalHarmonics:

@@ -132,6 +132,11 @@ def test_init_network_section(tmp_path):
     cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\nprune='all'\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
     assert fitter.auto_kwargs["network_prune"] == "all"
+    # [init] nested: fit_auto(network_nested=...), passed on only when off (the default keeps config hashes)
+    assert "network_nested" not in fitter.auto_kwargs
+    cfg.write_text(base + "[init]\nnetwork='default'\nmin_prob=0.05\nprune='all'\nnested=false\n")
+    fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
+    assert fitter.auto_kwargs["network_nested"] is False
     # [init] sh_start: passed on to fit_auto(sh_start=...) (the shipped model predicts harmonic coefficients)
     cfg.write_text(base + "[init]\nnetwork='default'\nsh_start='ellipsoid'\n")
     fitter, _ = make_fitter(load_batch_config(str(cfg)), ds.Experiment(1.0, ds.QGrid(16, 30.0)))
@@ -160,6 +165,7 @@ def test_init_network_section(tmp_path):
         ("network='default'\nsh_start='sphere'\n", "sh_start"),
         ("sh_start='network'\n", "needs init.network"),
         ("network='default'\nellipsoid_start='fast'\n", "ellipsoid_start"),
+        ("network='default'\nmin_prob=0.05\nprune='all'\nnested='yes'\n", "nested"),
     ):
         cfg.write_text(base + "[init]\n" + bad)
         with pytest.raises(ConfigError, match=msg):

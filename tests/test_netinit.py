@@ -477,6 +477,128 @@ def test_fit_auto_network_prune_all_fits_only_the_kept_classes(monkeypatch):
         fitting.fit_auto(counts, EXP, cands, network_prune="polyhedra", **kw)
 
 
+def test_nested_completion_fits_the_ruled_out_nested_classes(monkeypatch):
+    """`_complete_nested`: a misfit best nested class (noise z > escape_z) brings back the richer nested classes
+    the network ruled out; the simpler ones are always fitted from the best's model; polyhedra and classes
+    already fitted are left alone."""
+    import fitting._auto as auto_mod
+
+    class R:  # a fit result stand-in: its model and a criterion value
+        def __init__(self, name, crit):
+            self.model, self.crit = name + "-model", crit
+
+    def choose(results, n_used, criterion):
+        ranking = sorted(((n, 0.0, 0, r.crit) for n, r in results.items()), key=lambda t: t[3])
+        best = results[ranking[0][0]]
+        best.ranking = ranking
+        return best
+
+    z = {"value": 3.0}
+    monkeypatch.setattr(auto_mod, "choose_class", choose)
+    monkeypatch.setattr(auto_mod, "noise_consistency", lambda r: (z["value"], 0.0, 1.0))
+    calls = []
+
+    def richer(name):
+        calls.append(("richer", name))
+        return R(name, {"Ellipsoid": 90.0, "SphericalHarmonics": 50.0}[name])
+
+    def simpler(name, model):
+        calls.append(("simpler", name, model))
+        return R(name, 200.0)
+
+    pruned = {"Ellipsoid": 0.01, "SphericalHarmonics": 0.02, "Cube": 0.01}
+    results = {"Sphere": R("Sphere", 100.0)}
+    added = auto_mod._complete_nested(results, pruned, 4096, "bic", 2.0, richer, simpler)
+    # the richest by its own route, the ellipsoid between by a local fit from it
+    assert calls == [("richer", "SphericalHarmonics"), ("simpler", "Ellipsoid", "SphericalHarmonics-model")]
+    assert [a[0] for a in added] == ["SphericalHarmonics", "Ellipsoid"] and "misfit" in added[0][1]
+    assert set(results) == {"Sphere", "Ellipsoid", "SphericalHarmonics"}  # never the pruned cube
+
+    calls.clear()
+    z["value"] = 1.0  # consistent with the noise: the network's choice stands
+    results = {"Sphere": R("Sphere", 100.0)}
+    assert auto_mod._complete_nested(results, pruned, 4096, "bic", 2.0, richer, simpler) == []
+    assert calls == [] and set(results) == {"Sphere"}
+    assert auto_mod._complete_nested(results, pruned, 4096, "bic", None, richer, simpler) == []
+
+    # a harmonic best: its simpler nested classes always, from its model, simplest first
+    results = {"SphericalHarmonics": R("SphericalHarmonics", 10.0)}
+    pruned = {"Sphere": 0.01, "Ellipsoid": 0.03}
+    added = auto_mod._complete_nested(results, pruned, 4096, "bic", 2.0, richer, simpler)
+    assert calls == [
+        ("simpler", "Sphere", "SphericalHarmonics-model"),
+        ("simpler", "Ellipsoid", "SphericalHarmonics-model"),
+    ]
+    assert added == [
+        ("Sphere", "nested in SphericalHarmonics"),
+        ("Ellipsoid", "nested in SphericalHarmonics"),
+    ]
+
+    calls.clear()  # a polyhedron best: nothing nested to complete
+    results = {"Cube": R("Cube", 1.0), "SphericalHarmonics": R("SphericalHarmonics", 10.0)}
+    assert auto_mod._complete_nested(results, pruned, 4096, "bic", 2.0, richer, simpler) == []
+    assert calls == []
+
+
+def test_ellipsoid_from_shape_recovers_a_rotated_ellipsoid():
+    """`ellipsoid_from_shape`: the moments of a rotated ellipsoid (and of its harmonic projection) give back its
+    semi-axes (volume kept) and its axes' directions; too coarse a grid is a ValueError."""
+    c, s_ = math.cos(0.6), math.sin(0.6)
+    R = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+        [[1.0, 0.0, 0.0], [0.0, math.cos(0.9), -math.sin(0.9)], [0.0, math.sin(0.9), math.cos(0.9)]]
+    )
+    truth = ds.Ellipsoid([3.0, 4.0, 5.5], 0.01, 0.002, rotation=R)
+    for shape in (truth, fitting.harmonics_from_ellipsoid(truth, 4)):
+        e = fitting.ellipsoid_from_shape(shape)
+        np.testing.assert_allclose(np.asarray(e.semi_axes), [3.0, 4.0, 5.5], rtol=0.01)
+        # eigenvectors ascending with the axes: each body axis along the truth's, up to sign
+        np.testing.assert_allclose(np.abs(np.asarray(e.rotation).T @ R), np.eye(3), atol=0.01)
+        assert np.isclose(float(e.volume()), float(shape.volume()), rtol=1e-4)
+        assert float(e.delta) == pytest.approx(0.01) and float(e.beta) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="n must be"):
+        fitting.ellipsoid_from_shape(truth, n=4)
+
+
+@pytest.mark.slow  # ~1 min on 2 cores (the network-started ellipsoid's robust route, then the nested sphere)
+def test_fit_auto_nested_completion_brings_back_a_pruned_sphere():
+    """End to end: a network sure of "Ellipsoid" rules the sphere out (p < 0.05) on a Born sphere pattern; the
+    nested completion fits the sphere after all (one local fit from the ellipsoid) and BIC chooses it; with
+    `network_nested=False` the pruning is final and the ellipsoid is returned."""
+    net = _fixed_network(3.0, "Ellipsoid", classes=("Sphere", "Ellipsoid"))
+    counts = _sphere_counts(EXP, 3.0, photons=1e6)
+    kw = dict(delta=0.001, beta=0.001, init=net, network_min_prob=0.05, network_prune="all", max_steps=40)
+    res = fitting.fit_auto(counts, EXP, ["Sphere", "Ellipsoid"], **kw)
+    assert [a[0] for a in res.network_added] == ["Sphere"] and res.network_pruned == []
+    assert isinstance(res.model, ds.Sphere) and abs(float(res.model.radius) - 3.0) < 0.05
+    assert [r[0] for r in res.ranking] == ["Sphere", "Ellipsoid"] and res.network_added_s > 0
+    off = fitting.fit_auto(counts, EXP, ["Sphere", "Ellipsoid"], network_nested=False, **kw)
+    assert isinstance(off.model, ds.Ellipsoid) and off.network_added == []
+    assert [n for n, _ in off.network_pruned] == ["Sphere"]
+    with pytest.raises(ValueError, match="network_escape_z"):
+        fitting.fit_auto(counts, EXP, ["Sphere"], network_escape_z=float("nan"), **kw)
+
+
+def test_nested_local_fits_recover_the_simpler_class():
+    """`_fit_nested_below` on a sphere pattern (Born counts, an independent path): from a deformed harmonic
+    body of another size, the local sphere fit ends at the true radius, the local ellipsoid fit at three
+    nearly equal axes."""
+    import fitting._auto as auto_mod
+
+    counts = _sphere_counts(EXP, 3.0, photons=1e6)
+    body = fitting.harmonics_from_ellipsoid(ds.Ellipsoid([3.3, 3.1, 2.9], 0.001, 0.001), 2)
+    sph = auto_mod._fit_nested_below("Sphere", body, counts, EXP, None, (), {})
+    assert abs(float(sph.model.radius) - 3.0) < 0.03
+    ell = auto_mod._fit_nested_below("Ellipsoid", body, counts, EXP, None, (), {"max_steps": 60})
+    axes = np.asarray(ell.model.semi_axes)
+    along_beam = np.argmax(np.abs(np.asarray(ell.model.rotation)[2]))  # the body axis nearest to z
+    in_plane = np.delete(axes, along_beam)
+    assert np.all(np.abs(in_plane - 3.0) < 0.03), axes  # started at 3.3 and 3.1
+    # the extent along the beam shows only through the Ewald sphere's curvature (30 deg): started at 2.9
+    assert abs(axes[along_beam] - 3.0) < 0.15, axes
+    with pytest.raises(ValueError, match="only Sphere and Ellipsoid"):
+        auto_mod._fit_nested_below("Cube", body, counts, EXP, None, (), {})
+
+
 @pytest.mark.slow  # 46 s on 2 cores (fits of three classes); the pruning rule itself: test_network_prune_rule
 def test_fit_auto_network_min_prob_prunes_unlikely_polyhedra(monkeypatch):
     """`fit_auto(init=net, network_min_prob=p)`: polyhedra the network gives < p are neither searched nor fitted."""
