@@ -579,11 +579,23 @@ def fit_auto(
             results, cands, data, experiment, mask, delta, beta, n_starts, seed, verbose, t0, ckw, fit_kwargs,
             n_refine,
         )  # fmt: skip
-    if sh_net:
-        res = _harmonics_from_network(
-            data, experiment, mask, delta, beta, init, int(lmax), seed, regularizer, escape_z, sh_route, optics,
-            ckw, fit_kwargs, verbose, sh_escapes,
+
+    def fit_harmonics(start=None):
+        """The harmonic candidate: (result, ladder stages or None) from the network's coefficients when
+        `start` is None, else by the ladder from the ellipsoid `start` (the nested completion uses both)."""
+        if start is None:
+            res = _harmonics_from_network(
+                data, experiment, mask, delta, beta, init, int(lmax), seed, regularizer, escape_z, sh_route,
+                optics, ckw, fit_kwargs, verbose, sh_escapes,
+            )  # fmt: skip
+            return res, None
+        return harmonics_ladder(
+            data, experiment, start, int(lmax), mask, regularizer=regularizer, escape_z=escape_z, route=sh_route,
+            escapes=sh_escapes, **ckw, **fit_kwargs,
         )  # fmt: skip
+
+    if sh_net:
+        res, _ = fit_harmonics()
         results["SphericalHarmonics"] = res
         if radius is None:
             radius = _volume_radius(res.model)
@@ -592,19 +604,7 @@ def fit_auto(
                 f"SphericalHarmonics (network start): loss {res.loss:.1f} ({time.perf_counter() - t0:.1f} s)"
             )
     elif "SphericalHarmonics" in cands:
-        res, stages = harmonics_ladder(
-            data,
-            experiment,
-            ell.model,
-            int(lmax),
-            mask,
-            regularizer=regularizer,
-            escape_z=escape_z,
-            route=sh_route,
-            escapes=sh_escapes,
-            **ckw,
-            **fit_kwargs,
-        )
+        res, stages = fit_harmonics(ell.model)
         res.stages = [x for x in (sph, ell) if x is not None] + stages
         results["SphericalHarmonics"] = res
         if verbose:
@@ -657,22 +657,15 @@ def fit_auto(
     if net_pruned and network_nested and init is not None:
 
         def fit_richer(name):
-            # a network without a harmonic head (or sh_start="ellipsoid"): the ladder, from the best nested fit
-            if name == "SphericalHarmonics" and not sh_from_net:
+            if name == "SphericalHarmonics" and sh_from_net:
+                return fit_harmonics()[0]
+            if name == "SphericalHarmonics":
+                # a network without a harmonic head (or sh_start="ellipsoid"): the ladder, from the best nested fit
                 from ._init import ellipsoid_from_shape
 
                 below = [results[c].model for c in ("Ellipsoid", "Sphere") if c in results]
                 start = below[0] if isinstance(below[0], ds.Ellipsoid) else ellipsoid_from_shape(below[0])
-                res, _ = harmonics_ladder(
-                    data, experiment, start, int(lmax), mask, regularizer=regularizer, escape_z=escape_z,
-                    route=sh_route, escapes=sh_escapes, **ckw, **fit_kwargs,
-                )  # fmt: skip
-                return res
-            if name == "SphericalHarmonics":
-                return _harmonics_from_network(
-                    data, experiment, mask, delta, beta, init, int(lmax), seed, regularizer, escape_z, sh_route,
-                    optics, ckw, fit_kwargs, verbose, sh_escapes,
-                )  # fmt: skip
+                return fit_harmonics(start)[0]
             return _network_stages(
                 {}, [name], data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs,
                 **ckw, fit_optics=optics, ellipsoid_for_sh=False, ellipsoid_kwargs=ell_kw,
