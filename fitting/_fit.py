@@ -117,21 +117,47 @@ def _nll(u, prob: Parametrisation, data, mask, st: _Static):
 LINESEARCH_RTOL = 1e-6
 
 
+# L-BFGS memory (curvature pairs kept) for a fit with n free parameters (`lbfgs_memory`): optax's default 10
+# up to n = 10 (sphere, ellipsoid, polyhedra, optics), n + 5 beyond (the harmonic body), so that the pairs can
+# span its whole parameter space. Session 32, 16 harmonic batch patterns (lmax 4: 25 coefficients, 64^2, the
+# network-started refinement of `configs/batch-harmonics.toml`): memory 10 / 20 / 30 / 50 took 1614 / - / 1203
+# / 1052 L-BFGS steps in all; 30 ended every pattern at memory 10's optimum or lower (one 2.3 NLL units lower),
+# 50 stopped two 0.3-0.6 units higher; on 4 of them 20 took 439 steps against 30's 390, one 0.6 higher. Most
+# of memory 10's extra steps were a slow tail (within 0.3 NLL units of the end after 42-83 steps, ended at
+# 99-165). The memory costs O(memory x n) per step, nothing beside a forward model.
+LBFGS_MEMORY_MIN = 10
+LBFGS_MEMORY_EXTRA = 5
+
+
+def lbfgs_memory(n_free: int) -> int:
+    """L-BFGS memory for `n_free` free parameters (scalars): `LBFGS_MEMORY_MIN` up to that many parameters,
+    else n_free + `LBFGS_MEMORY_EXTRA`."""
+    if isinstance(n_free, bool) or not isinstance(n_free, int | np.integer) or n_free < 0:
+        raise ValueError(f"n_free must be an int >= 0, got {n_free!r}")
+    n = int(n_free)
+    return LBFGS_MEMORY_MIN if n <= LBFGS_MEMORY_MIN else n + LBFGS_MEMORY_EXTRA
+
+
 @functools.lru_cache(maxsize=32)
-def make_optimizer(name: str = "lbfgs", learning_rate: float | None = None, max_steps: int = 200):
+def make_optimizer(
+    name: str = "lbfgs", learning_rate: float | None = None, max_steps: int = 200, memory_size: int = 10
+):
     """An optax optimiser for O(1)-scaled parameters (cached, so equal settings reuse one compilation).
 
     "lbfgs" (default): optax.lbfgs with a backtracking (Armijo) line search, about half the compile time of
     "lbfgs-zoom" (optax's default zoom line search, strong Wolfe conditions); "adam": Adam with a 5 % warm-up and cosine decay
-    from `learning_rate` (default 0.1).
+    from `learning_rate` (default 0.1). `memory_size`: L-BFGS curvature pairs kept (`fitting.fit` passes
+    `lbfgs_memory` of its number of free parameters).
     """
+    if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
+        raise ValueError(f"memory_size must be an int >= 1, got {memory_size!r}")
     if name == "lbfgs":
         ls = optax.scale_by_backtracking_linesearch(
             max_backtracking_steps=12, decrease_factor=0.5, store_grad=True, rtol=LINESEARCH_RTOL
         )
-        return optax.lbfgs(learning_rate=learning_rate, linesearch=ls)
+        return optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size, linesearch=ls)
     if name == "lbfgs-zoom":
-        return optax.lbfgs(learning_rate=learning_rate)
+        return optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size)
     if name == "adam":
         lr = 0.1 if learning_rate is None else float(learning_rate)
         sched = optax.warmup_cosine_decay_schedule(
@@ -777,7 +803,12 @@ def _optimise(u, prob, d, m, norm, st: _Static, cfg: _Settings, dt, t_start, liv
     starts (False: `fit`'s power-of-two padding, dropped at the first compaction). A finished start's history
     repeats its last loss."""
     is_gn = cfg.optimizer == "gn"
-    opt = None if is_gn else make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.max_steps)
+    n_free = sum(int(np.prod(np.shape(x)[1:])) for x in jax.tree.leaves(u))  # per start (rows: starts)
+    opt = (
+        None
+        if is_gn
+        else make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.max_steps, lbfgs_memory(n_free))
+    )
     is_lbfgs = cfg.optimizer.startswith("lbfgs")
     n_batch = norm.shape[0]
     if is_gn:

@@ -129,3 +129,32 @@ def test_finished_starts_leave_the_batch_with_the_same_result(problem, monkeypat
     # (the step counts may differ by float round-off: a smaller batch is another compiled program)
     assert a.converged and b.converged
     assert len(a.loss_history) == a.n_steps
+
+
+def test_lbfgs_memory_grows_with_the_free_parameters(problem, monkeypatch):
+    """optax's default memory of 10 up to 10 free parameters, n + 5 beyond (the harmonic body: its slow tail
+    at memory 10, `fitting._fit.LBFGS_MEMORY_EXTRA`); `fit` passes the rule's value for its own parameters."""
+    assert [_fit.lbfgs_memory(n) for n in (1, 6, 10, 11, 25)] == [10, 10, 10, 16, 30]
+    with pytest.raises(ValueError, match="n_free"):
+        _fit.lbfgs_memory(-1)
+    for bad in (2.5, True):
+        with pytest.raises((ValueError, TypeError), match="n_free"):
+            _fit.lbfgs_memory(bad)
+    with pytest.raises(ValueError, match="memory_size"):
+        _fit.make_optimizer("lbfgs", None, 200, 0)
+    exp, data, mask = problem
+    seen = []
+    make = _fit.make_optimizer
+
+    def recording(name, lr, max_steps, memory_size=10):
+        seen.append(memory_size)
+        return make(name, lr, max_steps, memory_size)
+
+    monkeypatch.setattr(_fit, "make_optimizer", recording)
+    c = np.zeros(16)  # lmax 3: 16 coefficients, all free
+    c[0] = R_TRUE * np.sqrt(4 * np.pi)
+    start = ds.SphericalHarmonics(c, -0.01, 0.001)
+    kw = dict(polarisation="unpolarised", uncertainties=False, max_steps=2, pitch=0.5)
+    fitting.fit(data, exp, start, mask, free=("coefficients",), **kw)
+    fitting.fit(data, exp, ds.Sphere(R_TRUE, -0.01, 0.001), mask, free=("radius",), **kw)
+    assert seen == [21, 10]
