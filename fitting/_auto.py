@@ -661,11 +661,8 @@ def fit_auto(
                 return fit_harmonics()[0]
             if name == "SphericalHarmonics":
                 # a network without a harmonic head (or sh_start="ellipsoid"): the ladder, from the best nested fit
-                from ._init import ellipsoid_from_shape
-
                 below = [results[c].model for c in ("Ellipsoid", "Sphere") if c in results]
-                start = below[0] if isinstance(below[0], ds.Ellipsoid) else ellipsoid_from_shape(below[0])
-                return fit_harmonics(start)[0]
+                return fit_harmonics(_as_ellipsoid(below[0]))[0]
             return _network_stages(
                 {}, [name], data, experiment, mask, delta, beta, init, seed, n_orientations, n_refine, fit_kwargs,
                 **ckw, fit_optics=optics, ellipsoid_for_sh=False, ellipsoid_kwargs=ell_kw,
@@ -931,17 +928,24 @@ def _fit_nested_below(name, model, data, experiment, mask, optics, fit_kwargs):
     """One local fit of the simpler nested class `name` ("Sphere" or "Ellipsoid") from a fitted richer
     `model`: the sphere of the same volume, or the ellipsoid of the same volume and second moments
     (`ellipsoid_from_shape`); free: its size (and axes, orientation) and `optics`."""
-    from ._init import ellipsoid_from_shape
     from ._multires import refine_fit
     from ._netinit import _free_for
 
     if name == "Sphere":
         start = ds.Sphere(_volume_radius(model), model.delta, model.beta, centre=model.centre)
     elif name == "Ellipsoid":
-        start = model if isinstance(model, ds.Ellipsoid) else ellipsoid_from_shape(model)
+        start = _as_ellipsoid(model)
     else:
         raise ValueError(f"no local nested fit for {name!r}: only Sphere and Ellipsoid")
     return refine_fit(data, experiment, start, mask, free=_free_for(name) + tuple(optics), **fit_kwargs)
+
+
+def _as_ellipsoid(model: ds.AbstractSolid) -> ds.Ellipsoid:
+    """`model` itself when it is an ellipsoid, else the ellipsoid of its volume and second moments
+    (`fitting.ellipsoid_from_shape`): the nested completion's start of an ellipsoid fit or a harmonic ladder."""
+    from ._init import ellipsoid_from_shape
+
+    return model if isinstance(model, ds.Ellipsoid) else ellipsoid_from_shape(model)
 
 
 def _volume_radius(shape: ds.AbstractShape) -> float:
