@@ -81,7 +81,11 @@ from ._losses import (
     profile_scale as profile_scale,
     residuals as residuals,
 )
-from ._metrics import iou as iou
+from ._metrics import (
+    ellipsoid_axis_errors as ellipsoid_axis_errors,
+    ellipsoid_axis_sigmas as ellipsoid_axis_sigmas,
+    iou as iou,
+)
 from ._multires import (
     BEAM_ELONGATION as BEAM_ELONGATION,
     COARSE_MIN_QR as COARSE_MIN_QR,

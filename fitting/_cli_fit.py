@@ -133,6 +133,12 @@ def run(args) -> int:
             print(f"orientation: sigma {np.array2string(s, precision=3)} deg")
         else:
             print(f"{k} = {np.array2string(v, precision=5)} +- {np.array2string(s, precision=2)}")
+    for i, ax in enumerate(result.principal_axes()):
+        d = np.array2string(np.asarray(ax["direction"]), precision=3)
+        print(
+            f"axis {i + 1} (shortest first): {ax['semi_axis']:.5g} +- {ax['semi_axis_sigma']:.2g}, "
+            f"direction {d} +- {ax['direction_sigma_deg']:.2g} deg"
+        )
     print(
         f"loss/pixel {result.loss / result.n_used:.4f}, {result.n_steps} steps, {result.time_s:.1f} s; wrote {args.out}"
     )

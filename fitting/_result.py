@@ -137,7 +137,33 @@ class FitResult:
             ],
             "wavelength": float(np.asarray(self.experiment.wavelength)),
             "detector": type(self.experiment.detector).__name__,
+            **({"principal_axes": axes} if (axes := self.principal_axes()) else {}),
         }
+
+    def principal_axes(self) -> list[dict[str, Any]]:
+        """A fitted ellipsoid's principal axes, shortest first: `semi_axis` and `semi_axis_sigma` [length
+        unit of the fit], `direction` (unit vector, lab frame; its sign is arbitrary) and
+        `direction_sigma_deg` (`fitting.ellipsoid_axis_sigmas`). Empty for other classes or when the
+        semi-axes and orientation were not both free with sigmas."""
+        import diffscat as ds
+
+        from ._metrics import ellipsoid_axis_sigmas
+
+        if not isinstance(self.model, ds.Ellipsoid) or not {"semi_axes", "orientation"} <= set(self.sigmas):
+            return []
+        sig_a, sig_d = ellipsoid_axis_sigmas(self)
+        a = np.asarray(self.model.semi_axes, float)
+        order = np.argsort(a)
+        R = np.asarray(self.model.rotation, float)
+        return [
+            {
+                "semi_axis": float(a[i]),
+                "semi_axis_sigma": float(sa),
+                "direction": R[:, i].tolist(),
+                "direction_sigma_deg": float(sd),
+            }
+            for i, sa, sd in zip(order, sig_a, sig_d, strict=True)
+        ]
 
     def save_json(self, path: str | os.PathLike) -> str:
         """Write `summary()` as JSON (atomic: temporary file + rename). Returns the path."""

@@ -66,6 +66,11 @@ def test_fit_droplet_config_runs(tmp_path, capsys):
     )
     assert summary["model_type"] == "Ellipsoid"
     assert "semi_axes" in summary["values"] and "orientation" in stdout
+    # the principal axes with their sigmas, shortest first, in fit.json and on stdout
+    axes = summary["principal_axes"]
+    assert [a["semi_axis"] for a in axes] == pytest.approx(sorted(summary["values"]["semi_axes"]), rel=1e-6)
+    assert all(a["direction_sigma_deg"] > 0 and len(a["direction"]) == 3 for a in axes)
+    assert "axis 1 (shortest first)" in stdout and "axis 3 (shortest first)" in stdout
     with h5py.File(tmp_path / "droplet.cxi") as f:  # the file the fit read has the detector hole masked
         assert (f["entry_1/instrument_1/detector_1/mask"][()] != 0).any()
     plt.close("all")

@@ -133,6 +133,69 @@ def test_iou_twin_invariance():
     assert fitting.iou(sh, inv) > 0.99
 
 
+def _rot(axis, deg):
+    """Rotation by `deg` about the unit vector `axis` (Rodrigues)."""
+    k = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t = np.radians(deg)
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+def test_ellipsoid_axis_errors_known_cases():
+    R = fitting.random_rotations(1, 11)[0]
+    truth = ds.Ellipsoid([2.0, 1.0, 3.0], rotation=R)  # axes sorted: 1 (column 1), 2 (column 0), 3 (column 2)
+    lengths, dirs = fitting.ellipsoid_axis_errors(truth, truth)
+    np.testing.assert_allclose(lengths, 0.0, atol=1e-6)
+    np.testing.assert_allclose(dirs, 0.0, atol=0.05)
+    # the same body listed in another axis order, with flipped axis signs: no error
+    P = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])  # det +1
+    same = ds.Ellipsoid([3.0, 2.0, 1.0], rotation=R @ P)  # columns of R @ P: -R[:, 2], R[:, 0], -R[:, 1]
+    np.testing.assert_allclose(fitting.ellipsoid_axis_errors(truth, same)[1], 0.0, atol=0.05)
+    # 5 deg about the longest axis turns the two others by 5 deg; lengths scaled per axis
+    turned = ds.Ellipsoid([2.0 * 1.01, 1.0 * 0.98, 3.0], rotation=_rot(R[:, 2], 5.0) @ R)
+    lengths, dirs = fitting.ellipsoid_axis_errors(truth, turned)
+    np.testing.assert_allclose(lengths, [-0.02, 0.01, 0.0], atol=1e-6)
+    np.testing.assert_allclose(dirs, [5.0, 5.0, 0.0], atol=0.05)
+    # the z-mirror image (a single pattern's ambiguity) counts as no error
+    M = np.diag([1.0, 1.0, -1.0])
+    mirror = ds.Ellipsoid([2.0, 1.0, 3.0], rotation=M @ R @ M)
+    assert fitting.iou(truth, mirror, twins=False) < 0.95
+    np.testing.assert_allclose(fitting.ellipsoid_axis_errors(truth, mirror)[1], 0.0, atol=0.05)
+    with pytest.raises(TypeError, match="fitted"):
+        fitting.ellipsoid_axis_errors(truth, ds.Sphere(2.0))
+
+
+def test_ellipsoid_axis_sigmas_follow_the_fit():
+    """Two nearly equal semi-axes: the fit's sigma of the rotation about the third axis is large, so the
+    directions of the pair are poorly determined and the third axis's is not (fit started at the truth)."""
+    R = fitting.random_rotations(1, 5)[0]
+    truth = ds.Ellipsoid([3.0, 3.03, 4.2], delta=0.004, beta=0.004, rotation=R)
+    c, m, exp = _pattern(truth, 24, 1e6, 3)
+    res = fitting.fit(c, exp, truth, m, free=("semi_axes", "orientation"), max_steps=20)
+    sig_a, sig_d = fitting.ellipsoid_axis_sigmas(res)
+    assert sig_a.shape == sig_d.shape == (3,) and np.all(sig_a > 0)
+    # the pair (shortest first) against the long axis
+    assert sig_d[0] > 5 * sig_d[2] and sig_d[1] > 5 * sig_d[2]
+    # the same in the result's summary (fit.json), with the lab-frame directions
+    axes = res.summary()["principal_axes"]
+    assert [ax["semi_axis"] for ax in axes] == sorted(np.asarray(res.model.semi_axes, float).tolist())
+    np.testing.assert_allclose([ax["direction_sigma_deg"] for ax in axes], sig_d)
+    long_axis = np.asarray(axes[2]["direction"])
+    assert abs(long_axis @ R[:, 2]) > np.cos(np.radians(2.0))
+    # arithmetic: quadrature sums of the other two rotation sigmas, reordered shortest axis first
+    fake = type("R", (), {"model": ds.Ellipsoid([3.0, 1.0, 2.0]), "sigmas": None})()
+    fake.sigmas = {"semi_axes": np.array([0.3, 0.1, 0.2]), "orientation": np.array([1.0, 2.0, 3.0])}
+    sa, sd = fitting.ellipsoid_axis_sigmas(fake)
+    np.testing.assert_allclose(sa, [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(sd, [math.hypot(3, 1), math.hypot(1, 2), math.hypot(2, 3)])
+    fake.sigmas = {}
+    with pytest.raises(ValueError, match="uncertainties=True"):
+        fitting.ellipsoid_axis_sigmas(fake)
+    fake.model = ds.Sphere(1.0)
+    with pytest.raises(TypeError, match="Ellipsoid"):
+        fitting.ellipsoid_axis_sigmas(fake)
+
+
 # --- strong refraction: sphere start ---------------------------------------------------------------------------
 
 
