@@ -147,22 +147,20 @@ class FitResult:
         semi-axes and orientation were not both free with sigmas."""
         import diffscat as ds
 
-        from ._metrics import ellipsoid_axis_sigmas
+        from ._metrics import _sorted_axes, ellipsoid_axis_sigmas
 
         if not isinstance(self.model, ds.Ellipsoid) or not {"semi_axes", "orientation"} <= set(self.sigmas):
             return []
         sig_a, sig_d = ellipsoid_axis_sigmas(self)
-        a = np.asarray(self.model.semi_axes, float)
-        order = np.argsort(a)
-        R = np.asarray(self.model.rotation, float)
+        a, R = _sorted_axes(self.model)
         return [
             {
                 "semi_axis": float(a[i]),
-                "semi_axis_sigma": float(sa),
+                "semi_axis_sigma": float(sig_a[i]),
                 "direction": R[:, i].tolist(),
-                "direction_sigma_deg": float(sd),
+                "direction_sigma_deg": float(sig_d[i]),
             }
-            for i, sa, sd in zip(order, sig_a, sig_d, strict=True)
+            for i in range(3)
         ]
 
     def save_json(self, path: str | os.PathLike) -> str:
