@@ -122,6 +122,11 @@ sec propagating 25 $PY benchmarks/bench_propagating.py --radii 3,7 --n $((S * 2)
 sec batch_sphere 30 $PY benchmarks/bench_batch.py --model sphere --n $NS --size $S --chunk $((NS / 4))
 sec fit_batch 40 $PY benchmarks/bench_fit_batch.py --size $SB --n $((NB / 2))
 sec batch_ellipsoid 60 $PY benchmarks/bench_batch.py --model ellipsoid --n $((NB / 2)) --size $SB --chunk $((NB / 4))
+# issue 17's A/B (network-started against multi-start fits, pattern by pattern, true class); resumable, so a
+# capped pass leaves its rows in $W/network_ab.jsonl for a later pass (or a CPU run) to extend
+sec network_ab ${AB_CAP:-120} env DIFFSCAT_MEMORY_BUDGET=12GiB $PY benchmarks/bench_network_ab.py \
+    --n-harmonics $((QUICK ? 2 : 60)) --n-ellipsoids $((QUICK ? 1 : 20)) --poly-orientations $((QUICK ? 0 : 3)) \
+    --out "$W/network_ab.jsonl" --cache-dir "$W/evalset-cache"
 
 cp -r benchmarks/results "$W/results" 2>/dev/null
 echo "total $(($(date +%s) - T0)) s of $BUDGET" >>"$W/summary.md"
