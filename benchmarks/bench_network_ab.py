@@ -19,7 +19,7 @@ The order of the two alternates from pattern to pattern. Reached: the network pa
 the multi-start's or lower (each on its own voxel grid; where that says "missed", both optima are also polished
 on one common grid, `bench_network.common_grid_nll`, and that comparison decides).
 
-    python benchmarks/bench_network_ab.py --n-harmonics 300 --n-ellipsoids 100 --poly-orientations 16 \
+    python benchmarks/bench_network_ab.py --n-harmonics 300 --n-ellipsoids 100 --poly-orientations 17 \
         --out benchmarks/results/network_ab.jsonl --budget-min 100     # again later: continues
     python benchmarks/bench_network_ab.py ... --report                   # the tables only
 
@@ -65,8 +65,8 @@ def key_of(p) -> str:
     return f"{p.truth['family']}:{p.truth['index']}"
 
 
-def done_keys(path: str, set_id: str | None = None) -> dict[str, dict]:
-    """The rows already in `path` (of the evaluation set `set_id`; None: all)."""
+def done_keys(path: str, set_id: str) -> dict[str, dict]:
+    """The rows already in `path` of the evaluation set `set_id`."""
     rows = {}
     if os.path.exists(path):
         with open(path) as f:
@@ -77,7 +77,7 @@ def done_keys(path: str, set_id: str | None = None) -> dict[str, dict]:
                         r = json.loads(line)
                     except json.JSONDecodeError:  # a line cut by a kill: the pattern runs again
                         continue
-                    if set_id is None or r.get("set") == set_id:
+                    if r.get("set") == set_id:
                         rows[r["key"]] = r
     return rows
 
@@ -230,7 +230,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1717, help="evaluation-set seed (held out: not 12345 / 0)")
     ap.add_argument("--n-harmonics", type=int, default=300)
     ap.add_argument("--n-ellipsoids", type=int, default=100)
-    ap.add_argument("--poly-orientations", type=int, default=16, help="orientations per named polyhedron")
+    ap.add_argument(
+        "--poly-orientations",
+        type=int,
+        default=17,
+        help="orientations per named polyhedron (502 patterns in all)",
+    )
     ap.add_argument("--polyhedra", default=",".join(fitting.POLYHEDRA))
     ap.add_argument("--size", type=int, default=64, help="pixels per axis of the QGrid (30 deg)")
     ap.add_argument("--lmax", type=int, default=4)
@@ -250,19 +255,12 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--cache-dir", default=os.path.join(HERE, "results", "evalset-cache"))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "network_ab.jsonl"))
-    ap.add_argument("--report", action="store_true", help="print the tables of --out and exit")
+    ap.add_argument(
+        "--report", action="store_true", help="print the tables of --out (this set's rows) and exit"
+    )
     ap.add_argument("--generate-only", action="store_true", help="make (or load) the set and exit")
     ap.add_argument("--json", default=None, help="also write the summary here")
     args = ap.parse_args(argv)
-
-    if args.report:
-        rows = list(done_keys(args.out).values())
-        s = summary(rows)
-        print_summary(s)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(s, f, indent=1)
-        return
 
     t_start = time.perf_counter()
     families = [f for f, n in (("harmonics", args.n_harmonics), ("ellipsoid", args.n_ellipsoids)) if n > 0]
@@ -297,12 +295,14 @@ def main(argv=None) -> None:
     net = fitting.load_network(args.model)
     from fitting._evalset import settings_key
 
-    set_id = settings_key(
-        es.config | {"candidates": args.candidates}
-    )  # rows of another set (other arguments) in --out are not counted
+    # rows of another set (other arguments) in --out are neither counted nor reported
+    set_id = settings_key(es.config | {"candidates": args.candidates})
     done = done_keys(args.out, set_id)
-    todo = [(i, p) for i, p in enumerate(pats) if key_of(p) not in done]
-    print(f"{len(done)} done, {len(todo)} to go", flush=True)
+    if args.report:
+        todo = []
+    else:
+        todo = [(i, p) for i, p in enumerate(pats) if key_of(p) not in done]
+        print(f"{len(done)} done, {len(todo)} to go", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     from fitting._jitmem import release_jit_memory
 
@@ -325,7 +325,11 @@ def main(argv=None) -> None:
             f"reached {row.get('reached')}",
             flush=True,
         )
-    print_summary(summary(list(done.values())))
+    s = summary(list(done.values()))
+    print_summary(s)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=1)
 
 
 if __name__ == "__main__":
