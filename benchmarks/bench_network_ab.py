@@ -22,6 +22,7 @@ on one common grid, `bench_network.common_grid_nll`, and that comparison decides
     python benchmarks/bench_network_ab.py --n-harmonics 300 --n-ellipsoids 100 --poly-orientations 17 \
         --out benchmarks/results/network_ab.jsonl --budget-min 100     # again later: continues
     python benchmarks/bench_network_ab.py ... --report                   # the tables only
+    python benchmarks/bench_network_ab.py ... --redo harmonics:45         # a pattern again (new code)
 
 The set is simulated once (~1.5 s per pattern on 2 cores, 13 min for the 502 above), in a child process
 (the reference simulations leave ~20 GB of heap in use), and cached in `--cache-dir`. Its reference simulation of the largest polyhedra needs ~2.1 GiB (a 261^3 supersampled grid),
@@ -82,6 +83,24 @@ def done_keys(path: str, set_id: str) -> dict[str, dict]:
     return rows
 
 
+def code_version() -> str:
+    """The repository's commit (short hash, "+dirty" with uncommitted changes; "unknown" outside git): which
+    code a row was measured with, as the comparison spans sessions."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(
+            ["git", *a], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "../fitting", "../diffscat")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def append(path: str, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -130,6 +149,8 @@ def run_pattern(p, exp, net, i: int, lmax: int, set_id: str, every: tuple | None
         # the routes the harmonic stage ran beyond its first (a misfit by the noise test: z > escape_z),
         # and the fit's stages: where a slow pattern's time went
         row[f"escapes_{name}"] = [str(e[0]) for e in (r.escapes or [])]
+        # the noise test's z of the kept fit (fitting.noise_consistency; the escapes run above escape_z)
+        row[f"z_{name}"] = float(fitting.noise_consistency(r)[0])
         row[f"steps_{name}"] = int(sum(st.n_steps for st in (r.stages or [r])))
         results[name] = r
     row["first"] = paths[0][0]
@@ -258,6 +279,12 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--report", action="store_true", help="print the tables of --out (this set's rows) and exit"
     )
+    ap.add_argument(
+        "--redo",
+        default="",
+        help="comma-separated keys (e.g. harmonics:45) run again although --out has them; a key's newest row is "
+        "the one reported (the older rows stay in the file)",
+    )
     ap.add_argument("--generate-only", action="store_true", help="make (or load) the set and exit")
     ap.add_argument("--json", default=None, help="also write the summary here")
     args = ap.parse_args(argv)
@@ -301,8 +328,13 @@ def main(argv=None) -> None:
     if args.report:
         todo = []
     else:
-        todo = [(i, p) for i, p in enumerate(pats) if key_of(p) not in done]
-        print(f"{len(done)} done, {len(todo)} to go", flush=True)
+        redo = {k for k in args.redo.split(",") if k}
+        unknown = redo - {key_of(p) for p in pats}
+        if unknown:
+            raise SystemExit(f"--redo: no such pattern in this set: {sorted(unknown)}")
+        todo = [(i, p) for i, p in enumerate(pats) if key_of(p) not in done or key_of(p) in redo]
+        print(f"{len(done)} done, {len(todo)} to go ({len(redo)} again)", flush=True)
+    commit = code_version()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     from fitting._jitmem import release_jit_memory
 
@@ -315,6 +347,7 @@ def main(argv=None) -> None:
         row = run_pattern(p, es.experiment, net, i, args.lmax, set_id, every)
         row["candidates"] = args.candidates
         row["cleared_before"] = cleared
+        row["commit"] = commit
         cleared = release_jit_memory(verbose=False, rss_budget_mib=args.rss_budget_mib)
         append(args.out, row)
         done[row["key"]] = row

@@ -74,7 +74,7 @@ def _failed_as_none(r, seconds: float):
 
 def escape_code(result) -> int:
     """batch-fit's `escape` column for a harmonic `FitResult`: 0 when no escape ran, else 1 + the index in
-    `HARMONIC_ROUTES` (`ESCAPE_ROUTES`, then "network") of the route with the lowest loss in
+    `HARMONIC_ROUTES` (`ESCAPE_ROUTES`, then "network", "ellipsoid_search") of the route with the lowest loss in
     `result.escapes` (the one kept)."""
     log = getattr(result, "escapes", None)
     if not log:

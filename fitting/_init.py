@@ -48,8 +48,9 @@ ESCAPE_ROUTES = ("compact_all", "ladder", "all_degrees", "compact", "coarse_last
 # on every pattern; for the few local minima that the noise check cannot see, at ~7x the time; docs/batch.md)
 ESCAPE_WHEN = ("misfit", "always")
 # every route a harmonic result can name in `.escapes`: the ladder's, then "network" (`fitting.fit_auto` with
-# `sh_start="network"`: from the network's own coefficients); batch-fit's `escape` column is 1 + the index here
-HARMONIC_ROUTES = (*ESCAPE_ROUTES, "network")
+# `sh_start="network"`: from the network's own coefficients) and "ellipsoid_search" (its last escape: the
+# ellipsoid route from the no-guess ellipsoid search); batch-fit's `escape` column is 1 + the index here
+HARMONIC_ROUTES = (*ESCAPE_ROUTES, "network", "ellipsoid_search")
 # (start from the beam-compact ellipsoid, every degree at once, coarse_last) of each route
 _ROUTE_PLANS = {
     "compact_all": (True, True, False),

@@ -324,7 +324,7 @@ def test_escape_column_codes_the_route_kept():
     fitter = AutoBatchFitter(exp, ("SphericalHarmonics",), lmax=2, gof_threshold=7.0)
     assert "escape" in fitter.names and "escape" in fitter.int_columns
     # the ladder's routes keep their codes; "network" (fit_auto's start from the network's coefficients) after
-    assert fitter.column_attrs["escape"]["names"] == ["none", *ESCAPE_ROUTES, "network"]
+    assert fitter.column_attrs["escape"]["names"] == ["none", *ESCAPE_ROUTES, "network", "ellipsoid_search"]
     assert fitter.auto_kwargs["escape_z"] == 7.0
     assert fitter._empty_row()["escape"] == -1
     assert "escape" not in AutoBatchFitter(exp, ("Cube",)).names
@@ -334,6 +334,8 @@ def test_escape_column_codes_the_route_kept():
     assert escape_code(ns(escapes=log)) == 2  # the ladder kept
     log = [("network", 1290.0, 9.0), ("compact_all", 1300.0, 0.5)]
     assert escape_code(ns(escapes=log)) == 1 + len(ESCAPE_ROUTES)  # the network's start kept
+    log = [("network", 1290.0, 9.0), ("compact_all", 1300.0, 8.0), ("ellipsoid_search", 1100.0, 0.5)]
+    assert escape_code(ns(escapes=log)) == 2 + len(ESCAPE_ROUTES)  # the searched ellipsoid's route kept
     log = [("compact_all", 5000.0, 90.0), ("ladder", 6000.0, 99.0), ("all_degrees", 5000.4, 89.0)]
     assert escape_code(ns(escapes=log)) == 1  # every route higher: the first route's result kept
     log = [("compact_all", 5000.0, 90.0), ("all_degrees", 4000.0, 40.0), ("coarse_last", 4500.0, 50.0)]
@@ -429,8 +431,8 @@ def test_cli_spherical_harmonics_lmax2(tmp_path):
         assert g["radius_sigma"].attrs["unit"] == "nm" and g["scatman_angles"].attrs["unit"] == "deg"
         assert list(g["class"].attrs["names"]) == ["SphericalHarmonics"]
         routes = ["none", "compact_all", "ladder", "all_degrees", "compact", "coarse_last", "network"]
-        assert list(g["escape"].attrs["names"]) == routes
-    assert np.all((res["escape"] >= 0) & (res["escape"] <= 6))  # a harmonic fit: its route recorded
+        assert list(g["escape"].attrs["names"]) == routes + ["ellipsoid_search"]
+    assert np.all((res["escape"] >= 0) & (res["escape"] <= 7))  # a harmonic fit: its route recorded
     assert os.path.exists(str(tmp_path / "r_histograms.png")) and os.path.exists(str(tmp_path / "r_fits.png"))
 
 

@@ -203,9 +203,13 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
             self.model = ds.SphericalHarmonics([3.0 * math.sqrt(4 * math.pi)], 0.002, 0.001)
             self.free = ("coefficients",)
 
+    net_ell = ds.Ellipsoid((3.0, 3.0, 4.0), 0.002, 0.001)
+
     def fake_fit_from_network(data, experiment, network, mask=None, *, candidates, **kw):
         calls.append((candidates[0], kw.get("lmax")))
         r = Res(50.0 if candidates[0] == "SphericalHarmonics" else 60.0, candidates[0])
+        if candidates[0] == "Ellipsoid":
+            r.model = net_ell
         r.stages = [r]
         return r
 
@@ -214,10 +218,20 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
     def fake_ladder(data, experiment, ellipsoid, lmax, mask=None, **kw):
         calls.append(("ladder", kw.get("route")))
         ladder_escapes.append(kw.get("escapes", "misfit"))
-        return Res(40.0, "ladder"), []
+        # from the network's ellipsoid 40; from another (the no-guess search's) 30
+        return Res(40.0 if ellipsoid is net_ell else 30.0, "ladder"), []
+
+    searched = {"model": ds.Ellipsoid((3.0, 4.0, 3.5), 0.002, 0.001)}
+
+    def fake_search(data, experiment, mask, **kw):
+        calls.append(("search", kw["n_starts"], kw["seed"]))
+        r = Res(55.0, "Ellipsoid")
+        r.model = searched["model"]
+        return None, r, 3.0
 
     monkeypatch.setattr(netinit, "fit_from_network", fake_fit_from_network)
     monkeypatch.setattr(init_mod, "harmonics_ladder", fake_ladder)
+    monkeypatch.setattr(init_mod, "sphere_ellipsoid_stages", fake_search)
     monkeypatch.setattr(auto, "choose_class", lambda results, n, criterion: next(iter(results.values())))
     counts = _sphere_counts(EXP, 3.0)
     kw = dict(delta=0.002, beta=0.001, init=sh_network, lmax=2)
@@ -225,22 +239,61 @@ def test_fit_auto_starts_the_harmonics_from_the_network_and_escapes_by_the_ellip
     monkeypatch.setattr(auto, "noise_consistency", lambda r: (0.5, 0.0, 1.0))
     res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], **kw)
     assert calls == [("SphericalHarmonics", 2)] and res.loss == 50.0
-    # a misfit: the network-started ellipsoid and the ellipsoid route run, the lower loss is kept
+    # a misfit: the network-started ellipsoid and the ellipsoid route run; that route's result is consistent
+    # with the noise, so the lower loss is kept and the no-guess search does not run
     calls.clear()
-    monkeypatch.setattr(auto, "noise_consistency", lambda r: (9.0, 0.0, 1.0))
+    monkeypatch.setattr(auto, "noise_consistency", lambda r: (9.0 if r.loss == 50.0 else 0.5, 0.0, 1.0))
     res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], **kw)
     assert calls == [("SphericalHarmonics", 2), ("Ellipsoid", None), ("ladder", fitting.SH_ROUTE)]
-    assert res.name == "ladder" and [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
+    assert res.name == "ladder" and res.loss == 40.0
+    assert [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
     from fitting._batch_auto import escape_code
 
     assert escape_code(res) == 1 + fitting.HARMONIC_ROUTES.index(fitting.SH_ROUTE)
+    # still a misfit after that route: the same route from the no-guess ellipsoid search (this call's
+    # n_starts and seed), the lowest of the three losses kept
+    calls.clear()
+    monkeypatch.setattr(auto, "noise_consistency", lambda r: (9.0, 0.0, 1.0))
+    res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], n_starts=5, seed=3, **kw)
+    assert calls == [
+        ("SphericalHarmonics", 2),
+        ("Ellipsoid", None),
+        ("ladder", fitting.SH_ROUTE),
+        ("search", 5, 3),
+        ("ladder", fitting.SH_ROUTE),
+    ]
+    assert res.loss == 30.0 and [e[0] for e in res.escapes] == [
+        "network",
+        fitting.SH_ROUTE,
+        "ellipsoid_search",
+    ]
+    assert [e[1] for e in res.escapes] == [50.0, 40.0, 30.0]
+    assert escape_code(res) == 1 + fitting.HARMONIC_ROUTES.index("ellipsoid_search")
+    assert [type(s.model).__name__ for s in res.stages].count("Ellipsoid") == 2  # both starts in the stages
+    # the search ends at the network's ellipsoid (the same body, other axis order): no second route
+    calls.clear()
+    swap = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # columns: body axes (proper)
+    searched["model"] = ds.Ellipsoid((3.0, 3.0, 4.0), 0.002, 0.001, rotation=swap)
+    res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], **kw)
+    assert calls == [
+        ("SphericalHarmonics", 2),
+        ("Ellipsoid", None),
+        ("ladder", fitting.SH_ROUTE),
+        ("search", 8, 0),
+    ]
+    assert res.loss == 40.0 and [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
     # sh_escapes="always": the ellipsoid route runs although the network's fit is consistent with the noise
     # (a local minimum the noise check cannot see), and the ladder's own escapes run always too
     calls.clear()
     ladder_escapes.clear()
     monkeypatch.setattr(auto, "noise_consistency", lambda r: (0.5, 0.0, 1.0))
     res = fitting.fit_auto(counts, EXP, ["SphericalHarmonics"], sh_escapes="always", **kw)
-    assert calls == [("SphericalHarmonics", 2), ("Ellipsoid", None), ("ladder", fitting.SH_ROUTE)]
+    assert calls == [
+        ("SphericalHarmonics", 2),
+        ("Ellipsoid", None),
+        ("ladder", fitting.SH_ROUTE),
+        ("search", 8, 0),
+    ]
     assert ladder_escapes == ["always"]
     assert res.name == "ladder" and [e[0] for e in res.escapes] == ["network", fitting.SH_ROUTE]
     with pytest.raises(ValueError, match="sh_escapes"):
@@ -323,3 +376,21 @@ def test_detector_effects_gap_gain_and_saturation():
     np.testing.assert_allclose(c1[keep], expect[keep], rtol=1e-5)
     with pytest.raises(ValueError, match="gain_gamma_range"):
         check_config({"data": {"gain_gamma_range": [0.5, 1.5]}})
+
+
+def test_same_ellipsoid_compares_bodies_not_parametrisations():
+    from fitting._auto import same_ellipsoid
+
+    a = ds.Ellipsoid((3.0, 4.0, 5.0))
+    # the same body: axes permuted with the rotation's columns, and a body axis flipped
+    perm = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert same_ellipsoid(a, ds.Ellipsoid((4.0, 5.0, 3.0), rotation=perm))
+    assert same_ellipsoid(a, ds.Ellipsoid((3.0, 4.0, 5.0), rotation=np.diag([-1.0, 1.0, -1.0])))
+    assert same_ellipsoid(a, ds.Ellipsoid((3.0, 4.0, 5.02)))  # within rtol
+    assert not same_ellipsoid(a, ds.Ellipsoid((3.0, 4.0, 5.5)))
+    # tilted, and its z-mirror twin (another body with the same far field in the Born limit)
+    r = np.asarray(ds.rotation_from_euler(np.array([0.4, 0.6, 0.2])))
+    m = np.diag([1.0, 1.0, -1.0])  # the mirror body: rotation m r m (proper, and m D m = D)
+    assert not same_ellipsoid(
+        ds.Ellipsoid((3.0, 4.0, 5.0), rotation=r), ds.Ellipsoid((3.0, 4.0, 5.0), rotation=m @ r @ m)
+    )
