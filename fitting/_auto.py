@@ -1035,7 +1035,7 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
             f"harmonics from the network: loss {res.loss:.1f} (z {z:.1f}); ellipsoid route {other.loss:.1f}"
         )
     if misfit(z_best):
-        # session 36: on 1 of 182 harmonic patterns the network-started ellipsoid sat in a worse ellipsoid
+        # session 36: on 1 of the first 182 A/B patterns the network-started ellipsoid sat in a worse ellipsoid
         # basin than the no-guess search's, and every route from it ended 210 NLL units above the multi-start
         # path (docs/network.md)
         _, searched, _ = sphere_ellipsoid_stages(
