@@ -1010,10 +1010,10 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
         return res
     z, _, _ = noise_consistency(res)
 
-    def misfit(zz):
+    def escape_due(zz):  # a misfit by the noise test, or every pattern with sh_escapes="always"
         return sh_escapes == "always" or bool(np.isfinite(zz) and zz > float(escape_z))
 
-    if not misfit(z):
+    if not escape_due(z):
         return res
     stages = list(res.stages or [res])
     log = [("network", float(res.loss), float(z))]
@@ -1034,7 +1034,7 @@ def _harmonics_from_network(data, experiment, mask, delta, beta, init, lmax, see
         print(
             f"harmonics from the network: loss {res.loss:.1f} (z {z:.1f}); ellipsoid route {other.loss:.1f}"
         )
-    if misfit(z_best):
+    if escape_due(z_best):
         # session 36: on 1 of the first 182 A/B patterns the network-started ellipsoid sat in a worse ellipsoid
         # basin than the no-guess search's, and every route from it ended 210 NLL units above the multi-start
         # path (docs/network.md)
